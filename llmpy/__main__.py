@@ -1,0 +1,5 @@
+import sys
+
+from llmpy.cli import main
+
+sys.exit(main())
