@@ -1,0 +1,166 @@
+"""llm.c token shards: a 256-int32 header followed by the token ids.
+
+Header (1024 bytes, little-endian int32):
+    [0] magic    20240520 (uint16 tokens, GPT-2 sized vocabularies) or 20240801 (uint32 tokens)
+    [1] version  1 with magic 20240520, 7 with magic 20240801
+    [2] ntok     number of tokens that follow
+    [3..255]     zero
+
+Also read here, but only when the caller says so (a headerless file cannot be recognised safely):
+    raw_uint16  nanoGPT / llama2.c `.bin`: the uint16 tokens and nothing else
+    raw_int32   llm.c's first release: the int32 tokens and nothing else
+
+Writes go to a temporary name in the same directory and are renamed into place, so an interrupted
+write never leaves a file that looks complete. Reads are memory-mapped by default.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from llmpy.errors import LlmpyError
+
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+MAGIC_UINT16 = 20240520  # llm.c's "gpt-2" shards
+VERSION_UINT16 = 1
+MAGIC_UINT32 = 20240801  # llm.c's "llama-3" shards
+VERSION_UINT32 = 7
+UINT16_VOCAB_LIMIT = 2**16  # uint16 holds token ids 0..65535
+MAX_TOKENS = 2**31 - 1  # the token count is an int32 in the header
+FORMATS = ("llmc", "raw_uint16", "raw_int32")
+_FORMAT_DTYPE = {"raw_uint16": np.uint16, "raw_int32": np.int32}
+_HEADER_KINDS = {MAGIC_UINT16: (VERSION_UINT16, np.uint16), MAGIC_UINT32: (VERSION_UINT32, np.uint32)}
+PREPRO_HINT = "re-run `llmpy prepro` to rewrite it"
+
+
+def shard_dtype(vocab_size):
+    """uint16 when every id of a vocabulary of `vocab_size` tokens fits, else uint32."""
+    return np.uint16 if vocab_size <= UINT16_VOCAB_LIMIT else np.uint32
+
+
+def make_header(ntok, dtype):
+    """The 256-int32 header of a shard holding `ntok` tokens stored as `dtype` (uint16 or uint32)."""
+    magic, version = (MAGIC_UINT16, VERSION_UINT16) if np.dtype(dtype) == np.uint16 else (MAGIC_UINT32, VERSION_UINT32)
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0], header[1], header[2] = magic, version, ntok
+    return header
+
+
+def atomic_write(path, chunks):
+    """Write the byte chunks to `path` through a temporary file in the same directory, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_shard(path, tokens, vocab_size=None):
+    """Write `tokens` (any int sequence or array) as an llm.c shard; returns the number of tokens.
+
+    uint16 (magic 20240520, version 1) unless `vocab_size` exceeds 65,536 or a token id exceeds 65,535,
+    then uint32 (magic 20240801, version 7). Negative ids, ids >= vocab_size: LlmpyError.
+    """
+    toks = np.asarray(tokens)
+    if toks.ndim != 1:
+        raise LlmpyError(f"tokens for {path} must be 1-D, got shape {toks.shape}")
+    if toks.size > MAX_TOKENS:
+        raise LlmpyError(f"{toks.size:,} tokens do not fit one shard ({path}); split them into several shards")
+    if toks.size and not np.issubdtype(toks.dtype, np.integer):
+        raise LlmpyError(f"tokens for {path} must be integers, got {toks.dtype}")
+    lo, hi = (int(toks.min()), int(toks.max())) if toks.size else (0, 0)
+    if lo < 0:
+        raise LlmpyError(f"negative token id {lo} for {path}; token ids must be >= 0")
+    if vocab_size is not None and hi >= vocab_size:
+        raise LlmpyError(f"token id {hi} >= vocab_size {vocab_size} for {path}; check the tokenizer")
+    if hi >= 2**32:
+        raise LlmpyError(f"token id {hi} does not fit uint32 for {path}")
+    dtype = shard_dtype(max(vocab_size or 0, hi + 1))
+    data = toks.astype(np.dtype(dtype).newbyteorder("<"), copy=False)
+    atomic_write(path, [make_header(toks.size, dtype).tobytes(), data.tobytes()])
+    return int(toks.size)
+
+
+def read_header(path):
+    """(magic, version, ntok, dtype) of an llm.c shard, after checking magic, version and file size."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_BYTES)
+    except OSError as e:
+        raise LlmpyError(f"cannot read token shard {path}: {e}") from e
+    if len(raw) < HEADER_BYTES:
+        raise LlmpyError(f"{path} is {size} bytes, shorter than the 1024-byte llm.c shard header; "
+                         f"it is truncated or not a shard ({PREPRO_HINT}; for a headerless nanoGPT/llama2.c "
+                         "file pass raw_uint16)")
+    header = np.frombuffer(raw, dtype="<i4")
+    magic, version, ntok = int(header[0]), int(header[1]), int(header[2])
+    if magic not in _HEADER_KINDS:
+        raise LlmpyError(f"bad magic {magic} in {path}: not an llm.c token shard (expected {MAGIC_UINT16} or "
+                         f"{MAGIC_UINT32}); {PREPRO_HINT}, or for a headerless file pass raw_uint16 / raw_int32")
+    expected_version, dtype = _HEADER_KINDS[magic]
+    if version != expected_version:
+        raise LlmpyError(f"bad version {version} in {path} (magic {magic} needs version {expected_version}); "
+                         f"{PREPRO_HINT}")
+    expected_size = HEADER_BYTES + ntok * np.dtype(dtype).itemsize
+    if ntok < 0 or size != expected_size:
+        raise LlmpyError(f"{path} is {size:,} bytes but its header promises {ntok:,} tokens ({expected_size:,} "
+                         f"bytes): the file is truncated or corrupt; {PREPRO_HINT}")
+    return magic, version, ntok, dtype
+
+
+def read_shard(path, mmap=True, fmt="llmc"):
+    """The tokens of a shard as a 1-D array (uint16, uint32 or int32), memory-mapped unless mmap=False.
+
+    fmt: "llmc" (the header is required and checked), or "raw_uint16" / "raw_int32" for headerless files.
+    """
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise LlmpyError(f"unknown token file format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt == "llmc":
+        _, _, ntok, dtype = read_header(path)
+        offset = HEADER_BYTES
+    else:
+        return _read_raw(path, _FORMAT_DTYPE[fmt], mmap)
+    if ntok == 0:
+        return np.zeros(0, dtype=dtype)
+    dtype = np.dtype(dtype).newbyteorder("<")
+    if mmap:
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(ntok,))
+    return np.fromfile(path, dtype=dtype, count=ntok, offset=offset)
+
+
+def _read_raw(path, dtype, mmap):
+    dtype = np.dtype(dtype).newbyteorder("<")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise LlmpyError(f"cannot read token file {path}: {e}") from e
+    if size % dtype.itemsize:
+        raise LlmpyError(f"{path} is {size} bytes, not a whole number of {dtype.name} tokens; "
+                         "it is truncated or stored in another format")
+    if size == 0:
+        return np.zeros(0, dtype=dtype)
+    if mmap:
+        return np.memmap(path, dtype=dtype, mode="r")
+    return np.fromfile(path, dtype=dtype)
+
+
+def read_raw_uint16(path, mmap=True):
+    """A headerless uint16 token file (nanoGPT's and llama2.c's `.bin`)."""
+    return read_shard(path, mmap=mmap, fmt="raw_uint16")
+
+
+def read_raw_int32(path, mmap=True):
+    """A headerless int32 token file (the format of llm.c's first release)."""
+    return read_shard(path, mmap=mmap, fmt="raw_int32")
