@@ -7,8 +7,8 @@ four checks run over all of them: forward vs torch, backward vs torch autograd (
 central finite differences (float64, no torch needed), float32 in -> float32 out.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -328,7 +328,7 @@ def test_crossentropy_padding_never_matters():
     x2 = dict(x, logits=x["logits"].copy())
     x2["logits"][..., V:] = rng.standard_normal((B, T, VP - V)) * 100.0
     np.testing.assert_array_equal(_crossentropy_forward(x2)["losses"], out["losses"])
-    douts, prefill, grads, _ = _run_backward(_case("crossentropy"), x, rng)
+    _, prefill, grads, _ = _run_backward(_case("crossentropy"), x, rng)
     np.testing.assert_array_equal(grads["logits"][..., V:], prefill["logits"][..., V:])
 
 

@@ -228,8 +228,7 @@ def _write_atomically(path, chunks):
     path = os.fspath(path)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
-        for c in chunks:
-            f.write(c)
+        f.writelines(chunks)
     os.replace(tmp, path)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gpt2_torch as ref  # noqa: E402
+import gpt2_torch as ref
 
 DEFAULT_SEED = 1337
 TRAIN_STEPS = 10
@@ -83,7 +83,7 @@ def make_fixtures(out_dir, names=None, seed=DEFAULT_SEED):
 
 def main():
     out_dir = Path(__file__).resolve().parents[1] / "fixtures" / "gpt2"
-    for name, paths in make_fixtures(out_dir).items():
+    for paths in make_fixtures(out_dir).values():
         for p in paths.values():
             print(f"wrote {p.relative_to(out_dir.parents[2])} ({p.stat().st_size:,} bytes)")
 
