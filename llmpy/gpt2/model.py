@@ -95,6 +95,21 @@ class NamedViews:
         return ((name, getattr(self, name)) for name in self.slices)
 
 
+MATRIX_PARAMS = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")
+
+
+def matrix_param_ranges(config):
+    """[start, stop) of the 2-D weight tensors in the flat buffer: the ones llm.c's CUDA trainer
+    applies weight decay to (not biases, not layernorm parameters)."""
+    ranges, offset = [], 0
+    for name, shape in param_shapes(config).items():
+        n = math.prod(shape)
+        if name in MATRIX_PARAMS:
+            ranges.append((offset, offset + n))
+        offset += n
+    return ranges
+
+
 def init_params(config, rng, dtype=np.float32):
     """llm.c's init: weights N(0, 0.02), the two residual projections N(0, 0.02/sqrt(2L)),
     layernorm weights 1, biases 0. Padded vocab rows stay 0. `rng` is a np.random.Generator."""
