@@ -124,7 +124,7 @@ def attention_forward(out, att, inp, NH):
 
 def attention_backward(dinp, dout, inp, att, NH):
     # dinp, inp are (B,T,3C); dout is (B,T,C); att is (B,NH,T,T)
-    B, T, C3 = inp.shape
+    C3 = inp.shape[-1]
     C = C3 // 3
     hs = C // NH
     q = _split_heads(inp[:, :, :C], NH)                         # (B,NH,T,hs)

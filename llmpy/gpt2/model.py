@@ -17,8 +17,14 @@ import numpy as np
 
 from llmpy.backend import get_array_module
 from llmpy.gpt2 import layers
-from llmpy.gpt2.layers import (attention_backward, attention_forward, encoder_backward, encoder_forward,
-                               layernorm_backward, layernorm_forward, matmul_backward, matmul_forward)
+from llmpy.gpt2.layers import (
+    attention_backward,
+    attention_forward,
+    encoder_backward,
+    encoder_forward,
+    matmul_backward,
+    matmul_forward,
+)
 
 # llm.c's named depths: d -> (channels, heads); all use maxT 1024 and GPT-2's vocab padded to 50304
 DEPTHS = {6: (384, 6), 12: (768, 12), 24: (1024, 16), 36: (1280, 20), 48: (1600, 25)}
