@@ -164,3 +164,48 @@ def read_raw_uint16(path, mmap=True):
 def read_raw_int32(path, mmap=True):
     """A headerless int32 token file (the format of llm.c's first release)."""
     return read_shard(path, mmap=mmap, fmt="raw_int32")
+
+
+class ShardWriter:
+    """Stream tokens into one shard without holding them all: `with ShardWriter(path) as w: w.write(ids)`.
+
+    The tokens go to a temporary file in the same directory behind a placeholder header; on a clean exit
+    the header gets the final count and the file is renamed to `path`. On an error the temporary file is
+    deleted, so no partial shard is ever left under the final name. `dtype` is uint16 or uint32.
+    """
+
+    def __init__(self, path, dtype=np.uint16, vocab_size=None):
+        self.path = Path(path)
+        self.dtype = np.dtype(shard_dtype(vocab_size) if vocab_size is not None else dtype).newbyteorder("<")
+        self.limit = np.iinfo(self.dtype).max + 1 if vocab_size is None else vocab_size
+        self.ntok = 0
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".", suffix=".tmp")
+        self.file = os.fdopen(fd, "wb")
+        self.file.write(make_header(0, self.dtype).tobytes())
+        return self
+
+    def write(self, tokens):
+        toks = np.asarray(tokens)
+        if toks.size and (toks.min() < 0 or toks.max() >= self.limit):
+            raise LlmpyError(f"token ids {int(toks.min())}..{int(toks.max())} do not fit {self.path} "
+                             f"(ids must be in [0, {self.limit})); check the tokenizer / vocab_size")
+        if self.ntok + toks.size > MAX_TOKENS:
+            raise LlmpyError(f"{self.path} would exceed {MAX_TOKENS:,} tokens; use a smaller shard size")
+        self.file.write(toks.astype(self.dtype, copy=False).tobytes())
+        self.ntok += int(toks.size)
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self.file.seek(0)
+                self.file.write(make_header(self.ntok, self.dtype).tobytes())
+            self.file.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+        finally:
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+        return False

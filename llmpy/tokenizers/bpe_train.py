@@ -1,0 +1,108 @@
+"""Custom vocabularies: train a small BPE tokenizer with sentencepiece, as llama2.c's `train_vocab` does.
+
+`train_vocab(documents, vocab_size, out_dir)` writes `tok{vocab_size}.model` (sentencepiece) and
+`tokenizer.bin` (llm.c's tokenizer file, so llm.c-style decoders can print its tokens), using llama2.c's
+settings: BPE, byte fallback (every byte is a token, so any text encodes), digits split, whitespace-only
+pieces allowed, no normalization, character coverage 1.0. Ids 0, 1, 2 are <unk>, <s>, </s>.
+
+`SentencePieceTokenizer(model)` gives such a model the interface of the GPT-2 tokenizer used by the data
+pipeline: `encode_ordinary`, `encode`, `decode`, `n_vocab`, `decode_single_token_bytes` and `eot_token`,
+which here is BOS (<s>, id 1): llama2.c starts every story with BOS, and the data pipeline puts
+`eot_token` before every document.
+
+Needs the `sentencepiece` package (`pip install sentencepiece`, or the `vocab` extra). Not handled: the
+Hugging Face `tokenizers` library, and llama2.c's own tokenizer.bin (see llmpy.tokenizers.llama2).
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+from llmpy.errors import LlmpyError
+
+MODEL_TYPE = "bpe"
+UNK_SURFACE = r" \342\201\207 "  # llama2.c's " ⁇ " for unknown pieces, written as sentencepiece expects it
+SPACE_MARK = "\u2581"  # sentencepiece's "▁", which stands for a space inside pieces
+INSTALL_HINT = "install it with `pip install sentencepiece` (or `pip install llmpy[vocab]`)"
+
+
+def _sentencepiece():
+    try:
+        import sentencepiece
+    except ImportError as e:
+        raise LlmpyError(f"custom vocabularies need the sentencepiece package; {INSTALL_HINT}") from e
+    return sentencepiece
+
+
+def train_vocab(documents, vocab_size, out_dir, verbose=True):
+    """Train a BPE vocabulary of `vocab_size` tokens on the iterable of texts `documents`; returns the .model path.
+
+    The texts are dumped to a temporary file (documents separated by a blank line, as llama2.c does),
+    sentencepiece trains on its lines, and the dump is deleted.
+    """
+    spm = _sentencepiece()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = out_dir / f"tok{vocab_size}"
+    fd, dump = tempfile.mkstemp(dir=out_dir, prefix="vocab_corpus.", suffix=".txt")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for text in documents:
+                f.write(text.strip() + "\n\n")
+        if verbose:
+            print(f"training a {vocab_size}-token BPE vocabulary on {os.path.getsize(dump) / 1e6:.2f} MB of text")
+        try:
+            spm.SentencePieceTrainer.train(
+                input=dump, model_prefix=str(prefix), model_type=MODEL_TYPE, vocab_size=vocab_size,
+                self_test_sample_size=0, input_format="text", character_coverage=1.0,
+                num_threads=os.cpu_count() or 1, split_digits=True, allow_whitespace_only_pieces=True,
+                byte_fallback=True, unk_surface=UNK_SURFACE, normalization_rule_name="identity",
+                minloglevel=0 if verbose else 2,
+            )
+        except RuntimeError as e:
+            raise LlmpyError(f"sentencepiece could not train a {vocab_size}-token vocabulary for {out_dir}: {e}; "
+                             "choose a vocabulary size that suits the corpus (at least ~300 with byte fallback, "
+                             "and fewer than the corpus has distinct pieces)") from e
+    finally:
+        os.unlink(dump)
+    model = prefix.with_suffix(".model")
+    from llmpy.formats.tokenizer_file import write_tokenizer
+
+    write_tokenizer(out_dir / "tokenizer.bin", SentencePieceTokenizer(model))
+    if verbose:
+        print(f"wrote {model} and {out_dir / 'tokenizer.bin'}")
+    return model
+
+
+class SentencePieceTokenizer:
+    """A trained sentencepiece model behind the GPT-2 tokenizer's interface (see the module docstring)."""
+
+    def __init__(self, model_path):
+        spm = _sentencepiece()
+        self.path = Path(model_path)
+        if not self.path.is_file():
+            raise LlmpyError(f"sentencepiece model {self.path} not found; train it with "
+                             "`llmpy prepro text FILE --vocab-size N`")
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        except (RuntimeError, OSError) as e:
+            raise LlmpyError(f"{self.path} is not a sentencepiece model ({e}); train it again") from e
+        self.n_vocab = self.sp.vocab_size()
+        self.eot_token = self.sp.bos_id()
+
+    def encode_ordinary(self, text):
+        return self.sp.encode(text)
+
+    def encode(self, text, allowed_special=()):
+        """Like encode_ordinary: sentencepiece reads "<s>" in text as plain characters, never as BOS."""
+        return self.sp.encode(text)
+
+    def decode(self, ids):
+        return self.sp.decode([int(i) for i in ids])
+
+    def decode_single_token_bytes(self, token_id):
+        """The bytes a token stands for: byte pieces <0xAB> are that byte, "▁" is a space."""
+        piece = self.sp.id_to_piece(int(token_id))
+        if self.sp.is_byte(int(token_id)):
+            return bytes([int(piece[3:5], 16)])
+        return piece.replace(SPACE_MARK, " ").encode("utf-8")
