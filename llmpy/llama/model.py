@@ -55,8 +55,8 @@ class LlamaConfig:
 
     def validate(self, where="model"):
         """Raise LlmpyError if the sizes cannot describe a Llama (e.g. a corrupt header)."""
-        sizes = dict(dim=self.dim, hidden_dim=self.hidden_dim, n_layers=self.n_layers, n_heads=self.n_heads,
-                     n_kv_heads=self.n_kv_heads, vocab_size=self.vocab_size, seq_len=self.seq_len)
+        sizes = {"dim": self.dim, "hidden_dim": self.hidden_dim, "n_layers": self.n_layers, "n_heads": self.n_heads,
+                 "n_kv_heads": self.n_kv_heads, "vocab_size": self.vocab_size, "seq_len": self.seq_len}
         bad = [f"{k}={v}" for k, v in sizes.items() if v <= 0]
         if bad:
             raise LlmpyError(f"{where}: header sizes must be positive, got {', '.join(bad)}: "

@@ -59,3 +59,26 @@ def greedy(config, weights, prompt, steps):
     while len(tokens) < steps:
         tokens.append(int(llama_logits(config, weights, tokens)[-1].argmax()))
     return tokens
+
+
+# -----------------------------------------------------------------------------
+# tiny fixtures shared by the llama tests (no torch needed below)
+
+TINY_WORDS = ["he", "ll", "llo", "hello", " hello", " w", "or", "ld", "world", " world", "th", "the", " the",
+              "[", "]", "IN", "ST", "INST", "[INST", "[INST]", " [", " [INST]", "/", "/INST", "[/INST]",
+              " [/INST]", "<", ">", "<<", ">>", "SYS", "<<SYS>>", "<</SYS>>", "\n", "\n\n"]
+
+
+def tiny_tokenizer_pieces():
+    """(vocab bytes, scores) of a small llama2.c-style vocabulary: <unk> <s> </s>, 256 byte tokens, then
+    " ", the printable ASCII letters/punctuation, a few multi-byte code points and merges, the merges
+    scored so that longer pieces win, like SentencePiece's."""
+    vocab = [b"<unk>", b"\n<s>\n", b"\n</s>\n"] + [f"<0x{b:02X}>".encode() for b in range(256)]
+    scores = [0.0] * len(vocab)
+    for ch in [" "] + [chr(c) for c in range(33, 127)] + ["\u00e9", "\u4e16"]:
+        vocab.append(ch.encode())
+        scores.append(-1000.0)
+    for i, w in enumerate(TINY_WORDS):
+        vocab.append(w.encode())
+        scores.append(-100.0 + len(w) + 0.01 * i)
+    return vocab, scores

@@ -1,0 +1,82 @@
+"""Chat with a Llama 2 chat model: run.c's `chat` loop, one KV cache across the whole conversation.
+
+Each user turn is rendered with the Llama 2 chat template and encoded with BOS:
+    first turn with a system prompt: "[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST]"
+    any other turn:                  "[INST] {user} [/INST]"
+The assistant samples until it produces EOS; the EOS goes into the KV cache before the next turn's
+BOS (the `... answer </s><s>[INST] ...` layout Llama 2 chat was trained on). Input lines come from
+any text stream (a terminal or a script on stdin); end of input ends the chat. When a turn would not
+fit in the context (steps), the chat stops with a message instead of running past seq_len.
+
+Differences from run.c: the turn is forwarded as one prefill; the piece run.c prints right after EOS
+is not printed; overlong input is not cut at 512 bytes; the context limit is checked.
+"""
+
+from llmpy.llama.generate import resolve_steps
+from llmpy.llama.model import EOS
+from llmpy.tokenizers.llama2 import safe_piece
+
+SYSTEM_TEMPLATE = "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]"
+USER_TEMPLATE = "[INST] {user} [/INST]"
+
+
+def render_turn(user, system=""):
+    """The Llama 2 chat template for one user turn (system only on the first)."""
+    if system:
+        return SYSTEM_TEMPLATE.format(system=system, user=user)
+    return USER_TEMPLATE.format(user=user)
+
+
+def _read_line(prompt, inp, out):
+    out.write(prompt.encode())
+    out.flush()
+    line = inp.readline()
+    if not line:
+        return None  # end of input
+    return line.removesuffix("\n")
+
+
+def chat(transformer, tokenizer, sampler, steps, inp, out, system_prompt=None, user_prompt=None):
+    """Run a conversation; inp is a text stream of user lines, out a binary stream. Returns the forwarded tokens."""
+    steps = resolve_steps(steps, transformer.config.seq_len)
+    forwarded = []  # every token that went through the model, in order (the KV cache's contents)
+    pending = []  # tokens to forward before the next turn (the assistant's EOS)
+    pos = 0
+    first = True
+    while True:
+        if first:
+            system = system_prompt if system_prompt is not None else _read_line(
+                "Enter system prompt (optional): ", inp, out)
+            user = user_prompt if user_prompt is not None else _read_line("User: ", inp, out)
+        else:
+            user = _read_line("User: ", inp, out)
+        if user is None or (first and system is None):
+            break
+        tokens = pending + tokenizer.encode(render_turn(user, system if first else ""), bos=True, eos=False)
+        first = False
+        if pos + len(tokens) >= steps:
+            out.write(f"\n[context full: this turn needs {len(tokens)} tokens but only {steps - pos} of {steps} "
+                      "are left; start a new chat]\n".encode())
+            break
+        out.write(b"Assistant: ")
+        out.flush()
+        logits = transformer.prefill(tokens, start=pos)[0]
+        forwarded += tokens
+        pos += len(tokens)
+        token, nxt = tokens[-1], sampler.sample(logits)
+        while nxt != EOS:
+            if pos >= steps:
+                out.write(f"\n[context full: the conversation reached {steps} tokens; start a new chat]\n".encode())
+                return forwarded
+            out.write(safe_piece(tokenizer.decode(token, nxt)))
+            out.flush()
+            token = nxt
+            logits = transformer.forward_token(token, pos)
+            forwarded.append(token)
+            pos += 1
+            nxt = sampler.sample(logits)
+        out.write(b"\n")
+        pending = [EOS]
+    out.write(b"\n")
+    out.flush()
+    return forwarded

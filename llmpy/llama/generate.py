@@ -1,0 +1,123 @@
+"""Text generation loops: run.c's `generate`, and batched generation over many streams at once.
+
+generate: the prompt (with BOS) is forwarded as one batched prefill, then one token at a time;
+the printed text and the sampled tokens are those of run.c's loop (prompt pieces, then samples;
+stop after `steps` positions or when BOS is sampled). tok/s counts the tokens after the first
+forward, as run.c does.
+generate_batch: N streams share every forward call (each weight matrix is read once per step for
+all of them), each with its own prompt, KV cache and Sampler.
+"""
+
+import time
+from dataclasses import dataclass
+
+from llmpy.errors import LlmpyError
+from llmpy.llama.model import BOS
+from llmpy.tokenizers.llama2 import safe_piece
+
+
+@dataclass
+class Generation:
+    tokens: list  # the prompt tokens (with BOS) followed by the sampled tokens
+    n_prompt: int  # how many of tokens are the prompt
+    tok_per_s: float  # decode speed: tokens forwarded after the first step / their time
+    text: bytes = b""  # what was printed (safe pieces)
+
+
+def resolve_steps(steps, seq_len):
+    """run.c's rule: 0 or more than seq_len means seq_len; negative is an error."""
+    if steps < 0:
+        raise LlmpyError(f"steps (-n) must be >= 0 (0 = the model's seq_len {seq_len}), got {steps}")
+    return seq_len if steps == 0 or steps > seq_len else steps
+
+
+def encode_prompt(tokenizer, prompt, seq_len):
+    tokens = tokenizer.encode(prompt or "", bos=True, eos=False)
+    if len(tokens) > seq_len:
+        raise LlmpyError(f"the prompt is {len(tokens)} tokens but the model's context (seq_len) is {seq_len} "
+                         "tokens: shorten the prompt")
+    return tokens
+
+
+def generate(transformer, tokenizer, sampler, prompt, steps, out=None, stream=0):
+    """Generate from prompt like run.c; pieces are written to out (a binary file) as they come."""
+    c = transformer.config
+    steps = resolve_steps(steps, c.seq_len)
+    tokens = encode_prompt(tokenizer, prompt, c.seq_len)
+    n_prompt = len(tokens)
+    printed = []
+
+    def emit(prev, tok):
+        piece = safe_piece(tokenizer.decode(prev, tok))
+        printed.append(piece)
+        if out is not None and piece:
+            out.write(piece)
+            out.flush()
+
+    for i in range(1, min(n_prompt, steps + 1)):  # run.c prints the forced prompt tokens as it goes
+        emit(tokens[i - 1], tokens[i])
+    if n_prompt > steps:  # run.c never gets past the prompt
+        transformer.prefill(tokens[:steps], stream=stream, logits="none")
+        return Generation(tokens[:steps + 1], n_prompt, 0.0, b"".join(printed))
+    logits = transformer.prefill(tokens, stream=stream)[0]
+    pos = n_prompt
+    token, nxt = tokens[-1], sampler.sample(logits)
+    start, n_timed = time.perf_counter(), 0
+    while nxt != BOS:  # BOS delimits sequences
+        emit(token, nxt)
+        tokens.append(nxt)
+        token = nxt
+        if pos >= steps:
+            break
+        logits = transformer.forward_token(token, pos, stream)
+        pos += 1
+        n_timed += 1
+        nxt = sampler.sample(logits)
+    elapsed = time.perf_counter() - start
+    if out is not None:
+        out.write(b"\n")
+        out.flush()
+    return Generation(tokens, n_prompt, n_timed / elapsed if n_timed and elapsed > 0 else 0.0, b"".join(printed))
+
+
+def generate_batch(transformer, tokenizer, samplers, prompts, steps):
+    """Generate len(samplers) streams at once; prompts has one prompt per stream. Returns [Generation]."""
+    c = transformer.config
+    n = len(samplers)
+    assert len(prompts) == n and transformer.n_streams >= n, "one prompt and one KV cache per stream"
+    steps = resolve_steps(steps, c.seq_len)
+    seqs = [encode_prompt(tokenizer, p, c.seq_len) for p in prompts]
+    n_prompt = [len(s) for s in seqs]
+    nxt = []
+    for s, toks in enumerate(seqs):
+        if len(toks) > steps:  # like generate: only the prompt, cut at steps positions
+            transformer.prefill(toks[:steps], stream=s, logits="none")
+            seqs[s] = toks[:steps + 1]
+            nxt.append(BOS)
+        else:
+            nxt.append(samplers[s].sample(transformer.prefill(toks, stream=s)[0]))
+    pos = list(n_prompt)
+    active = [s for s in range(n) if nxt[s] != BOS]
+    start, n_timed = time.perf_counter(), 0
+    while active:
+        for s in active:
+            seqs[s].append(nxt[s])
+        active = [s for s in active if pos[s] < steps]
+        if not active:
+            break
+        logits = transformer.forward([seqs[s][-1] for s in active], [pos[s] for s in active], active)
+        n_timed += len(active)
+        still = []
+        for row, s in enumerate(active):
+            pos[s] += 1
+            nxt[s] = samplers[s].sample(logits[row])
+            if nxt[s] != BOS:
+                still.append(s)
+        active = still
+    elapsed = time.perf_counter() - start
+    rate = n_timed / elapsed if n_timed and elapsed > 0 else 0.0
+    results = []
+    for s in range(n):
+        text = b"".join(safe_piece(tokenizer.decode(a, b)) for a, b in zip(seqs[s][:-1], seqs[s][1:]))
+        results.append(Generation(seqs[s], n_prompt[s], rate, text))
+    return results

@@ -1,0 +1,108 @@
+"""Sampling the next token from logits, with llama2.c's / llm.c's xorshift RNG.
+
+The RNG is run.c's `random_u32` (xorshift* on a uint64 state) and `random_f32`, so that a seed
+gives the same coins as `./run` and llm.c. Python ints hold the state, masked to 64 bits.
+Sampler follows run.c's `sample`: temperature 0 -> argmax; otherwise logits / temperature, softmax,
+one coin, then multinomial (topp <= 0 or >= 1) or nucleus (top-p) sampling with run.c's cutoff
+(tokens below (1 - topp) / (n - 1) cannot be in the nucleus and are dropped before sorting).
+`sample_topk` is here for the GPT-2 sampler.
+
+Not handled: repetition penalties, min-p, beam search.
+"""
+
+import numpy as np
+
+from llmpy.errors import LlmpyError
+
+U64 = 0xFFFFFFFFFFFFFFFF
+XORSHIFT_MULT = 0x2545F4914F6CDD1D
+F32_DENOM = 16777216.0  # 2**24: random_f32 uses the top 24 bits of a u32
+
+
+def random_u32(state):
+    """(u32, new_state): one step of xorshift*, as run.c's random_u32."""
+    state ^= state >> 12
+    state ^= (state << 25) & U64
+    state ^= state >> 27
+    return ((state * XORSHIFT_MULT) & U64) >> 32, state
+
+
+def random_f32(state):
+    """(float32 in [0, 1), new_state), as run.c's random_f32."""
+    u, state = random_u32(state)
+    return np.float32((u >> 8) / F32_DENOM), state
+
+
+def softmax(x):
+    """float32 softmax of a 1-D array (max-subtracted, like run.c's)."""
+    e = np.exp(x - x.max(), dtype=np.float32)
+    return e / e.sum(dtype=np.float32)
+
+
+def sample_argmax(probs):
+    """Index of the largest value (the first on ties)."""
+    return int(np.argmax(probs))
+
+
+def sample_mult(probs, coin):
+    """Multinomial sample: the first index whose cumulative probability exceeds coin (the last if none does)."""
+    cdf = np.cumsum(probs, dtype=np.float32)
+    i = int(np.searchsorted(cdf, np.float32(coin), side="right"))
+    return min(i, len(probs) - 1)
+
+
+def sample_topp(probs, topp, coin):
+    """Nucleus sampling like run.c's sample_topp: the smallest set of most likely tokens whose total
+    exceeds topp, then a multinomial draw within it scaled by coin."""
+    n = len(probs)
+    # float32 arithmetic like run.c's `(1.0f - topp) / (n - 1)`
+    cutoff = (np.float32(1.0) - np.float32(topp)) / np.float32(n - 1) if n > 1 else np.float32(0.0)
+    idx = np.nonzero(probs >= cutoff)[0]  # candidates that could be in the nucleus
+    order = idx[np.argsort(-probs[idx], kind="stable")]  # descending probability
+    p = probs[order]
+    cum = np.cumsum(p, dtype=np.float32)
+    over = np.nonzero(cum > np.float32(topp))[0]
+    last = int(over[0]) if len(over) else len(order) - 1  # the nucleus is order[:last + 1]
+    r = np.float32(coin) * cum[last]
+    i = int(np.searchsorted(cum[:last + 1], r, side="right"))
+    return int(order[min(i, last)])
+
+
+def sample_topk(probs, k, coin):
+    """Top-k sampling: a multinomial draw among the k most likely tokens, renormalized (scaled by coin)."""
+    k = max(1, min(int(k), len(probs)))
+    top = np.argpartition(-probs, k - 1)[:k]
+    top = top[np.lexsort((top, -probs[top]))]  # descending probability, lower id first on ties
+    cum = np.cumsum(probs[top], dtype=np.float32)
+    i = int(np.searchsorted(cum, np.float32(coin) * cum[-1], side="right"))
+    return int(top[min(i, k - 1)])
+
+
+class Sampler:
+    """run.c's Sampler: owns its xorshift state; `sample(logits)` returns the next token id."""
+
+    def __init__(self, vocab_size, temperature=1.0, topp=0.9, seed=1):
+        if not temperature >= 0.0:
+            raise LlmpyError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if not 0.0 <= topp <= 1.0:
+            raise LlmpyError(f"top-p must be in [0, 1] (0 or 1 = off), got {topp}")
+        if not 0 < seed <= U64:
+            raise LlmpyError(f"the seed must be a positive 64-bit integer, got {seed}")
+        self.vocab_size = vocab_size
+        self.temperature = float(temperature)
+        self.topp = float(topp)
+        self.rng_state = int(seed)
+
+    def random_f32(self):
+        coin, self.rng_state = random_f32(self.rng_state)
+        return coin
+
+    def sample(self, logits):
+        # logits is (V,) float32; not modified
+        if self.temperature == 0.0:
+            return sample_argmax(logits)
+        probs = softmax(np.asarray(logits, dtype=np.float32) / np.float32(self.temperature))
+        coin = self.random_f32()
+        if self.topp <= 0 or self.topp >= 1:
+            return sample_mult(probs, coin)
+        return sample_topp(probs, self.topp, coin)
