@@ -127,17 +127,20 @@ def write_split(path, tokens, vocab_size, verbose):
     return n
 
 
-def write_sharded(doc_tokens, out_dir, name, shard_size=SHARD_SIZE, vocab_size=None, verbose=True):
+def write_sharded(doc_tokens, out_dir, name, shard_size=SHARD_SIZE, vocab_size=None, verbose=True, max_shards=None):
     """Stream documents' tokens into `{name}_{split}_{index:06d}.bin` shards of `shard_size` tokens.
 
     Shard 0 is the val split, the others train (llm.c's fineweb layout). A document that does not fit the
-    current shard is split across two; the last shard holds what remains. Returns [(path, ntok), ...].
+    current shard is split across two; the last shard holds what remains; `max_shards` stops after that
+    many full shards. Returns [(path, ntok), ...].
     """
     out_dir = Path(out_dir)
     written, index, writer = [], 0, None
     try:
         for toks in doc_tokens:
-            while len(toks):
+            if max_shards is not None and index >= max_shards:
+                break
+            while len(toks) and (max_shards is None or index < max_shards):
                 if writer is None:
                     split = "val" if index == 0 else "train"
                     writer = ShardWriter(out_dir / f"{name}_{split}_{index:06d}.bin", vocab_size=vocab_size)

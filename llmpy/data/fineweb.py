@@ -1,0 +1,74 @@
+"""FineWeb and FineWeb-Edu (llm.c's dev/data/fineweb.py): web text -> 100M-token shards.
+
+The "sample-10BT" (or "sample-100BT") parquet files of HuggingFaceFW/fineweb or HuggingFaceFW/fineweb-edu
+are listed through the Hugging Face API, downloaded one at a time into the cache (resumable, with a
+progress bar), and their "text" column tokenized as [EOT] + GPT-2 tokens by a process pool. Shards of
+`shard_size` tokens (default 10^8) are named {fineweb,edu_fineweb}_{val,train}_{index:06d}.bin; shard 0 is
+val, as in llm.c. `max_shards` stops early, for a small sample.
+
+Needs pyarrow to read parquet (`pip install pyarrow`); the `datasets` library is not used. Not handled:
+other FineWeb subsets or dumps.
+"""
+
+import json
+import urllib.error
+import urllib.request
+
+from llmpy.data.download import TIMEOUT_S, download_file
+from llmpy.data.prepro import SHARD_SIZE, encode_documents, mark_done, prepare_out_dir, skip_if_done, write_sharded
+from llmpy.errors import LlmpyError
+from llmpy.tokenizers.gpt2 import N_VOCAB
+
+HF = "https://huggingface.co"
+REPOS = {"fineweb": "HuggingFaceFW/fineweb", "edu_fineweb": "HuggingFaceFW/fineweb-edu"}
+SAMPLES = {"10B": "sample/10BT", "100B": "sample/100BT"}
+BATCH_ROWS = 1024
+
+
+def list_parquet_files(repo, folder):
+    """The parquet paths under `folder` of a Hugging Face dataset repo, sorted (one API request)."""
+    url = f"{HF}/api/datasets/{repo}/tree/main/{folder}"
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            entries = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise LlmpyError(f"cannot list {url} ({getattr(e, 'reason', e)}): fineweb needs the network") from e
+    return sorted(e["path"] for e in entries if e.get("type") == "file" and e["path"].endswith(".parquet"))
+
+
+def parquet_texts(path):
+    """The "text" column of a parquet file, batch by batch."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise LlmpyError("reading FineWeb's parquet files needs pyarrow: `pip install pyarrow`") from e
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=["text"]):
+            yield from batch.column(0).to_pylist()
+    except (OSError, ValueError) as e:  # pyarrow's errors derive from these
+        raise LlmpyError(f"{path} is not a readable FineWeb parquet file ({e}); delete it to download again") from e
+
+
+def fineweb_documents(repo, folder, out_dir, verbose):
+    for rel in list_parquet_files(repo, folder):
+        local = out_dir / "parquet" / rel.replace("/", "_")
+        download_file(f"{HF}/datasets/{repo}/resolve/main/{rel}", local, progress=verbose)
+        yield from parquet_texts(local)
+
+
+def prepare_fineweb(out_dir=None, version="10B", edu=False, shard_size=SHARD_SIZE, max_shards=None,
+                    num_workers=None, force=False, verbose=True):
+    """Tokenize FineWeb (edu=False) or FineWeb-Edu into shards; returns (train_pattern, val_pattern)."""
+    if version not in SAMPLES:
+        raise LlmpyError(f"unknown FineWeb sample {version!r}; use one of {', '.join(SAMPLES)}")
+    name = "edu_fineweb" if edu else "fineweb"
+    out_dir = prepare_out_dir(f"{name}{version}", out_dir, force)
+    done = skip_if_done(out_dir, verbose)
+    if done:
+        return done
+    docs = fineweb_documents(REPOS[name], SAMPLES[version], out_dir, verbose)
+    tokens = encode_documents(docs, num_workers=num_workers, chunksize=64)
+    written = write_sharded(tokens, out_dir, name, shard_size, N_VOCAB, verbose, max_shards=max_shards)
+    train, val = f"{name}_train_*.bin", f"{name}_val_*.bin"
+    mark_done(out_dir, train, val, written)
+    return str(out_dir / train), str(out_dir / val)
