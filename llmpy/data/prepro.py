@@ -86,29 +86,33 @@ def encode_document(tok, text):
 _WORKER_TOKENIZER = {}
 
 
-def _init_worker(spec):
-    _WORKER_TOKENIZER["tok"] = spec.load()
+def _init_worker(tok):
+    _WORKER_TOKENIZER["tok"] = tok.load() if isinstance(tok, TokenizerSpec) else tok
 
 
 def _encode_in_worker(text):
     return encode_document(_WORKER_TOKENIZER["tok"], text)
 
 
-def encode_documents(docs, spec=None, num_workers=1, chunksize=16):
+def encode_documents(docs, tokenizer=None, num_workers=1, chunksize=16):
     """Yield encode_document(...) for each text of the iterable `docs`, in order.
 
-    num_workers > 1 tokenizes in a process pool (llm.c's multiprocess tokenization); None means all cores.
+    tokenizer: a loaded tokenizer, a TokenizerSpec, or None for GPT-2. num_workers > 1 tokenizes in a
+    process pool (llm.c's multiprocess tokenization); None means all cores. With the "fork" start method
+    the workers share the parent's loaded tokenizer; otherwise each builds its own from the spec.
     """
-    spec = spec or TokenizerSpec()
+    tokenizer = tokenizer or TokenizerSpec()
     num_workers = num_workers or os.cpu_count() or 1
-    if num_workers <= 1:
-        tok = spec.load()
-        for text in docs:
-            yield encode_document(tok, text)
-        return
     methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with ctx.Pool(num_workers, initializer=_init_worker, initargs=(spec,)) as pool:
+    forking = "fork" in methods
+    if isinstance(tokenizer, TokenizerSpec) and (num_workers <= 1 or forking):
+        tokenizer = tokenizer.load()
+    if num_workers <= 1:
+        for text in docs:
+            yield encode_document(tokenizer, text)
+        return
+    ctx = multiprocessing.get_context("fork" if forking else "spawn")
+    with ctx.Pool(num_workers, initializer=_init_worker, initargs=(tokenizer,)) as pool:
         yield from pool.imap(_encode_in_worker, docs, chunksize=chunksize)
 
 
