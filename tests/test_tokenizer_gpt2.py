@@ -113,3 +113,14 @@ def test_bench_tokenize_smoke(capsys):
     out = capsys.readouterr().out
     counts = [line.split()[-6] for line in out.splitlines() if "tokens/s" in line]
     assert len(counts) == 4 and len(set(counts)) == 1  # all four ways count the same tokens
+
+
+def test_fuzz_matches_original_gpt2_encoder(enc):
+    import random
+
+    ref = reference_encode()
+    alphabet = list("abcXYZ019 '\t\n\r.,!?-_\u00a0\u3000éßΩж日本🙂\u0301\u200b's'll're've") + ["'s", "'t", "  ", "\n\n"]
+    rng = random.Random(1234)
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        assert enc.encode_ordinary(text) == ref(text), repr(text)

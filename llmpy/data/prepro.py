@@ -138,8 +138,11 @@ def write_sharded(doc_tokens, out_dir, name, shard_size=SHARD_SIZE, vocab_size=N
     current shard is split across two; the last shard holds what remains; `max_shards` stops after that
     many full shards. Returns [(path, ntok), ...].
     """
+    from tqdm import tqdm
+
     out_dir = Path(out_dir)
     written, index, writer = [], 0, None
+    bar = tqdm(unit="tokens", unit_scale=True, desc=f"tokenizing {name}", disable=not verbose)
     try:
         for toks in doc_tokens:
             if max_shards is not None and index >= max_shards:
@@ -151,6 +154,7 @@ def write_sharded(doc_tokens, out_dir, name, shard_size=SHARD_SIZE, vocab_size=N
                     writer.__enter__()
                 take = min(len(toks), shard_size - writer.ntok)
                 writer.write(toks[:take])
+                bar.update(take)
                 toks = toks[take:]
                 if writer.ntok == shard_size:
                     writer.__exit__(None, None, None)
@@ -166,6 +170,8 @@ def write_sharded(doc_tokens, out_dir, name, shard_size=SHARD_SIZE, vocab_size=N
         if writer is not None:
             writer.__exit__(type(e), e, None)
         raise
+    finally:
+        bar.close()
     return written
 
 
