@@ -500,3 +500,26 @@ def test_load_checkpoint_rejects_bad_file(tmp_path, kind):
 def test_fixture_dir_has_only_known_files():
     expected = {p.name for name in NAMES for v in VARIANTS for p in paths(name, v)}
     assert {p.name for p in GPT2_FIXTURES.iterdir()} == expected
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the optimizer of test-gpt2's 10 steps, where the fixtures' losses are too flat to see weight decay or eps
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.3])
+def test_adamw_matches_torch(weight_decay):
+    torch = pytest.importorskip("torch")
+    from llmpy.optim import AdamW
+
+    rng = np.random.default_rng(0)
+    n, lr = 1000, 1e-2
+    params = rng.standard_normal(n).astype(np.float32)
+    grads = [(rng.standard_normal(n) * rng.choice([1e-9, 1e-3, 1.0], n)).astype(np.float32) for _ in range(5)]
+    w = torch.tensor(params, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.AdamW([w], lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
+    ours = AdamW(n, lr=lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay)
+    for g in grads:
+        w.grad = torch.from_numpy(g.astype(np.float64))
+        opt.step()
+        ours.step(params, g.copy())
+        assert params.dtype == np.float32
+        np.testing.assert_allclose(params, w.detach().numpy(), rtol=1e-5, atol=1e-6)
