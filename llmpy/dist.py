@@ -366,8 +366,8 @@ def configure_threads(local_size, threads=None):
     if n < 1:
         raise LlmpyError(f"threads per rank must be >= 1, got {n}")
     if explicit or not any(v in os.environ for v in THREAD_ENV_OVERRIDES):
-        set_blas_threads(n)
         os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(n)   # for child processes
+        set_blas_threads(n)
     if explicit or "NUMBA_NUM_THREADS" not in os.environ:
         set_numba_threads(n)
     return n
@@ -375,7 +375,10 @@ def configure_threads(local_size, threads=None):
 
 def set_blas_threads(n):
     """Tell every OpenBLAS loaded in this process to use n threads; returns how many libraries were set.
-    numpy reads OPENBLAS_NUM_THREADS only when it is imported, so this calls OpenBLAS itself."""
+    numpy reads OPENBLAS_NUM_THREADS only when it is imported, so this calls OpenBLAS itself. SciPy's
+    BLAS (its own OpenBLAS, which llmpy.backend.matmul_acc uses) is loaded first so that it is set too."""
+    with contextlib.suppress(ImportError):
+        import scipy.linalg.blas  # noqa: F401
     done = 0
     for path in _loaded_libraries("openblas"):
         try:
