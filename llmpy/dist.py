@@ -15,7 +15,7 @@ PMI_RANK (MPICH, Intel MPI, srun --mpi=pmi2), PMIX_RANK (PMIx: Open MPI 5, srun 
 MV2_COMM_WORLD_SIZE (MVAPICH) in its environment; only then is mpi4py imported. Without them the run is
 a single process and mpi4py need not be installed.
 
-CPU threads: with more than one rank on a node, init_dist gives each rank cores // ranks_on_this_node
+CPU threads: with more than one rank, init_dist gives each rank cores // ranks_on_this_node
 threads (at least 1, at most the cores the launcher bound it to) for OpenBLAS (numpy's matmuls, set at
 run time through OpenBLAS's own set_num_threads, since numpy is already imported) and for Numba's
 parallel kernels. A user overrides it with init_dist(threads=N), or by exporting OMP_NUM_THREADS or
@@ -302,8 +302,13 @@ def init_dist(threads=None):
         dist = MPIDist(MPI, MPI.COMM_WORLD)
         if dist.world_size > 1:
             _install_excepthook(dist)
-    if threads is not None or dist.local_size > 1:
+    if threads is not None or dist.world_size > 1:
         dist.threads = configure_threads(dist.local_size, threads)
+        fair = (os.cpu_count() or 1) // max(1, dist.local_size)
+        if threads is None and dist.threads < fair and dist.is_master:
+            print(f"llmpy: note: each rank may run on {dist.threads} core(s) of the {fair} per rank of this node "
+                  f"(the launcher bound it): with one rank per node launch with `--bind-to none` (Open MPI)",
+                  file=sys.stderr, flush=True)
     return dist
 
 
