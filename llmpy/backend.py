@@ -7,6 +7,11 @@ What this module does not do: pick a device by itself. Callers pass arrays that 
 they want the work done.
 """
 
+import ctypes
+import functools
+import glob
+import os
+
 import numpy as np
 
 
@@ -37,35 +42,67 @@ def scatter_add(target, indices, values):
         cupyx.scatter_add(target, indices, values)
 
 
-def _as_fortran_operand(x):
-    """A 2-D view as BLAS wants it: (array that is Fortran-contiguous, transpose flag)."""
-    if x.flags.f_contiguous:
-        return x, 0
-    if x.flags.c_contiguous:
-        return x.T, 1
-    return np.asfortranarray(x), 0
+# CBLAS constants
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+
+
+@functools.lru_cache(maxsize=None)
+def numpy_cblas():
+    """NumPy's own BLAS as ctypes functions {dtype: gemm}, or None when it cannot be found.
+
+    NumPy's wheels bundle OpenBLAS (scipy-openblas64) with prefixed ILP64 CBLAS symbols. Calling the
+    very library np.matmul uses keeps one BLAS thread pool in the process: a second OpenBLAS (SciPy's)
+    would spin its own threads against NumPy's on the same cores.
+    """
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "libscipy_openblas64_*"))
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+            sgemm, dgemm = lib.scipy_cblas_sgemm64_, lib.scipy_cblas_dgemm64_
+        except (OSError, AttributeError):
+            continue
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        for fn, real in ((sgemm, ctypes.c_float), (dgemm, ctypes.c_double)):
+            fn.restype = None
+            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, real, ptr, i64, ptr, i64,
+                           real, ptr, i64]
+        return {np.dtype(np.float32): sgemm, np.dtype(np.float64): dgemm}
+    return None
+
+
+def _cblas_operand(x):
+    """(transpose flag, leading dimension) of a 2-D view for row-major CBLAS, or None if neither
+    axis is unit-stride."""
+    item = x.itemsize
+    if x.strides[1] == item and x.strides[0] % item == 0 and x.strides[0] >= item * max(1, x.shape[1]):
+        return _NO_TRANS, x.strides[0] // item
+    if x.strides[0] == item and x.strides[1] % item == 0 and x.strides[1] >= item * max(1, x.shape[0]):
+        return _TRANS, x.strides[1] // item
+    return None
 
 
 def matmul_acc(c, a, b):
     """c += a @ b for 2-D arrays, with c a C-contiguous (M,N) array updated in place.
 
     On the CPU this is one BLAS gemm with beta=1, so accumulating into a gradient costs no
-    temporary and no extra pass over c. Row-major c is column-major c.T, so we ask BLAS for
-    c.T += b.T @ a.T, where every operand is a view, never a copy.
+    temporary and no extra pass over c. Operands may be transposed views: BLAS reads them as such.
     """
     xp = get_array_module(c)
-    if xp is not np or c.dtype not in (np.float32, np.float64):
+    cblas = numpy_cblas() if xp is np else None
+    gemm = cblas.get(c.dtype) if cblas else None
+    if gemm is None or a.dtype != c.dtype or b.dtype != c.dtype or not c.flags.c_contiguous:
         c += a @ b
         return c
-    from scipy.linalg import blas
-
-    assert c.flags.c_contiguous, "matmul_acc needs a C-contiguous output"
-    gemm = blas.sgemm if c.dtype == np.float32 else blas.dgemm
-    ct = c.T  # (N,M), Fortran-contiguous view of c
-    bt, trans_b = _as_fortran_operand(b.T)
-    at, trans_a = _as_fortran_operand(a.T)
-    # op(x) is x for flag 0, x.T for flag 1: op(bt) = b.T and op(at) = a.T in both cases
-    res = gemm(1.0, bt, at, beta=1.0, c=ct, trans_a=trans_b, trans_b=trans_a, overwrite_c=1)
-    if res.ctypes.data != ct.ctypes.data:  # BLAS wrote to a copy (should not happen): put it back
-        ct[...] = res
+    M, N = c.shape
+    K = a.shape[1]
+    assert a.shape == (M, K) and b.shape == (K, N), f"shapes {a.shape} @ {b.shape} do not give {c.shape}"
+    if M == 0 or N == 0:
+        return c
+    opa, opb = _cblas_operand(a), _cblas_operand(b)
+    if opa is None:
+        a, opa = np.ascontiguousarray(a), (_NO_TRANS, max(1, K))
+    if opb is None:
+        b, opb = np.ascontiguousarray(b), (_NO_TRANS, max(1, N))
+    gemm(_ROW_MAJOR, opa[0], opb[0], M, N, K, 1.0, a.ctypes.data, opa[1], b.ctypes.data, opb[1], 1.0,
+         c.ctypes.data, max(1, N))
     return c
