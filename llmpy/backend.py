@@ -46,7 +46,7 @@ def scatter_add(target, indices, values):
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def numpy_cblas():
     """NumPy's own BLAS as ctypes functions {dtype: gemm}, or None when it cannot be found.
 

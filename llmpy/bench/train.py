@@ -218,7 +218,7 @@ def run(args):
     if args.no_torch:
         return 0
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         print("PyTorch not installed: skipping the comparison (pip install torch)")
         return 0
