@@ -1,0 +1,444 @@
+"""The training loop of llm.c's train_gpt2.cu, over llmpy's GPT-2, AdamW, DataLoader and MPI.
+
+    trainer = Trainer(TrainConfig(...))   # every check happens here, before any work
+    summary = trainer.run()
+
+One iteration of `run` at step s (0-based), as llm.c:
+    val loss (s % -v == 0, the first step of a run and the last), HellaSwag (-h, same steps),
+    a sample (s % -s == 0 and at the end), a checkpoint (s % -n == 0 and at the end), then training step s:
+    grad_accum micro-batches forward + backward (loss scaled by 1/grad_accum), gradients averaged over ranks,
+    global grad norm, z-scores of loss and norm (skip the update when over -sl/-sg), clip, AdamW.
+The train loss and lr of step s are logged as `s:s trl:...`. Ctrl-C finishes the step, checkpoints, stops.
+
+Exact resume: the checkpoint holds the params (fp32), the optimizer (m, v, t), the data position, the
+outlier windows and the sampler's RNG, so a resumed run computes the same floats as one never stopped.
+"""
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from llmpy import dist as distmod
+from llmpy.data.dataloader import DataLoader
+from llmpy.errors import LlmpyError
+from llmpy.formats.llmc import load_checkpoint
+from llmpy.formats.tokens import read_shard
+from llmpy.gpt2.model import (
+    GPT2,
+    GPT2_PADDED_VOCAB_SIZE,
+    GPT2_VOCAB_SIZE,
+    GPT2Config,
+    init_params,
+    matrix_param_ranges,
+    num_parameters,
+)
+from llmpy.optim import clip_scale
+from llmpy.train import checkpoint as ckpt
+from llmpy.train.config import HF_NAMES, TrainConfig
+from llmpy.train.log import Console, Logger
+from llmpy.train.outlier import OutlierDetector
+from llmpy.train.schedule import check_schedule, learning_rate
+
+VOCAB_PAD = 128                # a from-scratch model pads its vocab to a multiple of this (50257 -> 50304)
+SAMPLER_SEED = 1337            # llm.c's sampling RNG seed
+VOCAB_CHECK_TOKENS = 1 << 24   # tokens per shard scanned for ids beyond the model's vocab before training
+PEAK_N = 1024                  # sgemm size of the startup peak measurement
+PEAK_REPEATS = 3
+
+
+def padded_vocab(V):
+    return GPT2_PADDED_VOCAB_SIZE if V == GPT2_VOCAB_SIZE else -(-V // VOCAB_PAD) * VOCAB_PAD
+
+
+def sgemm_peak(n=PEAK_N, repeats=PEAK_REPEATS):
+    """FLOP/s of the best of a few n^3 float32 matmuls: the machine's measured matmul peak."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best
+
+
+def flops_per_token(config, T):
+    """llm.c's estimate: 6 N for the weights' forward + backward, 6 L C T for attention."""
+    return 6 * num_parameters(config) + 6 * config.num_layers * config.channels * T
+
+
+def check_data_vocab(files, V):
+    """Fail before training when a shard holds token ids >= the model's vocab (another tokenizer's data)."""
+    for f in files:
+        tokens = read_shard(f)
+        n = min(len(tokens), VOCAB_CHECK_TOKENS)
+        top = int(tokens[:n].max()) if n else 0
+        if top >= V:
+            raise LlmpyError(f"{f} holds token id {top} but the model's vocabulary has {V} tokens: the data was "
+                             f"tokenized for another model. Tokenize it with the model's tokenizer, or train a model "
+                             f"with that vocabulary (--vocab-size)")
+
+
+def accumulate_gradients(model, loader, grad_accum, batches=None):
+    """grad_accum micro-batches of forward + backward into model.grads (each scaled 1/grad_accum); returns
+    the mean loss. `batches` (a list) replays fixed batches instead of reading the loader (-a)."""
+    total = 0.0
+    for micro in range(grad_accum):
+        x, y = batches[micro] if batches is not None else loader.next_batch()
+        total += model.forward(x, y)
+        model.backward(loss_scale=1.0 / grad_accum)
+    return total / grad_accum
+
+
+def init_model(config, rng):
+    """(GPT2Config, params, description) from -e: "" (a small model), dN, a HF name or a checkpoint path."""
+    init = config.init
+    if init in HF_NAMES:
+        from llmpy.gpt2.hf import load_pretrained
+        model_config, params = load_pretrained(init)
+        return model_config, params, f"OpenAI {init}"
+    if init == "" or (init.startswith("d") and init[1:].isdigit()):
+        V = config.vocab_size
+        if init:
+            try:
+                model_config = GPT2Config.from_depth(init, config.max_seq_len, V, padded_vocab(V))
+            except ValueError as e:
+                raise LlmpyError(str(e)) from None
+        else:
+            model_config = GPT2Config(config.max_seq_len, V, padded_vocab(V), config.num_layers, config.num_heads,
+                                      config.channels)
+        return model_config, init_params(model_config, rng), f"from scratch ({init or 'custom'}, seed {config.seed})"
+    if not Path(init).is_file():
+        raise LlmpyError(f"-e {init}: not a file, a depth (d6, d12, d24, d36, d48) or a GPT-2 name "
+                         f"({', '.join(HF_NAMES)})")
+    model_config, params = load_checkpoint(init)
+    return model_config, params, f"checkpoint {init}"
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, dist=None, stream=None):
+        self.cfg = config
+        self.dist = dist or distmod.init_dist()
+        self.stream = stream or sys.stdout
+        self.master = self.dist.is_master
+        self.stop_requested = False
+        self.setup()
+
+    def say(self, text):
+        if self.master:
+            print(text, file=self.stream, flush=True)
+
+    # -- setup: every check before any work ---------------------------------------------------------
+    def setup(self):
+        cfg, dist = self.cfg, self.dist
+        cfg.check(dist.world_size)
+        dist.check_same(json.dumps(asdict(cfg), sort_keys=True, default=str), "the training configuration")
+        self.out_dir = Path(cfg.output_dir or dist.bcast(time.strftime("runs/%Y%m%d-%H%M%S")))
+        self.resume_step = None
+        if cfg.resume:
+            self.resume_step = ckpt.latest_complete(self.out_dir, dist.rank) if self.out_dir.is_dir() else None
+            steps = dist.allgather(self.resume_step)
+            if self.resume_step is None or len(set(steps)) != 1:
+                raise LlmpyError(f"-y 1: {self.out_dir} holds no complete checkpoint (a DONE_* marker with its "
+                                 f"model_*.bin and state_*.npz files) for every rank; start without -y 1")
+            info = ckpt.read_done(self.out_dir, self.resume_step)
+            if info.get("world_size", 1) != dist.world_size:
+                raise LlmpyError(f"{self.out_dir} was written by {info['world_size']} processes; resume with "
+                                 f"mpirun -np {info['world_size']}")
+        elif self.out_dir.is_dir() and ckpt.existing_run_files(self.out_dir) and not cfg.overwrite:
+            raise LlmpyError(f"{self.out_dir} already holds a run's checkpoints: resume it with -y 1, choose "
+                             "another -o, or pass --overwrite to delete them")
+        # data
+        train_pattern, val_pattern = cfg.train_data, cfg.val_data
+        if not train_pattern:
+            from llmpy.data.prepro import prepare_default
+            if self.master:
+                train_pattern, val_pattern = prepare_default(verbose=True)
+            dist.barrier()
+            if not self.master:
+                train_pattern, val_pattern = prepare_default(verbose=False)
+            val_pattern = cfg.val_data or val_pattern
+        self.train_pattern, self.val_pattern = train_pattern, val_pattern
+        # model
+        rng = np.random.default_rng(cfg.seed)
+        if self.resume_step is not None:
+            self.model_config, params = load_checkpoint(ckpt.model_path(self.out_dir, self.resume_step))
+            self.model_desc = f"resumed from {ckpt.model_path(self.out_dir, self.resume_step)}"
+        else:
+            self.model_config, params, self.model_desc = init_model(cfg, rng)
+        mc = self.model_config
+        if cfg.seq_len > mc.max_seq_len:
+            raise LlmpyError(f"sequence length -t {cfg.seq_len} exceeds the model's max_seq_len {mc.max_seq_len}")
+        B, T, W = cfg.batch_size, cfg.seq_len, dist.world_size
+        self.train_loader = DataLoader(train_pattern, B, T, dist.rank, W, shuffle=True, seed=cfg.seed,
+                                       vocab_size=mc.vocab_size)
+        self.val_loader = None
+        if val_pattern and cfg.val_every >= 0 and cfg.val_max_steps > 0:
+            self.val_loader = DataLoader(val_pattern, B, T, dist.rank, W, shuffle=False, vocab_size=mc.vocab_size)
+        files = self.train_loader.files + (self.val_loader.files if self.val_loader else [])
+        check_data_vocab(files, mc.vocab_size)
+        self.tokens_per_step = B * T * W if cfg.total_batch_size == -1 else cfg.total_batch_size
+        self.grad_accum = self.tokens_per_step // (B * T * W)
+        self.max_steps = cfg.max_steps
+        if self.max_steps == -1:
+            self.max_steps = max(1, self.train_loader.num_tokens // self.tokens_per_step)
+        check_schedule(cfg.lr_schedule, cfg.lr, cfg.warmup_steps, self.max_steps, cfg.final_lr_frac)
+        if self.resume_step is not None and self.resume_step > self.max_steps:
+            raise LlmpyError(f"the checkpoint is at step {self.resume_step}, beyond -x {self.max_steps}; raise -x")
+        self.hellaswag_path = None
+        if cfg.hellaswag:
+            self.hellaswag_path = self._find_hellaswag()
+        # model, optimizer, detectors, sampler
+        self.model = GPT2(mc, params, B, T)
+        self.model.zero_grad()
+        self.opt = distmod.make_optimizer(dist, cfg.zero_stage, num_parameters(mc), lr=cfg.lr, beta1=cfg.beta1,
+                                          beta2=cfg.beta2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                          decay_ranges=matrix_param_ranges(mc))
+        self.loss_detector, self.norm_detector = OutlierDetector(), OutlierDetector()
+        self.sampler_state = SAMPLER_SEED
+        self.step = 0
+        self.overfit_batches = None
+        if self.resume_step is not None:
+            self._load_state()
+        self.peak = sgemm_peak()
+        self.flops_per_step = flops_per_token(mc, T) * B * T * self.grad_accum  # this rank's share
+
+    def _find_hellaswag(self):
+        from llmpy.data.prepro import default_data_dir
+        path = Path(self.cfg.hellaswag_path or default_data_dir("hellaswag") / "hellaswag_val.bin")
+        if not path.is_file():
+            self.say(f"HellaSwag: {path} not found, skipping the eval (make it with `llmpy prepro hellaswag`)")
+            return None
+        if self.model_config.vocab_size != GPT2_VOCAB_SIZE:
+            raise LlmpyError("HellaSwag's eval file holds GPT-2 tokens; -h 1 needs a model with GPT-2's vocabulary")
+        return path
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def _state_meta(self):
+        return {"step": self.step, "loader": self.train_loader.state_dict(),
+                "loss_detector": self.loss_detector.state_dict(), "norm_detector": self.norm_detector.state_dict(),
+                "sampler_state": str(self.sampler_state), "tokens_per_step": self.tokens_per_step,
+                "grad_accum": self.grad_accum, "overfit": self.overfit_batches is not None}
+
+    def save(self):
+        dist, out, step = self.dist, self.out_dir, self.step
+        with dist.abort_on_error():
+            if self.master:
+                out.mkdir(parents=True, exist_ok=True)
+                ckpt.save_model(out, step, self.model_config, self.model.params, self.cfg.save_dtype)
+            dist.barrier()
+            arrays = {f"opt.{k}": v for k, v in self.opt.state_dict().items()}
+            if self.overfit_batches is not None:
+                for i, (x, y) in enumerate(self.overfit_batches):
+                    arrays[f"overfit.x{i}"], arrays[f"overfit.y{i}"] = x, y
+            ckpt.save_state(out, step, dist.rank, arrays, self._state_meta())
+            dist.barrier()
+            if self.master:
+                ckpt.mark_done(out, step, {"step": step, "world_size": dist.world_size, "time": time.time()})
+                deleted = ckpt.prune(out, self.cfg.checkpoints_keep, self.cfg.major_checkpoint_every)
+                self.say(f"saved checkpoint {ckpt.model_path(out, step)}"
+                         + (f" (deleted steps {deleted})" if deleted else ""))
+
+    def _load_state(self):
+        arrays, meta = ckpt.load_state(self.out_dir, self.resume_step, self.dist.rank)
+        if meta["tokens_per_step"] != self.tokens_per_step or meta["grad_accum"] != self.grad_accum:
+            raise LlmpyError(f"the checkpoint was trained with {meta['tokens_per_step']} tokens per step "
+                             f"({meta['grad_accum']} micro-batches); resume with the same -b, -t and -d")
+        opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}
+        self.opt.load_state_dict(opt_state, source=str(ckpt.state_path(self.out_dir, self.resume_step,
+                                                                       self.dist.rank)))
+        self.train_loader.load_state_dict(meta["loader"])
+        self.loss_detector.load_state_dict(meta["loss_detector"])
+        self.norm_detector.load_state_dict(meta["norm_detector"])
+        self.sampler_state = int(meta["sampler_state"])
+        if meta.get("overfit"):
+            n = sum(1 for k in arrays if k.startswith("overfit.x"))
+            self.overfit_batches = [(arrays[f"overfit.x{i}"], arrays[f"overfit.y{i}"]) for i in range(n)]
+        self.step = int(meta["step"])
+
+    # -- evaluation ---------------------------------------------------------------------------------
+    def val_loss(self):
+        loader = self.val_loader
+        loader.reset()
+        steps = min(self.cfg.val_max_steps, loader.batches_per_epoch)
+        total = 0.0
+        for _ in range(steps):
+            x, y = loader.next_batch()
+            total += self.model.forward(x, y)
+        return self.dist.allreduce_scalar(total / steps) / self.dist.world_size
+
+    def hellaswag(self):
+        from llmpy.data.hellaswag import evaluate
+
+        def losses_fn(inputs, targets):
+            self.model.forward(inputs, targets)
+            return self.model.acts["losses"].copy()
+
+        r = evaluate(str(self.hellaswag_path), self.cfg.batch_size, self.cfg.seq_len, losses_fn=losses_fn,
+                     rank=self.dist.rank, world_size=self.dist.world_size)
+        correct = self.dist.allreduce_scalar(r["num_correct_norm"])
+        total = self.dist.allreduce_scalar(r["num_examples"])
+        return correct / max(total, 1.0)
+
+    def sample(self):
+        """cfg.gen_tokens tokens after <|endoftext|>, as llm.c; returns the decoded text (rank 0)."""
+        from llmpy.gpt2.generate import generate
+        from llmpy.sampler import random_f32
+        mc = self.model_config
+        eot = GPT2_VOCAB_SIZE - 1 if mc.vocab_size == GPT2_VOCAB_SIZE else 0
+        n = min(self.cfg.gen_tokens, mc.max_seq_len - 1)
+
+        def coin():
+            c, self.sampler_state = random_f32(self.sampler_state)
+            return c
+        tokens = generate(mc, self.model.params, [eot], n, temperature=self.cfg.temperature, top_k=self.cfg.top_k,
+                          coin=coin)
+        return decode(tokens[1:], mc.vocab_size, self.train_loader.files[0])
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def _on_sigint(self, signum, frame):
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        print("\ninterrupt: finishing this step, then writing a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    def run(self):
+        cfg, dist = self.cfg, self.dist
+        mc, first = self.model_config, self.step
+        self.say(f"model: {self.model_desc}: L={mc.num_layers} C={mc.channels} NH={mc.num_heads} V={mc.vocab_size} "
+                 f"Vp={mc.padded_vocab_size} maxT={mc.max_seq_len}, {num_parameters(mc):,} parameters")
+        self.say(f"data: {self.train_loader.num_tokens:,} train tokens in {self.train_loader.num_shards} shard(s) "
+                 f"({self.train_pattern}); val: {self.val_pattern or 'none'}")
+        self.say(f"batch: B={cfg.batch_size} T={cfg.seq_len} x {self.grad_accum} micro-batches x {dist.world_size} "
+                 f"process(es) = {self.tokens_per_step:,} tokens/step; {self.max_steps} steps, lr {cfg.lr} "
+                 f"{cfg.lr_schedule} (warmup {cfg.warmup_steps}, final x{cfg.final_lr_frac}); output {self.out_dir}")
+        self.say(f"sgemm peak measured: {self.peak / 1e9:.1f} GFLOP/s")
+        if self.master:
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise LlmpyError(f"cannot create the output directory {self.out_dir}: {e.strerror}") from e
+            if not cfg.resume and cfg.overwrite:
+                for name in ckpt.existing_run_files(self.out_dir):
+                    (self.out_dir / name).unlink()
+        dist.barrier()
+        self.logger = Logger(self.out_dir if self.master else None, self.resume_step)
+        console = Console(cfg.progress, self.max_steps, first, quiet=not self.master, stream=self.stream)
+        old_handler = None
+        try:
+            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread
+            pass
+        summary = {"train_losses": {}, "val_losses": {}, "hellaswag": {}, "sample": None, "interrupted": False}
+        try:
+            with dist.abort_on_error():
+                self._loop(console, first, summary)
+        finally:
+            console.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+        if self.master and cfg.plot:
+            self._plot()
+        summary["out_dir"] = str(self.out_dir)
+        return summary
+
+    def _loop(self, console, first, summary):
+        cfg, dist, model = self.cfg, self.dist, self.model
+        last_sample = None
+        for step in range(first, self.max_steps + 1):
+            self.step = step
+            last = step == self.max_steps
+            if self.val_loader is not None and (step == first or last or (cfg.val_every and step % cfg.val_every == 0)):
+                vl = self.val_loss()
+                summary["val_losses"][step] = vl
+                self.logger.log_val(step, vl)
+                console.print(f"val loss {vl:.4f} (step {step})")
+            if self.hellaswag_path is not None and (step == first or last or
+                                                    (cfg.val_every and step % cfg.val_every == 0)):
+                acc = self.hellaswag()
+                summary["hellaswag"][step] = acc
+                self.logger.log_eval(step, acc)
+                console.print(f"HellaSwag: {acc:.4f} (acc_norm, step {step})")
+            if cfg.gen_tokens and self.master and (last or (cfg.sample_every and step > first and
+                                                            step % cfg.sample_every == 0)):
+                last_sample = self.sample()
+                console.print(f"generating:\n---\n{last_sample}\n---")
+            if step > first and (last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                self.save()
+            if last:
+                break
+            loss, norm, lr, ms, skipped = self.train_step(step)
+            summary["train_losses"][step] = loss
+            self.logger.log_train(step, loss, lr, norm)
+            tok_s = self.tokens_per_step / (ms / 1e3)
+            mfu = self.flops_per_step / (ms / 1e3) / self.peak
+            console.step(step, self.max_steps, loss, self.zloss, norm, self.zgrad, lr, ms, tok_s, mfu,
+                         note=f" | {skipped}" if skipped else "")
+            stop = dist.allreduce_scalar(float(self.stop_requested), "max") > 0
+            if stop and step + 1 < self.max_steps:
+                self.step = step + 1
+                self.save()
+                summary["interrupted"] = True
+                console.print(f"stopped after step {step + 1}; continue with -y 1 -o {self.out_dir}")
+                break
+        summary["sample"] = last_sample
+        summary["final_step"] = self.step
+        summary["params"] = model.params
+
+    def train_step(self, step):
+        cfg, model, opt = self.cfg, self.model, self.opt
+        t0 = time.perf_counter()
+        if cfg.overfit_single_batch and self.overfit_batches is None:
+            self.overfit_batches = [self.train_loader.next_batch() for _ in range(self.grad_accum)]
+            self.overfit_batches = [(x.copy(), y.copy()) for x, y in self.overfit_batches]
+        loss = accumulate_gradients(model, self.train_loader, self.grad_accum, self.overfit_batches)
+        loss = self.dist.allreduce_scalar(loss) / self.dist.world_size
+        opt.reduce_gradients(model.grads)
+        norm = opt.global_grad_norm(model.grads)
+        lr = learning_rate(cfg.lr_schedule, step, cfg.lr, cfg.warmup_steps, self.max_steps, cfg.final_lr_frac)
+        self.zloss = self.loss_detector.update(loss)
+        self.zgrad = self.norm_detector.update(norm)
+        skipped = ""
+        if math.isfinite(self.zloss) and cfg.skip_update_lossz and self.zloss > cfg.skip_update_lossz:
+            skipped = f"skipped the update: loss z-score {self.zloss:.2f}"
+        elif math.isfinite(self.zgrad) and cfg.skip_update_gradz and self.zgrad > cfg.skip_update_gradz:
+            skipped = f"skipped the update: grad norm z-score {self.zgrad:.2f}"
+        elif not math.isfinite(norm):
+            skipped = "skipped the update: the gradient norm is not finite"
+        if skipped:
+            model.zero_grad()
+        else:
+            opt.step(model.params, model.grads, lr=lr, grad_scale=clip_scale(norm, cfg.grad_clip), zero_grads=True)
+        return loss, norm, lr, (time.perf_counter() - t0) * 1e3, skipped
+
+    def _plot(self):
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            self.say(f"loss plot skipped: matplotlib is not installed (pip install 'llmpy[plot]', then "
+                     f"`llmpy plot {self.out_dir}`)")
+            return
+        from llmpy.cli.plot import plot_runs
+        path = plot_runs([self.out_dir], self.out_dir / "loss.png")
+        self.say(f"loss plot: {path}")
+
+
+def decode(tokens, vocab_size, data_file):
+    """Text for token ids: GPT-2's tokenizer for GPT-2's vocab, a sentencepiece tok{V}.model beside the data
+    (llmpy prepro text --vocab-size), else the ids themselves."""
+    tokens = [int(t) for t in tokens]
+    if vocab_size == GPT2_VOCAB_SIZE:
+        from llmpy.tokenizers.gpt2 import get_gpt2_tokenizer
+        return get_gpt2_tokenizer().decode(tokens)
+    sp = Path(data_file).parent / f"tok{vocab_size}.model"
+    if sp.is_file():
+        from llmpy.tokenizers.bpe_train import SentencePieceTokenizer
+        return SentencePieceTokenizer(str(sp)).decode(tokens)
+    return " ".join(map(str, tokens))
