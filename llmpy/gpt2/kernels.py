@@ -48,11 +48,14 @@ Q0, Q1, Q2, Q3 = TANH_Q
 
 @_jit(inline="always")
 def _tanh(x):
-    x = min(max(x, -TANH_CLAMP), TANH_CLAMP)
-    s = x * x
+    xc = min(max(x, -TANH_CLAMP), TANH_CLAMP)
+    s = xc * xc
     num = P0 + s * (P1 + s * (P2 + s * (P3 + s * (P4 + s * P5))))
     den = Q0 + s * (Q1 + s * (Q2 + s * Q3))
-    return x * num / den
+    # exactly +-1 once saturated, so 1 - tanh^2 (GELU's backward) is exactly 0 there
+    t = xc * num / den
+    saturated = abs(x) >= TANH_CLAMP
+    return t + (math.copysign(1.0, x) - t) * saturated
 
 
 EXP_CLAMP = -100.0  # exp(-100) is 4e-44: below float32's smallest normal, so clamping changes nothing
