@@ -1,0 +1,121 @@
+"""`llmpy train` end to end on a tiny model and corpus: learning, main.log, grad accumulation, bad input."""
+
+import errno
+import io
+
+import numpy as np
+import pytest
+from test_train_helpers import V, tiny_config, write_corpus
+
+from llmpy.cli import main
+from llmpy.data.dataloader import DataLoader
+from llmpy.errors import LlmpyError
+from llmpy.formats.llmc import load_checkpoint
+from llmpy.gpt2.model import GPT2, GPT2Config, init_params
+from llmpy.train import checkpoint as ckpt
+from llmpy.train.log import parse_log
+from llmpy.train.loop import Trainer, accumulate_gradients
+
+
+def test_short_run_learns_and_logs(tmp_path):
+    cfg = tiny_config(tmp_path, max_steps=30, val_every=10, progress="lines")
+    out = io.StringIO()
+    summary = Trainer(cfg, stream=out).run()
+    losses = summary["train_losses"]
+    assert sorted(losses) == list(range(30))
+    assert np.mean([losses[s] for s in range(25, 30)]) < losses[0] - 1.0, losses  # log(64) = 4.16 at the start
+    vals = summary["val_losses"]
+    assert sorted(vals) == [0, 10, 20, 30] and vals[30] < vals[0] - 0.8
+    log = parse_log(tmp_path / "run" / "main.log")
+    assert [s for s, _ in log["trl"]] == list(range(30))
+    assert [s for s, _ in log["tel"]] == [0, 10, 20, 30]
+    assert all(abs(v - losses[s]) <= 5e-5 for s, v in log["trl"])
+    text = (tmp_path / "run" / "main.log").read_text().splitlines()
+    assert text[0] == f"s:0 tel:{vals[0]:.4f}" and text[1].startswith("s:0 trl:") and " lr:" in text[1]
+    assert ckpt.complete_steps(tmp_path / "run") == [30]
+    config, params = load_checkpoint(ckpt.model_path(tmp_path / "run", 30))
+    assert config.vocab_size == V and config.padded_vocab_size == 128
+    assert np.array_equal(params, summary["params"])
+    assert len(summary["sample"].split()) == cfg.gen_tokens  # ids printed: V=64 has no tokenizer
+    assert "step   30/30 | loss" in out.getvalue()
+
+
+def test_grad_accumulation_equals_big_batch(tmp_path):
+    train, _ = write_corpus(tmp_path)
+    config = GPT2Config(32, V, 128, 2, 2, 32)
+    params = init_params(config, np.random.default_rng(0))
+    k, B, T = 3, 2, 16
+    small = GPT2(config, params.copy(), B, T)
+    small.zero_grad()
+    loss_small = accumulate_gradients(small, DataLoader(train, B, T), k)
+    big = GPT2(config, params.copy(), k * B, T)
+    big.zero_grad()
+    loss_big = accumulate_gradients(big, DataLoader(train, k * B, T), 1)
+    assert loss_small == pytest.approx(loss_big, rel=1e-6)
+    np.testing.assert_allclose(small.grads, big.grads, rtol=1e-4, atol=1e-7)
+    assert np.abs(big.grads).max() > 1e-3
+
+
+def _cli(tmp_path, *flags):
+    train, val = write_corpus(tmp_path)
+    out = tmp_path / "cli"
+    argv = ["train", "-i", train, "-j", val, "--layers", "2", "--channels", "32", "--heads", "2", "--max-seq-len",
+            "32", "--vocab-size", str(V), "-b", "4", "-t", "16", "-x", "2", "-o", str(out), "--progress", "none",
+            "--no-plot", *flags]
+    return main(argv), out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["-t", "64"], "exceeds the model's max_seq_len 32"),
+    (["-d", "100"], "not a positive multiple of B*T*processes"),
+    (["--vocab-size", "50"], "token id 63 but the model's vocabulary has 50"),
+    (["-y", "1"], "no complete checkpoint"),
+    (["-k", "cosine", "-u", "5"], "warmup (5 steps) is longer than the run (2 steps)"),
+    (["-h", "1"], "multiple of 4"),
+])
+def test_bad_input_is_rejected_before_any_work(tmp_path, capsys, flags, message):
+    if flags == ["-h", "1"]:
+        flags = ["-h", "1", "-b", "3"]
+    rc, out = _cli(tmp_path, *flags)
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path, capsys):
+    assert _cli(tmp_path)[0] == 0
+    rc, out = _cli(tmp_path)
+    assert rc == 2 and "resume it with -y 1" in capsys.readouterr().err
+    rc, out = _cli(tmp_path, "--overwrite")
+    assert rc == 0 and ckpt.complete_steps(out) == [2]
+
+
+def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, max_steps=4, checkpoint_every=2)
+    trainer = Trainer(cfg, stream=io.StringIO())
+    real_tofile = np.ndarray.tofile
+    calls = {"n": 0}
+
+    def failing_savez(f, **arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    original = ckpt.np.savez
+    real_save = trainer.save
+
+    def save_then_fail():
+        calls["n"] += 1
+        if calls["n"] == 2:
+            monkeypatch.setattr(ckpt.np, "savez", failing_savez)
+        real_save()
+
+    trainer.save = save_then_fail
+    with pytest.raises(LlmpyError, match="the disk is full; the previous complete checkpoint \\(step 2\\) is intact"):
+        trainer.run()
+    monkeypatch.setattr(ckpt.np, "savez", original)
+    run = tmp_path / "run"
+    assert ckpt.latest_complete(run) == 2
+    assert not list(run.glob("*.tmp"))
+    assert real_tofile is np.ndarray.tofile
+    cfg.resume = True
+    summary = Trainer(cfg, stream=io.StringIO()).run()
+    assert summary["final_step"] == 4 and ckpt.latest_complete(run) == 4

@@ -1,0 +1,35 @@
+"""Shared pieces of the training tests (no tests here): a tiny corpus and a tiny TrainConfig."""
+
+import numpy as np
+
+from llmpy.formats.tokens import write_shard
+from llmpy.train.config import TrainConfig
+
+V = 64
+
+
+def write_corpus(tmp_path, n_train=6000, n_val=1200, seed=0):
+    """A learnable token stream: a noisy cycle through the vocabulary (next token = previous + 1 mostly)."""
+    rng = np.random.default_rng(seed)
+
+    def stream(n):
+        toks = np.empty(n, dtype=np.int64)
+        toks[0] = 0
+        for i in range(1, n):
+            toks[i] = (toks[i - 1] + 1) % V if rng.random() < 0.8 else rng.integers(0, V)
+        return toks
+
+    train, val = tmp_path / "tiny_train.bin", tmp_path / "tiny_val.bin"
+    write_shard(train, stream(n_train), vocab_size=V)
+    write_shard(val, stream(n_val), vocab_size=V)
+    return str(train), str(val)
+
+
+def tiny_config(tmp_path, out="run", **overrides):
+    train, val = write_corpus(tmp_path)
+    values = {"train_data": train, "val_data": val, "num_layers": 2, "channels": 32, "num_heads": 2,
+              "max_seq_len": 32, "vocab_size": V, "batch_size": 4, "seq_len": 16, "max_steps": 10, "lr": 1e-2,
+              "warmup_steps": 2, "final_lr_frac": 0.1, "weight_decay": 0.1, "val_every": 4, "val_max_steps": 3,
+              "gen_tokens": 8, "output_dir": str(tmp_path / out), "progress": "none", "plot": False}
+    values.update(overrides)
+    return TrainConfig(**values)
