@@ -29,6 +29,11 @@ except ImportError:  # the plain layers still work
 LN_EPS = 1e-5
 GELU_SCALE = math.sqrt(2.0 / math.pi)
 GELU_CUBE = 0.044715
+# The per-layer kernels run on the calling thread alone: they sit between BLAS calls, and OpenBLAS's
+# worker threads keep spinning on the other cores for a while after each GEMM, so a second thread
+# pool fighting them for those cores made these kernels 10-30x slower (measured on 2 cores).
+# AdamW and the gradient norm run after the backward pass and use all cores.
+LAYER_PARALLEL = False
 TANH_CLAMP = 9.0  # tanh(9) rounds to 1 in float32
 # tanh(x) ~ x * P(x^2) / Q(x^2) on [-9, 9] (tools/fit_tanh.py, relative error 6e-8 in exact arithmetic)
 TANH_P = (0.9999999422609331, 0.12919051471403095, 0.0029205673345698182, 9.26556773281547e-06,
@@ -38,7 +43,7 @@ TANH_Q = (1.0, 0.4625233562405239, 0.023762383745415366, 0.0002280727723174532)
 
 def _jit(**kw):
     def wrap(f):
-        return numba.njit(cache=True, fastmath=True, **kw)(f) if AVAILABLE else f
+        return numba.njit(cache=True, fastmath=True, error_model="numpy", **kw)(f) if AVAILABLE else f
     return wrap
 
 
@@ -77,14 +82,14 @@ def _exp_nonpositive(x):
 # ----------------------------------------------------------------------------
 # GELU
 
-@_jit(parallel=True)
+@_jit(parallel=LAYER_PARALLEL)
 def _gelu_forward(out, inp):
     for i in numba.prange(inp.size):
         x = inp[i]
         out[i] = 0.5 * x * (1.0 + _tanh(GELU_SCALE * (x + GELU_CUBE * x * x * x)))
 
 
-@_jit(parallel=True)
+@_jit(parallel=LAYER_PARALLEL)
 def _gelu_backward(dinp, inp, dout):
     for i in numba.prange(inp.size):
         x = inp[i]
@@ -106,7 +111,7 @@ def gelu_backward(dinp, inp, dout):
 # ----------------------------------------------------------------------------
 # layernorm, one row (one position's C channels) per iteration
 
-@_jit(parallel=True)
+@_jit(parallel=LAYER_PARALLEL)
 def _layernorm_forward(out, mean, rstd, inp, weight, bias, eps):
     N, C = inp.shape
     for i in numba.prange(N):
@@ -126,7 +131,7 @@ def _layernorm_forward(out, mean, rstd, inp, weight, bias, eps):
         rstd[i] = s
 
 
-@_jit(parallel=True)
+@_jit(parallel=LAYER_PARALLEL)
 def _layernorm_backward(dinp, dweight_parts, dbias_parts, dout, inp, weight, mean, rstd):
     # rows are split into as many chunks as dweight_parts has rows; each chunk sums its own partial
     N, C = inp.shape
@@ -162,7 +167,7 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias, eps=LN_EPS):
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
     # dinp, dout, inp are (B,T,C); dweight, dbias, weight are (C,); adds into dinp, dweight, dbias
     C = inp.shape[-1]
-    nparts = min(numba.get_num_threads(), max(1, inp.size // C))
+    nparts = min(numba.get_num_threads() if LAYER_PARALLEL else 1, max(1, inp.size // C))
     dweight_parts = np.zeros((nparts, C), dtype=dweight.dtype)
     dbias_parts = np.zeros((nparts, C), dtype=dbias.dtype)
     _layernorm_backward(dinp.reshape(-1, C), dweight_parts, dbias_parts, dout.reshape(-1, C),
@@ -174,14 +179,29 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
 # ----------------------------------------------------------------------------
 # softmax + cross-entropy over the real vocab, keeping only log-sum-exp per row
 
-@_jit(parallel=True)
+MAX_LANES = 16  # independent running maxima, so the loop vectorizes (one long dependency chain would not)
+
+
+@_jit()
+def _row_max(x):
+    lanes = np.full(MAX_LANES, -np.inf, dtype=x.dtype)
+    n = x.size // MAX_LANES * MAX_LANES
+    for j in range(0, n, MAX_LANES):
+        for k in range(MAX_LANES):
+            v = x[j + k]
+            lanes[k] = v if v > lanes[k] else lanes[k]
+    m = lanes.max()
+    for j in range(n, x.size):
+        m = max(m, x[j])
+    return m
+
+
+@_jit(parallel=LAYER_PARALLEL)
 def _crossentropy_forward(losses, lse, logits, targets, V):
     N = logits.shape[0]
     for i in numba.prange(N):
         row = logits[i]
-        maxval = -np.inf
-        for j in range(V):
-            maxval = max(maxval, row[j])
+        maxval = _row_max(row[:V])
         total = 0.0
         for j in range(V):
             total += _exp_nonpositive(row[j] - maxval)
@@ -189,7 +209,7 @@ def _crossentropy_forward(losses, lse, logits, targets, V):
         losses[i] = lse[i] - row[targets[i]]  # -log softmax(row)[target]
 
 
-@_jit(parallel=True)
+@_jit(parallel=LAYER_PARALLEL)
 def _crossentropy_backward_inplace(logits, lse, targets, V, dloss):
     N, Vp = logits.shape
     for i in numba.prange(N):
