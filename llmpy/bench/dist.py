@@ -34,6 +34,7 @@ def add_arguments(parser):
     parser.add_argument("--ranks", type=int, default=2, help="MPI ranks, one thread each (default 2)")
     parser.add_argument("-z", "--zero-stage", type=int, default=0, choices=(0, 1), help="ZeRO stage (default 0)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps; the median is reported (default 3)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best is kept (default 2)")
     parser.add_argument("--worker", metavar="JSON", help=argparse.SUPPRESS, default=None)
 
 
@@ -106,21 +107,25 @@ def run(args):
     cmd = mpirun_command(R)
 
     print(f"llmpy bench dist: {args.depth}, T={T}, total batch {R * B} rows, ZeRO stage {args.zero_stage}, "
-          f"{os.cpu_count()} cores")
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
+    # alternate the two setups and keep each one's best round: other load on the machine comes and goes
     configure_threads(1, threads=R)
-    single = timed_steps(Dist(), args, R * B)
-    print(f"  1 process x {R} threads, B={R * B}: {single['step_s'] * 1e3:9.1f} ms/step")
-
+    single = multi = None
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
         argv = [sys.executable, "-m", "llmpy", "bench", "dist", "--worker", out, "--depth", args.depth,
                 "-b", str(B), "-t", str(T), "-z", str(args.zero_stage), "--steps", str(args.steps)]
-        proc = subprocess.run(cmd + argv, capture_output=True, text=True, check=False)
-        if proc.returncode != 0 or not os.path.exists(out):
-            raise LlmpyError(f"the {R}-rank run failed (exit {proc.returncode}): {' '.join(cmd + argv)}\n"
-                             f"{(proc.stdout + proc.stderr)[-3000:]}")
-        with open(out) as f:
-            multi = json.load(f)
+        for _ in range(args.rounds):
+            s = timed_steps(Dist(), args, R * B)
+            single = s if single is None or s["step_s"] < single["step_s"] else single
+            proc = subprocess.run(cmd + argv, capture_output=True, text=True, check=False)
+            if proc.returncode != 0 or not os.path.exists(out):
+                raise LlmpyError(f"the {R}-rank run failed (exit {proc.returncode}): {' '.join(cmd + argv)}\n"
+                                 f"{(proc.stdout + proc.stderr)[-3000:]}")
+            with open(out) as f:
+                m = json.load(f)
+            multi = m if multi is None or m["step_s"] < multi["step_s"] else multi
+    print(f"  1 process x {R} threads, B={R * B}: {single['step_s'] * 1e3:9.1f} ms/step")
 
     P = multi["num_params"]
     ring_bytes = 2 * (R - 1) / R * P * 4
