@@ -189,7 +189,7 @@ def _row_max(x):
     for j in range(0, n, MAX_LANES):
         for k in range(MAX_LANES):
             v = x[j + k]
-            lanes[k] = v if v > lanes[k] else lanes[k]
+            lanes[k] = max(lanes[k], v)
     m = lanes.max()
     for j in range(n, x.size):
         m = max(m, x[j])
