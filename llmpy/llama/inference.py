@@ -76,14 +76,17 @@ def attention_forward(out, qkv, key_cache, value_cache, streams, positions, cos,
     for b in range(B):
         s, p = streams[b], positions[b]
         for h in range(n_heads):
-            q0 = h * hs
+            # contiguous 1-D views with non-negative indices, so that LLVM vectorizes the loops over hs
+            qh = qkv[b, h * hs:(h + 1) * hs]
+            oh = out[b, h * hs:(h + 1) * hs]
             k0 = (h // kv_mul) * hs
             # att = softmax(q . k_t / sqrt(hs)) over t = 0..p
             amax = np.float32(-np.inf)
             for t in range(p + 1):
+                kh = key_cache[s, t, k0:k0 + hs]
                 a = np.float32(0.0)
                 for i in range(hs):
-                    a += qkv[b, q0 + i] * key_cache[s, t, k0 + i]
+                    a += qh[i] * kh[i]
                 a *= scale
                 att[t] = a
                 amax = max(amax, a)
@@ -92,12 +95,12 @@ def attention_forward(out, qkv, key_cache, value_cache, streams, positions, cos,
                 att[t] = np.exp(att[t] - amax)
                 asum += att[t]
             inv = np.float32(1.0) / asum
-            for i in range(hs):
-                out[b, q0 + i] = 0.0
+            oh[:] = 0.0
             for t in range(p + 1):
                 a = att[t] * inv
+                vh = value_cache[s, t, k0:k0 + hs]
                 for i in range(hs):
-                    out[b, q0 + i] += a * value_cache[s, t, k0 + i]
+                    oh[i] += a * vh[i]
 
 
 @numba.njit(cache=True, fastmath=True)

@@ -69,7 +69,18 @@ def quantize_rows(xq, xs, x, group_size):
             xs[b, g] = scale
             inv = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
             for k in range(g * group_size, (g + 1) * group_size):
-                xq[b, k] = np.int8(np.rint(x[b, k] * inv))
+                v = x[b, k] * inv
+                xq[b, k] = np.int8(np.floor(abs(v) + np.float32(0.5)) * np.sign(v))  # C round(): half away from 0
+
+
+@numba.njit(cache=True, fastmath=True, inline="always")
+def _group_dot(xg, wg, n):
+    """int32 sum of n int8 products. The explicit int32 keeps numba from widening the sum to int64,
+    which lets LLVM use vpmaddwd (int8 pairs multiplied and summed into int32 lanes)."""
+    ival = np.int32(0)
+    for k in range(n):
+        ival = np.int32(ival + np.int32(xg[k]) * np.int32(wg[k]))
+    return ival
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True)
@@ -83,12 +94,20 @@ def matmul_q8(out, xq, xs, wq, ws, group_size):
     d = wq.shape[0]
     G = n // group_size
     for i in numba.prange(d):
+        wrow, wsrow = wq[i], ws[i]
         for b in range(B):
+            xrow, xsrow = xq[b], xs[b]
             val = np.float32(0.0)
             for g in range(G):
-                j0 = g * group_size
-                ival = np.int32(0)
-                for k in range(group_size):
-                    ival += np.int32(xq[b, j0 + k]) * np.int32(wq[i, j0 + k])
-                val += np.float32(ival) * ws[i, g] * xs[b, g]
+                # 1-D slices indexed from 0 (non-negative indices vectorize); common group sizes get a
+                # compile-time trip count, which LLVM unrolls completely
+                xg = xrow[g * group_size:(g + 1) * group_size]
+                wg = wrow[g * group_size:(g + 1) * group_size]
+                if group_size == 64:
+                    ival = _group_dot(xg, wg, 64)
+                elif group_size == 32:
+                    ival = _group_dot(xg, wg, 32)
+                else:
+                    ival = _group_dot(xg, wg, group_size)
+                val += np.float32(ival) * wsrow[g] * xsrow[g]
             out[b, i] = val

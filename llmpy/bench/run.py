@@ -1,0 +1,117 @@
+"""`llmpy bench run`: Llama 2 decode tok/s against the memory-bandwidth limit, measured in the same run.
+
+For random-weight models with the shapes of llama2.c's stories15M / 42M / 110M: greedy decode of
+--tokens tokens after a BOS, one token per forward (run.c's loop). The limit is the read bandwidth
+of this machine (the best of a 2-thread numba read pass and np.sum over a 512 MiB array) divided by
+the bytes of weights one token reads. Also int8 (Q8_0) on the 110M shape against fp32, and --batch
+streams against one stream on the 15M shape.
+"""
+
+import time
+
+SHAPES = {  # name: (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len)
+    "15M": (288, 768, 6, 6, 6, 32000, 256),
+    "42M": (512, 1376, 8, 8, 8, 32000, 1024),
+    "110M": (768, 2048, 12, 12, 12, 32000, 1024),
+}
+BW_BYTES = 512 * 1024 * 1024  # bandwidth probe size, well beyond the last-level cache
+BW_REPEATS = 5
+
+
+def add_arguments(parser):
+    parser.add_argument("--models", default="15M,42M,110M", help="comma-separated shapes among " + ",".join(SHAPES))
+    parser.add_argument("--tokens", type=int, default=256, help="tokens generated per measurement")
+    parser.add_argument("--batch", type=int, default=8, help="streams for the batched measurement (15M)")
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many timed runs")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 measurement")
+
+
+def _read_bandwidth():
+    """Bytes/s of the fastest full read of a large array: 2-thread numba pass or single-thread np.sum."""
+    import numba
+    import numpy as np
+
+    @numba.njit(parallel=True, fastmath=True, cache=False)
+    def row_sums(a):
+        out = np.empty(a.shape[0], np.float32)
+        for i in numba.prange(a.shape[0]):
+            s = np.float32(0.0)
+            for j in range(a.shape[1]):
+                s += a[i, j]
+            out[i] = s
+        return out
+
+    a = np.ones((BW_BYTES // 4096, 1024), np.float32)
+    row_sums(a)
+    best = 0.0
+    for f in (row_sums, np.sum):
+        for _ in range(BW_REPEATS):
+            t = time.perf_counter()
+            f(a)
+            best = max(best, a.nbytes / (time.perf_counter() - t))
+    return best
+
+
+def _decode_rate(transformer, tokens, repeats, n_streams=1):
+    """Best tok/s of greedy decode from BOS for `tokens` steps per stream (all streams in lock step)."""
+    import numpy as np
+
+    best = 0.0
+    streams = np.arange(n_streams)
+    for _ in range(repeats):
+        tok = np.ones(n_streams, np.int64)
+        t = time.perf_counter()
+        for pos in range(tokens):
+            logits = transformer.forward(tok, np.full(n_streams, pos), streams)
+            tok = logits.argmax(-1)
+        best = max(best, n_streams * tokens / (time.perf_counter() - t))
+    return best
+
+
+def run(args):
+    import numpy as np
+
+    from llmpy.llama.inference import Transformer
+    from llmpy.llama.model import LlamaConfig, random_weights
+    from llmpy.llama.quant import quantize_q80
+
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in SHAPES]
+    if unknown:
+        print(f"llmpy bench run: unknown model shape(s) {unknown}; choose from {list(SHAPES)}")
+        return 2
+    bw = _read_bandwidth()
+    print(f"read bandwidth: {bw / 1e9:.1f} GB/s (best of a 2-thread numba pass and np.sum over "
+          f"{BW_BYTES >> 20} MiB)")
+    print(f"greedy decode of {args.tokens} tokens from BOS, best of {args.repeats}")
+    print(f"{'model':>6} {'kind':>10} {'MB/token':>9} {'limit tok/s':>12} {'tok/s':>8} {'of limit':>9}")
+    rng = np.random.default_rng(0)
+    fp32_rate = {}
+    for name in names:
+        config = LlamaConfig(*SHAPES[name], shared_classifier=True)
+        weights = random_weights(config, rng)
+        t = Transformer(config, weights)
+        rate = _decode_rate(t, args.tokens, args.repeats)
+        fp32_rate[name] = rate
+        limit = bw / t.weight_bytes_per_token()
+        print(f"{name:>6} {'fp32':>10} {t.weight_bytes_per_token() / 1e6:9.1f} {limit:12.1f} {rate:8.1f} "
+              f"{rate / limit:8.0%}")
+        if name == "110M" and not args.no_int8:
+            qweights = dict(weights)
+            for k in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"):
+                qweights[k] = [quantize_q80(w, 64) for w in weights[k]]
+            qweights["tok_emb"] = qweights["wcls"] = quantize_q80(weights["tok_emb"], 64)
+            tq = Transformer(config, qweights)
+            del qweights
+            qrate = _decode_rate(tq, args.tokens, args.repeats)
+            qlimit = bw / tq.weight_bytes_per_token()
+            print(f"{name:>6} {'int8 Q8_0':>10} {tq.weight_bytes_per_token() / 1e6:9.1f} {qlimit:12.1f} "
+                  f"{qrate:8.1f} {qrate / qlimit:8.0%}   int8 / fp32 = {qrate / rate:.2f}x")
+            del tq
+        if name == "15M" and args.batch > 1:
+            tb = Transformer(config, weights, n_streams=args.batch)
+            brate = _decode_rate(tb, args.tokens, args.repeats, n_streams=args.batch)
+            print(f"{name:>6} {f'fp32 x{args.batch}':>10} {'':>9} {'':>12} {brate:8.1f} {'':>9}"
+                  f"   {args.batch} streams / 1 stream = {brate / rate:.2f}x")
+        del t, weights
+    return 0
