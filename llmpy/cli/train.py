@@ -99,6 +99,8 @@ def config_from_args(args):
     for k, offline in OFFLINE_DEFAULTS.items():  # flags left out: the offline run's or llm.c's defaults
         if values[k] is None:
             values[k] = getattr(llmc, k) if values["train_data"] else offline
+    if args.warmup_steps is None and 0 < values["max_steps"] < values["warmup_steps"]:
+        values["warmup_steps"] = values["max_steps"] // 10  # a short offline run: a warmup that fits it
     for k in ("overfit_single_batch", "resume", "hellaswag"):
         values[k] = bool(values[k])
     return TrainConfig(**values)
