@@ -64,7 +64,7 @@ def greedy(config, weights, prompt, steps):
 # -----------------------------------------------------------------------------
 # tiny fixtures shared by the llama tests (no torch needed below)
 
-TINY_WORDS = ["he", "ll", "llo", "hello", " hello", " w", "or", "ld", "world", " world", "th", "the", " the",
+TINY_WORDS = ["he", "ll", "llo", "hello", " hello", "wor", "or", "ld", "world", " world", "th", "the", " the",
               "[", "]", "IN", "ST", "INST", "[INST", "[INST]", " [", " [INST]", "/", "/INST", "[/INST]",
               " [/INST]", "<", ">", "<<", ">>", "SYS", "<<SYS>>", "<</SYS>>", "\n", "\n\n"]
 
