@@ -103,8 +103,9 @@ def _split_heads(x, NH):
 
 
 def attention_forward(out, att, inp, NH):
-    # out is (B,T,C); att is (B,NH,T,T) softmaxed weights (cached for backward);
-    # inp is (B,T,3C): query, key, value side by side along the last axis (llm.c's qkv layout)
+    # out is (B,T,C); att is (B,NH,T,T) softmaxed weights (cached for backward, and used as the
+    # scratch for the pre-softmax scores); inp is (B,T,3C): query, key, value side by side along
+    # the last axis (llm.c's qkv layout)
     xp = get_array_module(inp)
     B, T, C3 = inp.shape
     C = C3 // 3
@@ -112,18 +113,21 @@ def attention_forward(out, att, inp, NH):
     q = _split_heads(inp[:, :, :C], NH)                         # (B,NH,T,hs)
     k = _split_heads(inp[:, :, C:2 * C], NH)
     v = _split_heads(inp[:, :, 2 * C:], NH)
-    preatt = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(hs))  # (B,NH,T,T)
+    xp.matmul(q, k.transpose(0, 1, 3, 2), out=att)              # preatt (B,NH,T,T)
+    att *= 1.0 / math.sqrt(hs)
     future = xp.triu(xp.ones((T, T), dtype=bool), k=1)          # key position after query position
-    preatt[..., future] = -xp.inf
-    preatt -= preatt.max(axis=-1, keepdims=True)                # the diagonal is never masked
-    xp.exp(preatt, out=att)
+    att[..., future] = -xp.inf
+    att -= att.max(axis=-1, keepdims=True)                      # the diagonal is never masked
+    xp.exp(att, out=att)
     att /= att.sum(axis=-1, keepdims=True)                      # masked entries are exactly 0
     y = att @ v                                                 # (B,NH,T,hs)
     out[...] = y.transpose(0, 2, 1, 3).reshape(B, T, C)         # heads side by side again
 
 
-def attention_backward(dinp, dout, inp, att, NH):
-    # dinp, inp are (B,T,3C); dout is (B,T,C); att is (B,NH,T,T)
+def attention_backward(dinp, dout, inp, att, NH, scratch=None):
+    # dinp, inp are (B,T,3C); dout is (B,T,C); att is (B,NH,T,T); scratch, if given, is a
+    # (B,NH,T,T) buffer for the score gradients (else one is allocated)
+    xp = get_array_module(inp)
     C3 = inp.shape[-1]
     C = C3 // 3
     hs = C // NH
@@ -135,14 +139,18 @@ def attention_backward(dinp, dout, inp, att, NH):
     dv = _split_heads(dinp[:, :, 2 * C:], NH)
     dy = _split_heads(dout, NH)                                 # (B,NH,T,hs)
     # forward: y = att @ v
-    datt = dy @ v.transpose(0, 1, 3, 2)                         # (B,NH,T,T)
+    datt = xp.empty_like(att) if scratch is None else scratch
+    xp.matmul(dy, v.transpose(0, 1, 3, 2), out=datt)           # (B,NH,T,T)
     dv += att.transpose(0, 1, 3, 2) @ dy
-    # forward: att = softmax(preatt) along the last axis; masked entries have att = 0 and get 0
-    dpreatt = att * (datt - (datt * att).sum(axis=-1, keepdims=True))
-    dpreatt *= 1.0 / math.sqrt(hs)
+    # forward: att = softmax(preatt) along the last axis, so
+    # dpreatt = att * (datt - sum(datt * att)); masked entries have att = 0 and get 0
+    rowdot = xp.einsum("bhij,bhij->bhi", datt, att)[..., None]  # (B,NH,T,1)
+    datt -= rowdot
+    datt *= att
+    datt *= 1.0 / math.sqrt(hs)                                 # now dpreatt
     # forward: preatt = q @ k.T * scale
-    dq += dpreatt @ k
-    dk += dpreatt.transpose(0, 1, 3, 2) @ q
+    dq += datt @ k
+    dk += datt.transpose(0, 1, 3, 2) @ q
 
 
 # ----------------------------------------------------------------------------

@@ -163,6 +163,7 @@ def grad_activation_shapes(config, B, T):
         "dresidual": (B, T, C),   # the residual stream's gradient, carried from top to bottom
         "dln": (B, T, C), "datty": (B, T, C), "dqkv": (B, T, 3 * C),
         "dfch": (B, T, 4 * C), "dfch_gelu": (B, T, 4 * C),
+        "datt": (B, config.num_heads, T, T),
         "dlogits": (B, T, Vp),    # plain path only
     }
 
@@ -314,7 +315,7 @@ class GPT2:
             d["datty"].fill(0.0)
             matmul_backward(d["datty"], g.attprojw[l], g.attprojb[l], dres, a["atty"][l], p.attprojw[l])
             d["dqkv"].fill(0.0)
-            attention_backward(d["dqkv"], d["datty"], a["qkv"][l], a["att"][l], NH)
+            attention_backward(d["dqkv"], d["datty"], a["qkv"][l], a["att"][l], NH, scratch=d["datt"])
             dln.fill(0.0)
             matmul_backward(dln, g.qkvw[l], g.qkvb[l], d["dqkv"], a["ln1"][l], p.qkvw[l])
             ln_bwd(dres, g.ln1w[l], g.ln1b[l], dln, residual, p.ln1w[l], a["ln1_mean"][l], a["ln1_rstd"][l])
