@@ -336,7 +336,9 @@ class Trainer:
             old_handler = signal.signal(signal.SIGINT, self._on_sigint)
         except ValueError:  # not the main thread
             pass
-        summary = {"train_losses": {}, "val_losses": {}, "hellaswag": {}, "sample": None, "interrupted": False}
+        summary = {"train_losses": {}, "val_losses": {}, "val_seconds": {}, "hellaswag": {}, "sample": None,
+                   "interrupted": False}
+        self.t_start = time.perf_counter()
         try:
             with dist.abort_on_error():
                 self._loop(console, first, summary)
@@ -358,6 +360,7 @@ class Trainer:
             if self.val_loader is not None and (step == first or last or (cfg.val_every and step % cfg.val_every == 0)):
                 vl = self.val_loss()
                 summary["val_losses"][step] = vl
+                summary["val_seconds"][step] = time.perf_counter() - self.t_start
                 self.logger.log_val(step, vl)
                 console.print(f"val loss {vl:.4f} (step {step})")
             if self.hellaswag_path is not None and (step == first or last or
