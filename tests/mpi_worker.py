@@ -33,16 +33,17 @@ def global_batch(step, rows):
 
 
 def train_step(dist, model, opt, step, B):
-    """One data-parallel step; returns the loss averaged over all ranks."""
+    """One data-parallel step; returns the loss averaged over all ranks and the global grad norm (before
+    clipping: unlike AdamW's update, it shows a gradient summed instead of averaged)."""
     x, y = global_batch(step, dist.world_size * B)
     rows = slice(dist.rank * B, (dist.rank + 1) * B)
     loss = model.forward(x[rows], y[rows])
     model.zero_grad()
     model.backward()
     opt.reduce_gradients(model.grads)
-    scale = clip_scale(opt.global_grad_norm(model.grads), MAX_NORM)
-    opt.step(model.params, model.grads, grad_scale=scale)
-    return dist.allreduce_scalar(loss) / dist.world_size
+    norm = opt.global_grad_norm(model.grads)
+    opt.step(model.params, model.grads, grad_scale=clip_scale(norm, MAX_NORM))
+    return dist.allreduce_scalar(loss) / dist.world_size, norm
 
 
 def make_run(dist, zero_stage, B):
@@ -53,8 +54,8 @@ def make_run(dist, zero_stage, B):
 
 
 def train(dist, zero_stage, B, steps=STEPS):
-    """losses (steps,), final params, per-rank m sizes, and whether a restart from the step-SAVE_AT
-    state reproduces the last steps bit for bit."""
+    """(losses, grad norms) (steps, 2), final params, per-rank m sizes, and whether a restart from the
+    step-SAVE_AT state reproduces the last steps bit for bit."""
     model, opt = make_run(dist, zero_stage, B)
     losses, snapshot = [], None
     for step in range(steps):
