@@ -119,3 +119,35 @@ def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     cfg.resume = True
     summary = Trainer(cfg, stream=io.StringIO()).run()
     assert summary["final_step"] == 4 and ckpt.latest_complete(run) == 4
+
+
+def test_quick_start_flags_with_a_checkpoint_init(tmp_path, capsys):
+    from llmpy.formats.llmc import save_checkpoint
+    config = GPT2Config(32, V, 128, 2, 2, 32)
+    save_checkpoint(tmp_path / "init.bin", config, init_params(config, np.random.default_rng(4)))
+    rc, out = _cli(tmp_path, "-e", str(tmp_path / "init.bin"), "-l", "1e-4", "-x", "4", "-s", "2", "-g", "4",
+                   "-v", "2", "--progress", "lines")
+    text = capsys.readouterr().out
+    assert rc == 0 and f"checkpoint {tmp_path / 'init.bin'}" in text and text.count("generating:") == 2
+    assert [s for s, _ in parse_log(out / "main.log")["tel"]] == [0, 2, 4]
+
+
+def test_overfit_single_batch(tmp_path):
+    summary = Trainer(tiny_config(tmp_path, overfit_single_batch=True, max_steps=15, val_every=0, gen_tokens=0, lr=3e-2,
+                                  warmup_steps=0, lr_schedule="constant", total_batch_size=2 * 4 * 16),
+                      stream=io.StringIO()).run()
+    losses = summary["train_losses"]
+    assert losses[14] < losses[0] - 2.0, losses
+
+
+def test_outlier_detector_is_a_windowed_z_score():
+    from llmpy.train.outlier import OutlierDetector
+    values = np.random.default_rng(0).normal(3.0, 0.5, 300)
+    det = OutlierDetector(window=16)
+    for i, v in enumerate(values):
+        z = det.update(v)
+        if i < 16:
+            assert np.isnan(z)
+        else:
+            window = values[i - 15:i + 1]
+            assert z == pytest.approx((v - window.mean()) / window.std(), rel=1e-9, abs=1e-9)

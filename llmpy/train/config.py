@@ -57,7 +57,7 @@ class TrainConfig:
     # evaluation and sampling
     val_every: int = 20                 # -v
     val_max_steps: int = 20             # -m
-    sample_every: int = 0               # -s (0 = only at the end)
+    sample_every: int = 20              # -s (0 = only at the end)
     gen_tokens: int = 64                # -g
     temperature: float = 1.0
     top_k: int = 0
