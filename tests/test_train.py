@@ -151,3 +151,25 @@ def test_outlier_detector_is_a_windowed_z_score():
         else:
             window = values[i - 15:i + 1]
             assert z == pytest.approx((v - window.mean()) / window.std(), rel=1e-9, abs=1e-9)
+
+
+def test_hellaswag_eval_is_logged(tmp_path):
+    from llmpy.data.hellaswag import evaluate
+    from llmpy.formats.hellaswag import write_evalfile
+    rng = np.random.default_rng(0)
+    examples = [{"label": int(rng.integers(4)), "ctx_tokens": rng.integers(0, V, 5).tolist(),
+                 "ending_tokens": [rng.integers(0, V, 3).tolist() for _ in range(4)]} for _ in range(6)]
+    write_evalfile(tmp_path / "hs.bin", examples)
+    cfg = tiny_config(tmp_path, vocab_size=50257, channels=16, max_steps=2, val_every=2, gen_tokens=0,
+                      hellaswag=True, hellaswag_path=str(tmp_path / "hs.bin"))
+    trainer = Trainer(cfg, stream=io.StringIO())
+    summary = trainer.run()
+    evals = parse_log(tmp_path / "run" / "main.log")["eval"]
+    assert [s for s, _ in evals] == [0, 2]
+    model = GPT2(trainer.model_config, summary["params"], 4, 16)
+
+    def losses_fn(x, y):
+        model.forward(x, y)
+        return model.acts["losses"].copy()
+    expected = evaluate(examples, 4, 16, losses_fn=losses_fn)["acc_norm"]
+    assert evals[-1][1] == pytest.approx(expected, abs=1e-4) and summary["hellaswag"][2] == expected
