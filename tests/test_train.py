@@ -76,10 +76,22 @@ def _cli(tmp_path, *flags):
 def test_bad_input_is_rejected_before_any_work(tmp_path, capsys, flags, message):
     if flags == ["-h", "1"]:
         flags = ["-h", "1", "-b", "3"]
+    before = []
+    if flags == ["-y", "1"]:  # a run directory whose only checkpoint is incomplete (no DONE marker)
+        (tmp_path / "cli").mkdir()
+        (tmp_path / "cli" / "model_00000002.bin").write_bytes(b"partial")
+        before = ["model_00000002.bin"]
     rc, out = _cli(tmp_path, *flags)
     assert rc == 2
     assert message in capsys.readouterr().err
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists() or sorted(p.name for p in out.iterdir()) == before
+
+
+def test_resume_flag_on_a_new_directory_starts_a_run(tmp_path, capsys):
+    rc, out = _cli(tmp_path, "-y", "1")   # llm.c's recipes pass -y 1 from the first launch on
+    assert rc == 0 and "nothing to resume" in capsys.readouterr().out
+    rc, out = _cli(tmp_path, "-y", "1", "-x", "3")
+    assert rc == 0 and ckpt.complete_steps(out) == [2, 3]
 
 
 def test_existing_run_needs_resume_or_overwrite(tmp_path, capsys):

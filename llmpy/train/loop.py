@@ -141,8 +141,12 @@ class Trainer:
         dist.check_same(json.dumps(asdict(cfg), sort_keys=True, default=str), "the training configuration")
         self.out_dir = Path(cfg.output_dir or dist.bcast(time.strftime("runs/%Y%m%d-%H%M%S")))
         self.resume_step = None
-        if cfg.resume:
-            self.resume_step = ckpt.latest_complete(self.out_dir, dist.rank) if self.out_dir.is_dir() else None
+        fresh_dir = not self.out_dir.is_dir() or not (ckpt.existing_run_files(self.out_dir) or
+                                                       (self.out_dir / "main.log").exists())
+        if cfg.resume and fresh_dir:  # llm.c's recipes pass -y 1 from the first launch on
+            self.say(f"-y 1: nothing to resume in {self.out_dir} yet, starting a new run")
+        elif cfg.resume:
+            self.resume_step = ckpt.latest_complete(self.out_dir, dist.rank)
             steps = dist.allgather(self.resume_step)
             if self.resume_step is None or len(set(steps)) != 1:
                 raise LlmpyError(f"-y 1: {self.out_dir} holds no complete checkpoint (a DONE_* marker with its "
