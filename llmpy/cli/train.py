@@ -4,11 +4,11 @@
     llmpy train -e gpt2 -i DATA/tiny_shakespeare_train.bin -j DATA/tiny_shakespeare_val.bin \\
         -b 4 -t 64 -l 1e-4 -x 40 -o runs/quickstart          # llm.c's quick start (fine-tune GPT-2 124M)
     mpirun -np 8 llmpy train -e d12 -i 'fineweb10B/fineweb_train_*.bin' -j 'fineweb10B/fineweb_val_*.bin' \\
-        -o log124M -v 250 -s 20000 -g 144 -h 1 -b 64 -t 1024 -d 524288 -z 1 -c 0.1 -l 0.0006 -q 0.0 -u 700 \\
-        -n 5000 -nk 2 -y 1 -x 18865                             # llm.c's GPT-2 124M reproduction
+        -o log124M -b 64 -t 1024 -d 524288 -z 1 -c 0.1 -l 0.0006 -q 0.0 -u 700 -n 5000 -nk 2 -y 1 \\
+        -v 250 -s 20000 -h 1                                    # llm.c's GPT-2 124M reproduction
 
 `-h N` is llm.c's HellaSwag switch; use --help for this text. Flags left out take llm.c's defaults when -i
-is given; the offline default run (no -i) uses B=8 T=128 -x 300 -l 1e-3 -u 20 -q 0.1 -c 0.1 -v 50.
+is given; the offline default run (no -i) uses B=8 T=128 -x 200 -l 3e-3 -u 20 -q 0.1 -c 0.1 -v 50 -m 10.
 """
 
 import argparse
@@ -44,6 +44,8 @@ def add_arguments(parser):
     g.add_argument("-d", "--total-batch-size", type=int, default=d.total_batch_size,
                    help="tokens per optimizer step (gradient accumulation reaches it); -1: B*T*processes")
     g.add_argument("-x", "--max-steps", type=int, default=None, help="optimizer steps; -1: one epoch")
+    g.add_argument("-r", "--recompute", type=int, default=None, metavar="N",
+                   help="accepted for llm.c's command lines; no effect (activations are kept in fp32 on the CPU)")
     g.add_argument("-a", "--overfit-single-batch", type=int, choices=BOOL, default=0, help="1: train on one batch")
     g = parser.add_argument_group("optimizer")
     g.add_argument("-l", "--lr", type=float, default=None, help="peak learning rate")
@@ -63,7 +65,7 @@ def add_arguments(parser):
                    help="skip updates whose grad-norm z-score exceeds this (0: off)")
     g = parser.add_argument_group("evaluation and sampling")
     g.add_argument("-v", "--val-every", type=int, default=None, help="val loss every N steps")
-    g.add_argument("-m", "--val-steps", dest="val_max_steps", type=int, default=d.val_max_steps,
+    g.add_argument("-m", "--val-steps", dest="val_max_steps", type=int, default=None,
                    help="batches per val loss")
     g.add_argument("-s", "--sample-every", type=int, default=None, help="sample every N steps (0: at the end)")
     g.add_argument("-g", "--gen-tokens", type=int, default=d.gen_tokens, help="tokens per sample (0: none)")

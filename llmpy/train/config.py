@@ -16,8 +16,8 @@ DEFAULT_CHANNELS = 128
 DEFAULT_HEADS = 4
 # The offline default run (`llmpy train` without -i) uses these where no flag is given; with -i the
 # defaults are llm.c's (the dataclass defaults below), so llm.c's commands mean the same here.
-OFFLINE_DEFAULTS = {"batch_size": 8, "seq_len": 128, "max_steps": 300, "lr": 1e-3, "warmup_steps": 20,
-                    "final_lr_frac": 0.1, "weight_decay": 0.1, "sample_every": 0, "val_every": 50}
+OFFLINE_DEFAULTS = {"batch_size": 8, "seq_len": 128, "max_steps": 200, "lr": 3e-3, "warmup_steps": 20,
+                    "final_lr_frac": 0.1, "weight_decay": 0.1, "sample_every": 0, "val_every": 50, "val_max_steps": 10}
 GPT2_MAX_SEQ_LEN = 1024
 HF_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
