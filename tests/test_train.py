@@ -185,3 +185,21 @@ def test_hellaswag_eval_is_logged(tmp_path):
         return model.acts["losses"].copy()
     expected = evaluate(examples, 4, 16, losses_fn=losses_fn)["acc_norm"]
     assert evals[-1][1] == pytest.approx(expected, abs=1e-4) and summary["hellaswag"][2] == expected
+
+
+def test_console_bar_on_a_terminal_and_lines_otherwise():
+    from llmpy.train.log import Console
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    plain, tty = io.StringIO(), Terminal()
+    for stream in (plain, tty):
+        console = Console("auto", 10, stream=stream)
+        console.step(0, 10, 3.5, float("nan"), 1.25, float("nan"), 1e-3, 100.0, 1e4, 0.5)
+        console.print("val loss 3.4")
+        console.close()
+    assert plain.getvalue().splitlines() == [
+        "step    1/10 | loss 3.500000 | norm 1.2500 | lr 1.00e-03 | 100.0 ms | 10,000 tok/s | 50.0% of sgemm peak",
+        "val loss 3.4"]
+    assert "1/10" in tty.getvalue() and "loss 3.5000" in tty.getvalue() and "\r" in tty.getvalue()
