@@ -23,6 +23,7 @@ from llmpy.llama.quant import QTensor, dequantize, matmul_q8, quantize_rows
 
 RMS_EPS = 1e-5
 DEFAULT_MAX_ROWS = 256  # rows per forward call; prefill of longer prompts is split into chunks
+SMALL_BATCH = 32  # up to this many rows, fp32 matmuls use matmul_forward instead of BLAS sgemm
 
 
 # -----------------------------------------------------------------------------
@@ -113,6 +114,39 @@ def swiglu_forward(out, h13):
             out[b, i] = g / (np.float32(1.0) + np.exp(-g)) * h13[b, H + i]
 
 
+@numba.njit(cache=True, parallel=True, fastmath=True)
+def matmul_forward(out, inp, weight):
+    """out (B, OC) = inp (B, C) @ weight (OC, C).T for a few rows B (batched decode).
+
+    prange over output rows: each weight row is read from memory once for all B input rows, four
+    input rows per pass so every loaded weight value feeds four FMAs. (OpenBLAS sgemm with B ~ 8
+    is far from both this and the memory-bandwidth limit, so small batches use this kernel.)
+    """
+    B, C = inp.shape
+    OC = weight.shape[0]
+    for o in numba.prange(OC):
+        w = weight[o]
+        b = 0
+        while b + 4 <= B:
+            x0, x1, x2, x3 = inp[b], inp[b + 1], inp[b + 2], inp[b + 3]
+            s0 = s1 = s2 = s3 = np.float32(0.0)
+            for i in range(C):
+                wi = w[i]
+                s0 += x0[i] * wi
+                s1 += x1[i] * wi
+                s2 += x2[i] * wi
+                s3 += x3[i] * wi
+            out[b, o], out[b + 1, o], out[b + 2, o], out[b + 3, o] = s0, s1, s2, s3
+            b += 4
+        while b < B:
+            x0 = inp[b]
+            s0 = np.float32(0.0)
+            for i in range(C):
+                s0 += x0[i] * w[i]
+            out[b, o] = s0
+            b += 1
+
+
 # -----------------------------------------------------------------------------
 # the model
 
@@ -195,8 +229,10 @@ class Transformer:
             matmul_q8(out, xq, xs, w.q, w.s, w.group_size)
         elif inp.shape[0] == 1:
             np.matmul(w, inp[0], out=out[0])  # sgemv: one pass over the weights
+        elif inp.shape[0] <= SMALL_BATCH:
+            matmul_forward(out, inp, w)  # a few streams: one pass over the weights for all of them
         else:
-            np.matmul(inp, w.T, out=out)  # sgemm
+            np.matmul(inp, w.T, out=out)  # sgemm (prefill)
 
     def forward(self, tokens, positions, streams=None, logits="last"):
         """Run B rows through the model; returns logits.
