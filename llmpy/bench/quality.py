@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 REPORT_MINUTES = (5, 15, 30)
+PROBE_STEPS = 5
 
 
 def add_arguments(parser):
@@ -67,11 +68,10 @@ def run(args):
     out = Path(args.output_dir)
     print(f"load average at start: {_load()} (2-core machine shared with other work)")
     if not args.skip_train:
-        probe = Trainer(_config(args, data, str(out / "probe"), 6, plot=False, val_every=0, gen_tokens=0),
-                        stream=io.StringIO())
-        t0 = time.perf_counter()
-        probe.run()
-        per_step = (time.perf_counter() - t0) / 6
+        probe = Trainer(_config(args, data, str(out / "probe"), PROBE_STEPS, plot=False, val_every=0, gen_tokens=0,
+                                val_data=""), stream=io.StringIO())
+        step_ms = probe.run()["step_ms"]
+        per_step = float(np.median([step_ms[s] for s in range(1, PROBE_STEPS)])) / 1e3  # step 0 warms caches up
         steps = max(10, int(args.minutes * 60 / (per_step * 1.15)))  # ~15% for val passes
         print(f"probe: {per_step:.2f} s/step -> planning {steps} steps for {args.minutes:g} minutes")
         trainer = Trainer(_config(args, data, str(out / "train"), steps))

@@ -340,7 +340,7 @@ class Trainer:
             old_handler = signal.signal(signal.SIGINT, self._on_sigint)
         except ValueError:  # not the main thread
             pass
-        summary = {"train_losses": {}, "val_losses": {}, "val_seconds": {}, "hellaswag": {}, "sample": None,
+        summary = {"train_losses": {}, "step_ms": {}, "val_losses": {}, "val_seconds": {}, "hellaswag": {}, "sample": None,
                    "interrupted": False}
         self.t_start = time.perf_counter()
         try:
@@ -383,6 +383,7 @@ class Trainer:
                 break
             loss, norm, lr, ms, skipped = self.train_step(step)
             summary["train_losses"][step] = loss
+            summary["step_ms"][step] = ms
             self.logger.log_train(step, loss, lr, norm)
             tok_s = self.tokens_per_step / (ms / 1e3)
             mfu = self.flops_per_step / (ms / 1e3) / self.peak
