@@ -47,7 +47,7 @@ from llmpy.train.schedule import check_schedule, learning_rate
 
 VOCAB_PAD = 128                # a from-scratch model pads its vocab to a multiple of this (50257 -> 50304)
 SAMPLER_SEED = 1337            # llm.c's sampling RNG seed
-VOCAB_CHECK_TOKENS = 1 << 24   # tokens per shard scanned for ids beyond the model's vocab before training
+VOCAB_CHECK_TOKENS = 1 << 20   # tokens per shard scanned for ids beyond the model's vocab before training
 PEAK_N = 1024                  # sgemm size of the startup peak measurement
 PEAK_REPEATS = 3
 
