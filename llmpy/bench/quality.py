@@ -48,7 +48,7 @@ def _config(args, data, out, steps, **extra):
               "seq_len": args.seq_len, "max_steps": steps, "lr": args.lr,
               "warmup_steps": min(args.warmup, steps // 2), "final_lr_frac": args.final_frac,
               "weight_decay": args.weight_decay, "val_every": args.val_every, "val_max_steps": args.val_batches,
-              "gen_tokens": 64, "output_dir": out, "overwrite": True, "progress": "lines"}
+              "gen_tokens": 64, "sample_every": 0, "output_dir": out, "overwrite": True, "progress": "lines"}
     return TrainConfig(**(values | extra))
 
 
