@@ -71,11 +71,11 @@ def _decode_rate(transformer, tokens, repeats, n_streams=1):
 def run(args):
     import numpy as np
 
-    from llmpy.llama.inference import Transformer, prefer_passive_threads
+    from llmpy.llama.inference import Transformer, tune_openmp_waiting
     from llmpy.llama.model import LlamaConfig, random_weights
     from llmpy.llama.quant import quantize_q80
 
-    prefer_passive_threads()
+    tune_openmp_waiting()
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in SHAPES]
     if unknown:

@@ -42,11 +42,11 @@ def _tokenizer_path(args):
 def run(args):
     from llmpy.llama.chat import chat
     from llmpy.llama.generate import generate, generate_batch
-    from llmpy.llama.inference import Transformer, prefer_passive_threads
+    from llmpy.llama.inference import Transformer, tune_openmp_waiting
     from llmpy.sampler import Sampler
     from llmpy.tokenizers.llama2 import Llama2Tokenizer
 
-    prefer_passive_threads()
+    tune_openmp_waiting()
     if args.seed < 0:
         raise LlmpyError(f"-s: the seed must be >= 0 (0 = from the clock), got {args.seed}")
     if args.batch < 1:

@@ -32,15 +32,17 @@ SMALL_BATCH = 32  # up to this many rows, fp32 matmuls use matmul_forward instea
 BLAS_GEMV_MIN_DIM = 512
 
 
-def prefer_passive_threads():
-    """Make OpenMP worker threads sleep instead of spin between parallel regions (unless the user chose).
+def tune_openmp_waiting():
+    """Let OpenMP workers spin only briefly between parallel regions, then sleep (unless the user chose).
 
-    Call before the first numba parallel kernel runs (entry points only). On a machine whose cores are
-    busy with other processes, spinning workers wait for each other a whole scheduler slice per region
-    (measured: 8 ms instead of 30 us per matmul on 2 shared cores); passive waiting costs a few
-    microseconds per region on an idle machine.
+    Call before the first numba parallel kernel runs (entry points only). Measured on the 2-core box,
+    one small matmul region: on cores busy with other processes, fully spinning workers (libgomp's
+    default) take 8 ms per region waiting for each other, passive ones 27 us and 10000 spins 0.4 ms;
+    on an idle machine passive waiting halves stories15M's decode speed (thread wake-ups are slow in
+    the VM) while 10000 spins stay close to full spinning. 10000 spins is the compromise.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 
 # -----------------------------------------------------------------------------
