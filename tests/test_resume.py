@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_train_helpers import tiny_config
 
+from llmpy.errors import LlmpyError
 from llmpy.train import checkpoint as ckpt
 from llmpy.train.log import parse_log
 from llmpy.train.loop import Trainer
@@ -110,3 +112,14 @@ def test_keep_last_k_deletes_only_old_complete_checkpoints(tmp_path):
     Trainer(cfg, stream=io.StringIO()).run()
     assert ckpt.complete_steps(run) == [4, 8, 12, 14]
     assert stray.read_bytes() == b"partial"
+
+
+def test_truncated_state_file_is_a_clear_error(tmp_path):
+    path = ckpt.state_path(tmp_path, 10, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, a=np.arange(1000))
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+    with pytest.raises(LlmpyError, match="earlier checkpoint") as e:
+        ckpt.load_state(tmp_path, 10, 0)
+    assert str(path) in str(e.value)

@@ -10,6 +10,7 @@ BENCHMARKS = {
     "tokenize": ("llmpy.bench.tokenize", "tokenizer throughput vs plain tiktoken"),
     "run": ("llmpy.bench.run", "Llama 2 inference tok/s vs the memory-bandwidth limit"),
     "dist": ("llmpy.bench.dist", "data-parallel step over MPI ranks vs one process"),
+    "quality": ("llmpy.bench.quality", "from-scratch tinyshakespeare val loss vs wall time, per-step losses vs PyTorch"),
 }
 
 

@@ -112,10 +112,16 @@ def run(args):
     if args.hellaswag is None:  # a bare -h: the user wants help, as everywhere else
         args._parser.print_help()
         return 0
+    from llmpy.dist import init_dist
     from llmpy.train.loop import Trainer
 
-    trainer = Trainer(config_from_args(args))
-    summary = trainer.run()
+    config = config_from_args(args)
+    dist = init_dist()
+    # an error on one rank alone (a bad state file, say) must end every rank, not leave the others
+    # waiting in a collective: abort_on_error stops the whole job (single process: re-raises)
+    with dist.abort_on_error():
+        trainer = Trainer(config, dist)
+        summary = trainer.run()
     if trainer.master:
         vals = summary["val_losses"]
         if vals:

@@ -18,6 +18,7 @@ import glob
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -120,10 +121,10 @@ def load_state(out_dir, step, rank):
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
+        meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise LlmpyError(f"cannot read training state {path} ({e}); resume from an earlier checkpoint by deleting "
                          f"{done_path(out_dir, step)}") from e
-    meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
     return arrays, meta
 
 
