@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmpy.errors import LlmpyError
+from llmpy.fileio import atomic_write
 from llmpy.gpt2.model import GPT2Config, num_parameters
 
 HEADER_INTS = 256
@@ -118,23 +119,7 @@ def save_checkpoint(path, config, params, dtype="float32"):
     assert params.shape == (n,), f"params must be flat with {n} elements, got {params.shape}"
     version = MODEL_VERSION_FP32 if dtype == "float32" else MODEL_VERSION_BF16
     payload = params.astype("<f4", copy=False) if dtype == "float32" else fp32_to_bf16(params).astype("<u2")
-    _write_atomic(path, [model_header(config, version), payload])
-
-
-def _write_atomic(path, arrays):
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            for a in arrays:
-                a.tofile(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, [model_header(config, version), np.ascontiguousarray(payload)])
 
 
 # ----------------------------------------------------------------------------

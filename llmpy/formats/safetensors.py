@@ -14,13 +14,13 @@ Not handled: F8 types, big-endian hosts, files over 2**63 bytes.
 """
 
 import json
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from llmpy.errors import LlmpyError
+from llmpy.fileio import atomic_write
 from llmpy.formats.llmc import bf16_to_fp32, fp32_to_bf16
 
 HEADER_SIZE_BYTES = 8
@@ -109,18 +109,5 @@ def write_safetensors(path, tensors, metadata=None, bf16=()):
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-(HEADER_SIZE_BYTES + len(raw)) % ALIGN)  # the data section starts 8-byte aligned
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for blob in blobs:
-                f.write(blob.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
+    atomic_write(path, [struct.pack("<Q", len(raw)), raw, *(np.ascontiguousarray(b) for b in blobs)])
     return path

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from llmpy.errors import LlmpyError
+from llmpy.fileio import atomic_write
 
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -48,20 +49,6 @@ def make_header(ntok, dtype):
     header[0], header[1], header[2] = magic, version, ntok
     return header
 
-
-def atomic_write(path, chunks):
-    """Write the byte chunks to `path` through a temporary file in the same directory, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def write_shard(path, tokens, vocab_size=None):

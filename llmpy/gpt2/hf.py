@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from llmpy.errors import LlmpyError
+from llmpy.fileio import atomic_write
 from llmpy.formats.llmc import load_checkpoint, save_checkpoint
 from llmpy.formats.safetensors import read_safetensors, write_safetensors
 from llmpy.gpt2.model import (
@@ -127,9 +128,7 @@ def export_hf(out_dir, config, params):
         raise LlmpyError(f"{out_dir} is a file; --to hf writes a directory: choose another output name")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_safetensors(out_dir / "model.safetensors", llmc_to_hf(config, params), metadata={"format": "pt"})
-    tmp = out_dir / "config.json.tmp"
-    tmp.write_text(json.dumps(hf_config_json(config), indent=2))
-    os.replace(tmp, out_dir / "config.json")
+    atomic_write(out_dir / "config.json", [json.dumps(hf_config_json(config), indent=2).encode()])
     return out_dir
 
 

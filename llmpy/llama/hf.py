@@ -9,13 +9,12 @@ Not handled: reading Hugging Face checkpoints (use llama2.c's export.py), dtypes
 """
 
 import json
-import os
-import struct
 from pathlib import Path
 
 import numpy as np
 
 from llmpy.formats.llama2c import ROPE_THETA, _fp32
+from llmpy.formats.safetensors import write_safetensors
 from llmpy.llama.inference import RMS_EPS
 
 
@@ -46,22 +45,6 @@ def hf_state_dict(config, weights):
     return sd
 
 
-def write_safetensors(path, tensors):
-    """Minimal safetensors writer (F32 only), atomic."""
-    header, offset = {}, 0
-    for name, a in tensors.items():
-        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
-        offset += a.nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)) + blob)
-        for a in tensors.values():
-            f.write(np.ascontiguousarray(a, dtype="<f4").data)
-    os.replace(tmp, path)
-
-
 def write_hf(out_dir, config, weights):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,5 +66,6 @@ def write_hf(out_dir, config, weights):
         "eos_token_id": 2,
         "torch_dtype": "float32",
     }
-    write_safetensors(out_dir / "model.safetensors", hf_state_dict(config, weights))
+    tensors = {name: np.asarray(a, dtype=np.float32) for name, a in hf_state_dict(config, weights).items()}
+    write_safetensors(out_dir / "model.safetensors", tensors)
     (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")

@@ -14,12 +14,12 @@ as the raw byte. `safe_piece` drops single bytes that are neither printable nor 
 Not handled: SentencePiece's .model protobuf files, normalization beyond what run.c does.
 """
 
-import os
 import re
 import struct
 from pathlib import Path
 
 from llmpy.errors import LlmpyError
+from llmpy.fileio import atomic_write
 
 BOS = 1
 EOS = 2
@@ -78,9 +78,7 @@ class Llama2Tokenizer:
         parts = [struct.pack("<i", self.max_token_length)]
         for piece, score in zip(self.vocab, self.scores):
             parts.append(struct.pack("<fi", score, len(piece)) + piece)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(b"".join(parts))
-        os.replace(tmp, path)
+        atomic_write(path, parts)
 
     def _lookup(self, piece):
         return self.ids.get(piece, -1)

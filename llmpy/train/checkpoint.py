@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from llmpy.errors import LlmpyError
+from llmpy.fileio import atomic_write_with
 from llmpy.formats.llmc import save_checkpoint
 
 DONE_RE = re.compile(r"^DONE_(\d{8})$")
@@ -68,20 +69,6 @@ def _disk_error(path, e, previous):
                       f"-o) and resume with -y 1")
 
 
-def _atomic(path, write):
-    """write(file object) into path + '.tmp', fsync, rename onto path; remove the temp on failure."""
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
 
 def save_model(out_dir, step, config, params, dtype="float32"):
     path = model_path(out_dir, step)
@@ -100,7 +87,7 @@ def save_state(out_dir, step, rank, arrays, meta):
     payload = {k: np.asarray(v) for k, v in arrays.items()}
     payload[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     try:
-        _atomic(path, lambda f: np.savez(f, **payload))
+        atomic_write_with(path, lambda f: np.savez(f, **payload))
     except OSError as e:
         raise _disk_error(path, e, previous) from e
     return path
@@ -109,7 +96,7 @@ def save_state(out_dir, step, rank, arrays, meta):
 def mark_done(out_dir, step, info):
     path = done_path(out_dir, step)
     try:
-        _atomic(path, lambda f: f.write(json.dumps(info).encode()))
+        atomic_write_with(path, lambda f: f.write(json.dumps(info).encode()))
     except OSError as e:
         raise _disk_error(path, e, None) from e
     return path
