@@ -34,3 +34,16 @@ def atomic_write(path, chunks):
         for chunk in chunks:
             f.write(chunk)
     return atomic_write_with(path, write)
+
+
+def read_head(path, nbytes, what):
+    """(the first nbytes of path, the file's size); an unreadable file is an LlmpyError naming it as `what`."""
+    from llmpy.errors import LlmpyError
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            return f.read(nbytes), size
+    except OSError as e:
+        raise LlmpyError(f"cannot read {what} {path}: {e.strerror or e}") from e

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from llmpy.errors import LlmpyError
+from llmpy.fileio import read_head
 from llmpy.llama.model import LAYER_MATRICES, LlamaConfig, weight_shapes
 from llmpy.llama.quant import QTensor, dequantize, quantize_q80
 
@@ -53,12 +54,7 @@ def _nbytes(shape, itemsize=4):
 def read_header(path):
     """(version, config, group_size or None, data offset) from a llama2.c file, checking sizes against its length."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(HEADER_BYTES)
-    except OSError as e:
-        raise LlmpyError(f"cannot read model file {path}: {e.strerror}") from e
+    head, size = read_head(path, HEADER_BYTES, "model file")
     if len(head) < V0_HEADER.size:
         raise LlmpyError(f"{path}: {size} bytes is too short for a llama2.c model header")
     magic = struct.unpack_from("<I", head)[0]

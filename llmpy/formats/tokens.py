@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from llmpy.errors import LlmpyError
-from llmpy.fileio import atomic_write
+from llmpy.fileio import atomic_write, read_head
 
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -80,12 +80,7 @@ def write_shard(path, tokens, vocab_size=None):
 def read_header(path):
     """(magic, version, ntok, dtype) of an llm.c shard, after checking magic, version and file size."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            raw = f.read(HEADER_BYTES)
-    except OSError as e:
-        raise LlmpyError(f"cannot read token shard {path}: {e}") from e
+    raw, size = read_head(path, HEADER_BYTES, "token shard")
     if len(raw) < HEADER_BYTES:
         raise LlmpyError(f"{path} is {size} bytes, shorter than the 1024-byte llm.c shard header; "
                          f"it is truncated or not a shard ({PREPRO_HINT}; for a headerless nanoGPT/llama2.c "
