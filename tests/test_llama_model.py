@@ -37,10 +37,10 @@ def test_logits_match_reference_per_position(name, config):
     prefill = t.prefill(tokens, logits="all")
     assert prefill.dtype == np.float32
     np.testing.assert_allclose(prefill, ref, atol=1e-4, rtol=0)
-    # run.c's forward: one token at a time against the KV cache, with the numba matvec and with BLAS sgemv
-    for use_blas in (False, True):
+    # run.c's forward: one token at a time against the KV cache, fused into one numba call and per layer
+    for fused in (True, False):
         t = Transformer(config, weights)
-        t.use_blas_gemv = use_blas
+        t.fused = fused
         step = np.stack([t.forward_token(tok, pos).copy() for pos, tok in enumerate(tokens)])
         np.testing.assert_allclose(step, ref, atol=1e-4, rtol=0)
     assert np.abs(ref).max() > 0.5  # the comparison is not between near-zero numbers
