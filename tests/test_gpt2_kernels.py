@@ -39,12 +39,26 @@ def test_gelu_matches_plain(rng, scale):
     np.testing.assert_allclose(d_fused, d_plain, rtol=1e-5, atol=2e-5 * scale ** 3)
 
 
-def test_tanh_rational_is_accurate():
-    x = np.linspace(-12, 12, 200001)
-    out = np.empty_like(x)
-    for i in range(x.size):  # the scalar kernel as Numba compiles it, called in a Python loop
-        out[i] = kernels._tanh(x[i])
-    np.testing.assert_allclose(out, np.tanh(x), rtol=0, atol=2e-7)
+@pytest.fixture(scope="module")
+def elementwise():
+    """The scalar float32 tanh and exp kernels mapped over an array, compiled as the kernels use them."""
+    import numba
+
+    @numba.njit(fastmath=True, error_model="numpy")
+    def apply(which, x):
+        out = np.empty_like(x)
+        for i in range(x.size):
+            out[i] = kernels._tanh(x[i]) if which == 0 else kernels._exp(x[i])
+        return out
+    return apply
+
+
+def test_tanh_rational_is_accurate(elementwise):
+    x = np.linspace(-12, 12, 200001).astype(np.float32)
+    out = elementwise(0, x)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, np.tanh(x.astype(np.float64)), rtol=0, atol=5e-7)
+    assert np.all(np.abs(elementwise(0, np.array([-20.0, -9.0, 9.0, 20.0], np.float32))) == 1.0)
 
 
 def test_layernorm_matches_plain(rng):
@@ -67,6 +81,25 @@ def test_layernorm_matches_plain(rng):
         np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-4)
 
 
+def test_attention_fused_matches_plain(rng):
+    B, T, C, NH = 2, 9, 24, 3
+    inp = randn(rng, B, T, 3 * C, scale=2.0)
+    out_f, att_f = np.empty((B, T, C), np.float32), np.empty((B, NH, T, T), np.float32)
+    out_p, att_p = np.empty((B, T, C)), np.empty((B, NH, T, T))
+    kernels.attention_forward(out_f, att_f, inp, NH)
+    layers.attention_forward(out_p, att_p, inp.astype(np.float64), NH)
+    assert out_f.dtype == np.float32
+    np.testing.assert_allclose(att_f, att_p, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out_f, out_p, rtol=1e-5, atol=1e-5)
+    assert np.all(att_f[..., np.triu(np.ones((T, T), bool), k=1)] == 0.0)  # causal: exactly zero
+    dout = randn(rng, B, T, C)
+    dinp_f = randn(rng, B, T, 3 * C)  # backward adds into dinp
+    dinp_p = dinp_f.astype(np.float64)
+    kernels.attention_backward(dinp_f, dout, inp, att_f, NH, scratch=np.empty_like(att_f))
+    layers.attention_backward(dinp_p, dout.astype(np.float64), inp.astype(np.float64), att_p, NH)
+    np.testing.assert_allclose(dinp_f, dinp_p, rtol=1e-4, atol=1e-5)
+
+
 def test_crossentropy_fused_matches_plain(rng):
     B, T, V, Vp = 2, 5, 67, 128
     logits = randn(rng, B, T, Vp, scale=5.0)
@@ -86,10 +119,14 @@ def test_crossentropy_fused_matches_plain(rng):
     assert np.all(dlogits[..., V:] == 0.0)
 
 
-def test_exp_nonpositive_is_accurate():
-    x = -np.concatenate([np.linspace(0, 5, 1001), np.linspace(5, 150, 1001)])
-    out = np.array([kernels._exp_nonpositive(v) for v in x])
-    np.testing.assert_allclose(out, np.exp(np.maximum(x, -100.0)), rtol=1e-7, atol=1e-300)
+def test_exp_is_accurate(elementwise):
+    x = np.concatenate([np.linspace(-87, 88, 1_000_001), [0.0, -1e-30, 1e-30]]).astype(np.float32)
+    out = elementwise(1, x)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, np.exp(x.astype(np.float64)), rtol=5e-7, atol=0)
+    # clamped outside [-87, 88]: tiny, finite, never NaN
+    far = elementwise(1, np.array([-1e4, -200.0, 200.0], np.float32))
+    assert 0 < far[0] == far[1] < 1e-37 and np.isfinite(far[2])
 
 
 def test_adamw_fused_matches_plain_and_zeroes_grads(rng):

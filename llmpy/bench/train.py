@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from llmpy.backend import matmul_acc
+from llmpy.backend import limit_openmp_spinning, matmul_acc
 
 PROFILED = {  # layer kind -> functions the model calls for it (module attribute names)
     "encoder": ("encoder_forward", "encoder_backward"),
@@ -152,6 +152,7 @@ class Profiler:
 
 
 def run(args):
+    limit_openmp_spinning()
     from llmpy.gpt2.model import GPT2, GPT2Config, init_params, num_parameters
     from llmpy.optim import AdamW
 

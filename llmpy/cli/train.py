@@ -112,9 +112,11 @@ def run(args):
     if args.hellaswag is None:  # a bare -h: the user wants help, as everywhere else
         args._parser.print_help()
         return 0
+    from llmpy.backend import limit_openmp_spinning
     from llmpy.dist import init_dist
     from llmpy.train.loop import Trainer
 
+    limit_openmp_spinning()
     config = config_from_args(args)
     dist = init_dist()
     # an error on one rank alone (a bad state file, say) must end every rank, not leave the others

@@ -19,22 +19,29 @@ import math
 
 import numpy as np
 
+from llmpy.backend import park_blas_threads
+
 try:
     import numba
+    from llvmlite import ir
+    from numba.core import types
+    from numba.extending import intrinsic
     AVAILABLE = True
 except ImportError:  # the plain layers still work
     numba = None
     AVAILABLE = False
 
-LN_EPS = 1e-5
-GELU_SCALE = math.sqrt(2.0 / math.pi)
-GELU_CUBE = 0.044715
-# The per-layer kernels run on the calling thread alone: they sit between BLAS calls, and OpenBLAS's
-# worker threads keep spinning on the other cores for a while after each GEMM, so a second thread
-# pool fighting them for those cores made these kernels 10-30x slower (measured on 2 cores).
+f32 = np.float32  # every constant below is float32, so no kernel silently computes in float64
+LN_EPS = f32(1e-5)
+GELU_SCALE = f32(math.sqrt(2.0 / math.pi))
+GELU_CUBE = f32(0.044715)
+HALF, ONE, ZERO = f32(0.5), f32(1.0), f32(0.0)
+# The per-layer kernels run on the calling thread alone: they sit between BLAS calls, and thread
+# wake-ups and OpenBLAS's spinning workers cost more than a second core gains on kernels this short
+# (measured on 2 cores: a parallel GELU after a GEMM was no faster, and it slowed the next GEMM).
 # AdamW and the gradient norm run after the backward pass and use all cores.
 LAYER_PARALLEL = False
-TANH_CLAMP = 9.0  # tanh(9) rounds to 1 in float32
+TANH_CLAMP = f32(9.0)  # tanh(9) rounds to 1 in float32
 # tanh(x) ~ x * P(x^2) / Q(x^2) on [-9, 9] (tools/fit_tanh.py, relative error 6e-8 in exact arithmetic)
 TANH_P = (0.9999999422609331, 0.12919051471403095, 0.0029205673345698182, 9.26556773281547e-06,
           -1.2774625352453362e-08, 1.8239835072130193e-11)
@@ -47,8 +54,8 @@ def _jit(**kw):
     return wrap
 
 
-P0, P1, P2, P3, P4, P5 = TANH_P
-Q0, Q1, Q2, Q3 = TANH_Q
+P0, P1, P2, P3, P4, P5 = (f32(c) for c in TANH_P)
+Q0, Q1, Q2, Q3 = (f32(c) for c in TANH_Q)
 
 
 @_jit(inline="always")
@@ -59,24 +66,42 @@ def _tanh(x):
     den = Q0 + s * (Q1 + s * (Q2 + s * Q3))
     # exactly +-1 once saturated, so 1 - tanh^2 (GELU's backward) is exactly 0 there
     t = xc * num / den
-    saturated = abs(x) >= TANH_CLAMP
-    return t + (math.copysign(1.0, x) - t) * saturated
+    return ONE if x >= TANH_CLAMP else (-ONE if x <= -TANH_CLAMP else t)
 
 
-EXP_CLAMP = -100.0  # exp(-100) is 4e-44: below float32's smallest normal, so clamping changes nothing
-EXP_SQUARINGS = 8   # exp(x) = exp(x / 256) ** 256
+# exp(x) = 2^k * exp(r) with k = round(x / ln 2) and |r| <= ln(2)/2: a polynomial for exp(r), and
+# 2^k built directly as float32 bits (exponent field k + 127). libm's exp does not vectorize; this does.
+EXP_MIN, EXP_MAX = f32(-87.0), f32(88.0)  # exp(-87) = 1.6e-38 is still a normal float32
+LOG2E = f32(1.4426950408889634)
+LN2_HI, LN2_LO = f32(0.693359375), f32(-2.12194440e-4)  # ln 2 in two parts: k * LN2_HI is exact
+EXP_C = tuple(f32(1.0 / math.factorial(n)) for n in range(8))  # Taylor to r^7: error < 6e-9 on |r| <= 0.35
+E2, E3, E4, E5, E6, E7 = EXP_C[2:]
+FLOAT32_BIAS, FLOAT32_MANTISSA_BITS = 127, 23
+
+if AVAILABLE:
+    @intrinsic
+    def _float32_from_bits(typingctx, bits):
+        """The float32 whose bit pattern is the int32 `bits` (C's union trick); LLVM vectorizes it."""
+        if bits != types.int32:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.FloatType())
+        return types.float32(types.int32), codegen
+else:
+    def _float32_from_bits(bits):
+        return np.array(bits, dtype=np.int32).view(np.float32)[()]
 
 
 @_jit(inline="always")
-def _exp_nonpositive(x):
-    # exp(x) for x <= 0, vectorizable (libm exp is not): a degree-10 Taylor polynomial of exp(x / 256)
-    # on [-0.39, 0] (relative error < 1e-11), then squared 8 times (error grows to < 1e-8)
-    r = max(x, EXP_CLAMP) * (1.0 / 256.0)
-    p = 1.0 + r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (
-        1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880 + r * (1.0 / 3628800))))))))))
-    for _ in range(EXP_SQUARINGS):
-        p = p * p
-    return p
+def _exp(x):
+    # float32 exp, relative error ~2e-7; inputs clamped to [-87, 88]
+    x = min(max(x, EXP_MIN), EXP_MAX)
+    k = np.floor(x * LOG2E + HALF)
+    r = (x - k * LN2_HI) - k * LN2_LO
+    p = ONE + r * (ONE + r * (E2 + r * (E3 + r * (E4 + r * (E5 + r * (E6 + r * E7))))))
+    two_k = _float32_from_bits(np.int32((np.int32(k) + np.int32(FLOAT32_BIAS)) << np.int32(FLOAT32_MANTISSA_BITS)))
+    return p * two_k
 
 
 # ----------------------------------------------------------------------------
@@ -86,7 +111,7 @@ def _exp_nonpositive(x):
 def _gelu_forward(out, inp):
     for i in numba.prange(inp.size):
         x = inp[i]
-        out[i] = 0.5 * x * (1.0 + _tanh(GELU_SCALE * (x + GELU_CUBE * x * x * x)))
+        out[i] = HALF * x * (ONE + _tanh(GELU_SCALE * (x + GELU_CUBE * x * x * x)))
 
 
 @_jit(parallel=LAYER_PARALLEL)
@@ -94,7 +119,7 @@ def _gelu_backward(dinp, inp, dout):
     for i in numba.prange(inp.size):
         x = inp[i]
         t = _tanh(GELU_SCALE * (x + GELU_CUBE * x * x * x))
-        local_grad = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_SCALE * (1.0 + 3.0 * GELU_CUBE * x * x)
+        local_grad = HALF * (ONE + t) + HALF * x * (ONE - t * t) * GELU_SCALE * (ONE + f32(3.0) * GELU_CUBE * x * x)
         dinp[i] += local_grad * dout[i]
 
 
@@ -114,17 +139,18 @@ def gelu_backward(dinp, inp, dout):
 @_jit(parallel=LAYER_PARALLEL)
 def _layernorm_forward(out, mean, rstd, inp, weight, bias, eps):
     N, C = inp.shape
+    inv_C = ONE / f32(C)
     for i in numba.prange(N):
         x = inp[i]
-        m = 0.0
+        m = ZERO
         for c in range(C):
             m += x[c]
-        m /= C
-        v = 0.0
+        m *= inv_C
+        v = ZERO
         for c in range(C):
             xs = x[c] - m
             v += xs * xs
-        s = 1.0 / math.sqrt(v / C + eps)
+        s = ONE / np.sqrt(v * inv_C + eps)
         for c in range(C):
             out[i, c] = (x[c] - m) * s * weight[c] + bias[c]
         mean[i] = m
@@ -135,14 +161,15 @@ def _layernorm_forward(out, mean, rstd, inp, weight, bias, eps):
 def _layernorm_backward(dinp, dweight_parts, dbias_parts, dout, inp, weight, mean, rstd):
     # rows are split into as many chunks as dweight_parts has rows; each chunk sums its own partial
     N, C = inp.shape
+    inv_C = ONE / f32(C)
     nparts = dweight_parts.shape[0]
     for part in numba.prange(nparts):
         dw = dweight_parts[part]
         db = dbias_parts[part]
         for i in range(part * N // nparts, (part + 1) * N // nparts):
             m, s = mean[i], rstd[i]
-            dnorm_mean = 0.0
-            dnorm_norm_mean = 0.0
+            dnorm_mean = ZERO
+            dnorm_norm_mean = ZERO
             for c in range(C):
                 norm = (inp[i, c] - m) * s
                 dnorm = weight[c] * dout[i, c]
@@ -150,8 +177,8 @@ def _layernorm_backward(dinp, dweight_parts, dbias_parts, dout, inp, weight, mea
                 dnorm_norm_mean += dnorm * norm
                 db[c] += dout[i, c]
                 dw[c] += norm * dout[i, c]
-            dnorm_mean /= C
-            dnorm_norm_mean /= C
+            dnorm_mean *= inv_C
+            dnorm_norm_mean *= inv_C
             for c in range(C):
                 norm = (inp[i, c] - m) * s
                 dinp[i, c] += (weight[c] * dout[i, c] - dnorm_mean - norm * dnorm_norm_mean) * s
@@ -161,19 +188,104 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias, eps=LN_EPS):
     # out, inp are (B,T,C); mean, rstd are (B,T); weight, bias are (C,)
     C = inp.shape[-1]
     _layernorm_forward(out.reshape(-1, C), mean.reshape(-1), rstd.reshape(-1), inp.reshape(-1, C),
-                       weight, bias, eps)
+                       weight, bias, f32(eps))
 
 
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
     # dinp, dout, inp are (B,T,C); dweight, dbias, weight are (C,); adds into dinp, dweight, dbias
     C = inp.shape[-1]
     nparts = min(numba.get_num_threads() if LAYER_PARALLEL else 1, max(1, inp.size // C))
+    if nparts == 1:  # accumulate straight into the gradients
+        _layernorm_backward(dinp.reshape(-1, C), dweight[None], dbias[None], dout.reshape(-1, C),
+                            inp.reshape(-1, C), weight, mean.reshape(-1), rstd.reshape(-1))
+        return
     dweight_parts = np.zeros((nparts, C), dtype=dweight.dtype)
     dbias_parts = np.zeros((nparts, C), dtype=dbias.dtype)
     _layernorm_backward(dinp.reshape(-1, C), dweight_parts, dbias_parts, dout.reshape(-1, C),
                         inp.reshape(-1, C), weight, mean.reshape(-1), rstd.reshape(-1))
     dweight += dweight_parts.sum(axis=0)
     dbias += dbias_parts.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------
+# causal attention: BLAS for the two products each way, one fused kernel for the softmax between
+
+@_jit()
+def _causal_softmax_rows(att, scale):
+    # att is (N,T,T): rows of raw scores q.k, softmaxed in place over keys 0..t; keys after t get 0
+    N, T, _ = att.shape
+    for n in range(N):
+        for t in range(T):
+            row = att[n, t]
+            maxval = row[0] * scale
+            for j in range(1, t + 1):
+                maxval = max(maxval, row[j] * scale)
+            total = ZERO
+            for j in range(t + 1):
+                e = _exp(row[j] * scale - maxval)
+                row[j] = e
+                total += e
+            inv = ONE / total
+            for j in range(t + 1):
+                row[j] *= inv
+            for j in range(t + 1, T):
+                row[j] = ZERO
+
+
+@_jit()
+def _causal_softmax_backward_rows(datt, att, scale):
+    # datt, att are (N,T,T); datt (d att) becomes d preatt in place, where preatt = q.k * scale:
+    # dpreatt[j] = att[j] * (datt[j] - sum_k att[k] datt[k]) * scale, zero for keys after t
+    N, T, _ = att.shape
+    for n in range(N):
+        for t in range(T):
+            a, d = att[n, t], datt[n, t]
+            rowdot = ZERO
+            for j in range(t + 1):
+                rowdot += a[j] * d[j]
+            for j in range(t + 1):
+                d[j] = a[j] * (d[j] - rowdot) * scale
+            for j in range(t + 1, T):
+                d[j] = ZERO
+
+
+def _split_heads(x, NH):
+    # x is (B,T,C) -> (B,NH,T,hs), a view
+    B, T, C = x.shape
+    return x.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3)
+
+
+def attention_forward(out, att, inp, NH):
+    # out is (B,T,C); att is (B,NH,T,T), the softmaxed weights (cached for backward); inp is (B,T,3C)
+    B, T, C3 = inp.shape
+    C = C3 // 3
+    q = _split_heads(inp[:, :, :C], NH)                         # (B,NH,T,hs)
+    k = _split_heads(inp[:, :, C:2 * C], NH)
+    v = _split_heads(inp[:, :, 2 * C:], NH)
+    np.matmul(q, k.transpose(0, 1, 3, 2), out=att)              # raw scores (B,NH,T,T)
+    _causal_softmax_rows(att.reshape(-1, T, T), f32(1.0 / math.sqrt(C // NH)))
+    np.matmul(att, v, out=_split_heads(out, NH))                # y (B,NH,T,hs), written as (B,T,C)
+
+
+def attention_backward(dinp, dout, inp, att, NH, scratch=None):
+    # dinp, inp are (B,T,3C); dout is (B,T,C); att is (B,NH,T,T); scratch a (B,NH,T,T) buffer
+    B, T, C3 = inp.shape
+    C = C3 // 3
+    q = _split_heads(inp[:, :, :C], NH)                         # (B,NH,T,hs)
+    k = _split_heads(inp[:, :, C:2 * C], NH)
+    v = _split_heads(inp[:, :, 2 * C:], NH)
+    dq = _split_heads(dinp[:, :, :C], NH)                       # views into dinp: += writes through
+    dk = _split_heads(dinp[:, :, C:2 * C], NH)
+    dv = _split_heads(dinp[:, :, 2 * C:], NH)
+    dy = _split_heads(dout, NH)                                 # (B,NH,T,hs)
+    datt = np.empty_like(att) if scratch is None else scratch
+    # forward: y = att @ v
+    np.matmul(dy, v.transpose(0, 1, 3, 2), out=datt)           # (B,NH,T,T)
+    dv += att.transpose(0, 1, 3, 2) @ dy
+    # forward: att = softmax(q @ k.T * scale), causal
+    _causal_softmax_backward_rows(datt.reshape(-1, T, T), att.reshape(-1, T, T), f32(1.0 / math.sqrt(C // NH)))
+    dq += datt @ k
+    dk += datt.transpose(0, 1, 3, 2) @ q
 
 
 # ----------------------------------------------------------------------------
@@ -196,66 +308,83 @@ def _row_max(x):
     return m
 
 
-@_jit(parallel=LAYER_PARALLEL)
+@_jit(parallel=True)
 def _crossentropy_forward(losses, lse, logits, targets, V):
     N = logits.shape[0]
     for i in numba.prange(N):
         row = logits[i]
         maxval = _row_max(row[:V])
-        total = 0.0
+        total = ZERO
         for j in range(V):
-            total += _exp_nonpositive(row[j] - maxval)
-        lse[i] = maxval + math.log(total)
+            total += _exp(row[j] - maxval)
+        lse[i] = maxval + np.log(total)
         losses[i] = lse[i] - row[targets[i]]  # -log softmax(row)[target]
 
 
-@_jit(parallel=LAYER_PARALLEL)
+@_jit(parallel=True)
 def _crossentropy_backward_inplace(logits, lse, targets, V, dloss):
     N, Vp = logits.shape
     for i in numba.prange(N):
         row = logits[i]
         m = lse[i]
         for j in range(V):
-            row[j] = _exp_nonpositive(row[j] - m) * dloss  # probs * dloss
+            row[j] = _exp(row[j] - m) * dloss  # probs * dloss
         row[targets[i]] -= dloss
         for j in range(V, Vp):
-            row[j] = 0.0  # padded columns: no gradient, so padded wte rows get none
+            row[j] = ZERO  # padded columns: no gradient, so padded wte rows get none
 
 
 def crossentropy_forward(losses, lse, logits, targets, V):
     # losses, lse, targets are (B,T); logits is (B,T,Vp), read only
     Vp = logits.shape[-1]
+    park_blas_threads()  # ~15 ms of work over 50k columns per row: worth both cores
     _crossentropy_forward(losses.reshape(-1), lse.reshape(-1), logits.reshape(-1, Vp), targets.reshape(-1), V)
 
 
 def crossentropy_backward_inplace(logits, lse, targets, V, dloss):
     # logits (B,T,Vp) becomes dlogits = (softmax(logits[:V]) - onehot(target)) * dloss, padded columns 0
     Vp = logits.shape[-1]
-    _crossentropy_backward_inplace(logits.reshape(-1, Vp), lse.reshape(-1), targets.reshape(-1), V, dloss)
+    park_blas_threads()
+    _crossentropy_backward_inplace(logits.reshape(-1, Vp), lse.reshape(-1), targets.reshape(-1), V, f32(dloss))
 
 
 # ----------------------------------------------------------------------------
 # optimizer: AdamW for one tensor, and the squared norm for gradient clipping
 
 @_jit(parallel=True)
-def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, bias_correction1,
-                 bias_correction2, grad_scale, zero_grads):
-    # all flat arrays of one length; llm.c's gpt2_update with the gradient scaled by grad_scale
+def _adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, bias_correction1,
+                  bias_correction2, grad_scale, zero_grads):
+    # float32 throughout, as llm.c's gpt2_update; the bias corrections become multiplications
+    one_minus_beta1, one_minus_beta2 = ONE - beta1, ONE - beta2
+    inv_bc1, inv_bc2 = ONE / bias_correction1, ONE / bias_correction2
     for i in numba.prange(params.size):
         g = grads[i] * grad_scale
-        mi = beta1 * m[i] + (1.0 - beta1) * g
-        vi = beta2 * v[i] + (1.0 - beta2) * g * g
+        mi = beta1 * m[i] + one_minus_beta1 * g
+        vi = beta2 * v[i] + one_minus_beta2 * g * g
         m[i] = mi
         v[i] = vi
-        m_hat = mi / bias_correction1
-        v_hat = vi / bias_correction2
-        params[i] -= lr * (m_hat / (math.sqrt(v_hat) + eps) + weight_decay * params[i])
+        m_hat = mi * inv_bc1
+        v_hat = vi * inv_bc2
+        params[i] -= lr * (m_hat / (np.sqrt(v_hat) + eps) + weight_decay * params[i])
         if zero_grads:
-            grads[i] = 0.0
+            grads[i] = ZERO
+
+
+def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, bias_correction1,
+                 bias_correction2, grad_scale, zero_grads):
+    # all flat float32 arrays of one length; llm.c's gpt2_update with the gradient scaled by grad_scale
+    park_blas_threads()
+    _adamw_update(params, grads, m, v, f32(lr), f32(beta1), f32(beta2), f32(eps), f32(weight_decay),
+                  f32(bias_correction1), f32(bias_correction2), f32(grad_scale), bool(zero_grads))
+
+
+def sum_of_squares(x):
+    park_blas_threads()
+    return _sum_of_squares(x)
 
 
 @_jit(parallel=True)
-def sum_of_squares(x):
+def _sum_of_squares(x):
     total = 0.0  # float64 accumulator
     for i in numba.prange(x.size):
         total += np.float64(x[i]) * np.float64(x[i])

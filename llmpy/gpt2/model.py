@@ -17,14 +17,7 @@ import numpy as np
 
 from llmpy.backend import get_array_module
 from llmpy.gpt2 import layers
-from llmpy.gpt2.layers import (
-    attention_backward,
-    attention_forward,
-    encoder_backward,
-    encoder_forward,
-    matmul_backward,
-    matmul_forward,
-)
+from llmpy.gpt2.layers import encoder_backward, encoder_forward, matmul_backward, matmul_forward
 
 # llm.c's named depths: d -> (channels, heads); all use maxT 1024 and GPT-2's vocab padded to 50304
 DEPTHS = {6: (384, 6), 12: (768, 12), 24: (1024, 16), 36: (1280, 20), 48: (1600, 25)}
@@ -175,7 +168,7 @@ def _alloc(shapes, xp, dtype, skip=()):
 class GPT2:
     """The model: parameters, gradients and activations, each a flat or preallocated buffer.
 
-    `fused=True` (the default on the CPU when Numba is installed) runs the memory-bound layers
+    `fused=True` (the default for float32 on the CPU when Numba is installed) runs the memory-bound layers
     through llmpy/gpt2/kernels.py and keeps a single (B,T,Vp) buffer for logits/probs/dlogits;
     `fused=False` runs the plain layers, which read like the math and work on any array module.
     """
@@ -193,7 +186,7 @@ class GPT2:
         self.g = None
         if fused is None:
             from llmpy.gpt2 import kernels
-            fused = xp is np and kernels.AVAILABLE
+            fused = xp is np and kernels.AVAILABLE and params.dtype == np.float32
         self.fused = fused
         self.B = self.T = None
         self.acts = self.dacts = None
@@ -240,6 +233,7 @@ class GPT2:
         p, a = self.p, self.acts
         NH = cfg.num_heads
         ln_fwd, gelu_fwd = self._kernel("layernorm_forward"), self._kernel("gelu_forward")
+        attention_forward = self._kernel("attention_forward")
 
         encoder_forward(a["encoded"], inputs, p.wte, p.wpe)
         for l in range(cfg.num_layers):
@@ -282,6 +276,7 @@ class GPT2:
         cfg, p, g, a, d = self.config, self.p, self.g, self.acts, self.dacts
         B, T, V, NH = self.B, self.T, cfg.vocab_size, cfg.num_heads
         ln_bwd, gelu_bwd = self._kernel("layernorm_backward"), self._kernel("gelu_backward")
+        attention_backward = self._kernel("attention_backward")
         dloss = loss_scale / (B * T)  # the loss is a mean over all B*T positions
 
         # softmax + cross-entropy, then the tied lm_head
