@@ -126,20 +126,23 @@ def test_int8_forward_close_to_fp32_and_greedy_agreement(tmp_path):
     assert agree >= 0.8
 
 
-def test_int8_matmul_matches_integer_reference():
+@pytest.mark.parametrize("group_size", [16, 64, 8])  # 8: the scalar path (group sizes not a multiple of 16)
+def test_int8_matmul_matches_integer_reference(group_size):
     from llmpy.llama.quant import matmul_q8, quantize_rows
 
     rng = np.random.default_rng(8)
-    x = rng.standard_normal((3, 64)).astype(np.float32)
-    w = quantize_q80(rng.standard_normal((5, 64)).astype(np.float32), 16)
-    xq, xs = np.zeros((3, 64), np.int8), np.zeros((3, 4), np.float32)
-    quantize_rows(xq, xs, x, 16)
-    ref_x = quantize_q80(x, 16)
+    n, G = 128, 128 // group_size
+    x = rng.standard_normal((3, n)).astype(np.float32)
+    w = quantize_q80(rng.standard_normal((5, n)).astype(np.float32), group_size)
+    xq, xs = np.zeros((3, n), np.int16), np.zeros((3, G), np.float32)
+    quantize_rows(xq, xs, x, group_size)
+    ref_x = quantize_q80(x, group_size)
     np.testing.assert_array_equal(xq, ref_x.q)
     np.testing.assert_allclose(xs, ref_x.s, rtol=1e-6)
     out = np.zeros((3, 5), np.float32)
-    matmul_q8(out, xq, xs, w.q, w.s, 16)
+    matmul_q8(out, xq, xs, w.q, w.s, group_size)
     # integer dot per group, then scaled: exactly what runq.c's matmul computes
-    ints = np.einsum("bgk,ogk->bog", xq.astype(np.int64).reshape(3, 4, 16), w.q.astype(np.int64).reshape(5, 4, 16))
+    ints = np.einsum("bgk,ogk->bog", xq.astype(np.int64).reshape(3, G, group_size),
+                     w.q.astype(np.int64).reshape(5, G, group_size))
     want = (ints * w.s[None] * xs[:, None]).sum(-1)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)

@@ -19,8 +19,15 @@ import numpy as np
 
 from llmpy.errors import LlmpyError
 from llmpy.formats.llama2c import rope_tables
-from llmpy.llama.kernels import (attention_forward, forward_rows, forward_rows_q8, linear_q8, matmul_forward,
-                                 residual_rmsnorm, swiglu_forward)
+from llmpy.llama.kernels import (
+    attention_forward,
+    forward_rows,
+    forward_rows_q8,
+    linear_q8,
+    matmul_forward,
+    residual_rmsnorm,
+    swiglu_forward,
+)
 from llmpy.llama.quant import QTensor, dequantize
 
 RMS_EPS = 1e-5
@@ -105,7 +112,7 @@ class Transformer:
         self.value_cache = np.zeros((L, n_streams, c.seq_len, KV), np.float32)
         if self.quantized:
             gs = self.group_size
-            self.xq = np.zeros((R, max(C, H)), np.int8)  # quantized activations
+            self.xq = np.zeros((R, max(C, H)), np.int16)  # quantized activations (int8 values)
             self.xs = np.zeros((R, max(C, H) // gs), np.float32)  # their scales
         self._no_rows = np.zeros((0, C), np.float32)
 
