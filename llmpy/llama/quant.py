@@ -78,6 +78,7 @@ def quantize_rows(xq, xs, x, group_size):
                 xq[b, k] = np.int16(np.floor(abs(v) + np.float32(0.5)) * np.sign(v))  # C round(): half away from 0
 
 
+PREFETCH_BYTES = 2048  # how far ahead in the weights the row dot prefetches
 CHUNK = 16  # int16 lanes of one 256-bit pmaddwd: the vectorized row dot needs group_size % CHUNK == 0
 
 
@@ -110,28 +111,45 @@ def _dot_q8_row(typingctx, x16, w, ws, xs):
         if _has_avx2():
             pmadd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8i32, [v16i16, v16i16]),
                                                    "llvm.x86.avx2.pmadd.wd")
+        def pairs_at(off):  # (8,) int32: the 16 products at off, summed in pairs
+            wv = builder.load(builder.bitcast(builder.gep(aw.data, [off]), v16i8.as_pointer()), align=1)
+            xv = builder.load(builder.bitcast(builder.gep(ax.data, [off]), v16i16.as_pointer()), align=2)
+            if _has_avx2():  # lane j = w[2j] x[2j] + w[2j+1] x[2j+1]
+                return builder.call(pmadd, [builder.sext(wv, v16i16), xv])
+            prod = builder.mul(builder.sext(wv, v16i32), builder.sext(xv, v16i32))  # lane j = w[j] x[j] + w[j+8] x[j+8]
+            lo = builder.shuffle_vector(prod, prod, ir.Constant(v8i32, list(range(8))))
+            return builder.add(lo, builder.shuffle_vector(prod, prod, ir.Constant(v8i32, list(range(8, 16)))))
+
+        def accumulate(acc, off):
+            builder.store(builder.add(builder.load(acc), pairs_at(off)), acc)
+
+        prefetch = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]),
+                                                  "llvm.prefetch.p0")
         facc = cgutils.alloca_once_value(builder, ir.Constant(v8f, None))  # fp32 lanes, summed over groups
-        iacc = cgutils.alloca_once(builder, v8i32)  # int32 lanes of one group
+        iacc = [cgutils.alloca_once(builder, v8i32) for _ in range(2)]  # int32 lanes of one group: two chains
+        chunk_bytes = ir.Constant(i64, CHUNK)
         with cgutils.for_range(builder, G) as group:
             g = group.index
-            builder.store(ir.Constant(v8i32, None), iacc)
-            base = builder.mul(g, builder.mul(nchunk, ir.Constant(i64, CHUNK)))
-            with cgutils.for_range(builder, nchunk) as chunk:
-                off = builder.add(base, builder.mul(chunk.index, ir.Constant(i64, CHUNK)))
-                wv = builder.load(builder.bitcast(builder.gep(aw.data, [off]), v16i8.as_pointer()), align=1)
-                xv = builder.load(builder.bitcast(builder.gep(ax.data, [off]), v16i16.as_pointer()), align=2)
-                if _has_avx2():  # lane j = w[2j] x[2j] + w[2j+1] x[2j+1]
-                    pairs = builder.call(pmadd, [builder.sext(wv, v16i16), xv])
-                else:  # lane j = w[j] x[j] + w[j+8] x[j+8]: the same total
-                    prod = builder.mul(builder.sext(wv, v16i32), builder.sext(xv, v16i32))
-                    lo = builder.shuffle_vector(prod, prod, ir.Constant(v8i32, list(range(8))))
-                    hi = builder.shuffle_vector(prod, prod, ir.Constant(v8i32, list(range(8, 16))))
-                    pairs = builder.add(lo, hi)
-                builder.store(builder.add(builder.load(iacc), pairs), iacc)
+            for acc in iacc:
+                builder.store(ir.Constant(v8i32, None), acc)
+            base = builder.mul(g, builder.mul(nchunk, chunk_bytes))
+            # software prefetch PREFETCH_BYTES ahead (into the next rows, which this thread reads next): the
+            # hardware prefetcher alone leaves this loop waiting on memory at about half the read bandwidth
+            ahead = builder.gep(aw.data, [builder.add(base, ir.Constant(i64, PREFETCH_BYTES))])
+            builder.call(prefetch, [ahead, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            # chunks two at a time into independent sums (the adds' latency is not one long chain), then an odd one
+            with cgutils.for_range(builder, builder.sdiv(nchunk, ir.Constant(i64, 2))) as pair:
+                off = builder.add(base, builder.mul(pair.index, ir.Constant(i64, 2 * CHUNK)))
+                accumulate(iacc[0], off)
+                accumulate(iacc[1], builder.add(off, chunk_bytes))
+            odd = builder.icmp_signed("!=", builder.srem(nchunk, ir.Constant(i64, 2)), ir.Constant(i64, 0))
+            with builder.if_then(odd):
+                accumulate(iacc[0], builder.add(base, builder.mul(builder.sub(nchunk, ir.Constant(i64, 1)), chunk_bytes)))
+            isum = builder.add(builder.load(iacc[0]), builder.load(iacc[1]))
             scale = builder.fmul(builder.load(builder.gep(aws.data, [g])), builder.load(builder.gep(axs.data, [g])))
             scale = builder.insert_element(ir.Constant(v8f, ir.Undefined), scale, ir.Constant(i32, 0))
             scale = builder.shuffle_vector(scale, ir.Constant(v8f, ir.Undefined), ir.Constant(v8i32, None))  # splat
-            part = builder.fmul(builder.sitofp(builder.load(iacc), v8f), scale, flags=("fast",))
+            part = builder.fmul(builder.sitofp(isum, v8f), scale, flags=("fast",))
             builder.store(builder.fadd(builder.load(facc), part, flags=("fast",)), facc)
         acc = builder.load(facc)
         total = builder.extract_element(acc, ir.Constant(i32, 0))
