@@ -38,16 +38,18 @@ SMALL_BATCH = 32
 
 
 def tune_openmp_waiting():
-    """Let OpenMP workers spin only briefly between parallel regions, then sleep (unless the user chose).
+    """Let OpenMP workers spin a while between parallel regions, then sleep (unless the user chose).
 
-    Call before the first numba parallel kernel runs (entry points only). Measured on the 2-core box,
-    one small matmul region: on cores busy with other processes, fully spinning workers (libgomp's
-    default) take 8 ms per region waiting for each other, passive ones 27 us and 10000 spins 0.4 ms;
-    on an idle machine passive waiting halves stories15M's decode speed (thread wake-ups are slow in
-    the VM) while 10000 spins stay close to full spinning. 10000 spins is the compromise.
+    Call before the first numba parallel kernel runs (entry points only). A decode step is ~30-60
+    parallel regions (matmuls, attention) with a few microseconds of serial work between them; a
+    worker that has gone to sleep takes long to wake in this VM. Measured on the 2-core box: libgomp's
+    default spinning collapses when other processes hold the cores (8 ms per region waiting for each
+    other, passive waiting 27 us), while 10000 spins (~0.4 ms) left the fused stories15M/110M decode
+    10-30% slower than 100000 spins on an idle machine (where 100000 and 1000000 measured the same).
+    100000 spins is the compromise: workers still go to sleep within milliseconds of a pause.
     """
     if "OMP_WAIT_POLICY" not in os.environ:
-        os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+        os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 
 # -----------------------------------------------------------------------------

@@ -197,11 +197,9 @@ def forward_rows(logits, rows, tokens, streams, positions, acts, weights, key_ca
 def linear_q8(out, inp, wq, ws, xq, xs):
     """out (B, OC) = inp (B, IC) @ w.T with w Q8_0 (wq (OC, IC) int8, ws (OC, IC / gs)): runq.c's
     quantize(x) then matmul, using the scratch xq, xs for the quantized rows of inp."""
-    B, n = inp.shape
-    gs = n // ws.shape[1]
-    xqb, xsb = xq[:B, :n], xs[:B, :n // gs]
-    quantize_rows(xqb, xsb, inp, gs)
-    matmul_q8(out, xqb, xsb, wq, ws, gs)
+    gs = inp.shape[1] // ws.shape[1]
+    quantize_rows(xq, xs, inp, gs)  # xq, xs are full-width C arrays: the kernels use the first columns
+    matmul_q8(out, xq, xs, wq, ws, gs)
 
 
 @numba.njit(cache=True, fastmath=True)

@@ -61,21 +61,25 @@ def dequantize(t):
 def quantize_rows(xq, xs, x, group_size):
     """Dynamic activation quantization like runq.c's quantize, row by row.
 
-    x is (B, n) fp32; xq (B, n) (int8 values, stored as int16 for matmul_q8) and xs (B, n // group_size)
-    fp32 are written.
+    x is (B, n) fp32; the first n columns of xq (B, >= n) (int8 values, stored as int16 for matmul_q8)
+    and the first n // group_size of xs (B, >= n // group_size) fp32 are written. Whole rows of C arrays
+    so that the loops vectorize (this runs before every int8 matmul).
     """
     B, n = x.shape
     for b in range(B):
+        xr, xqr, xsr = x[b], xq[b], xs[b]
         for g in range(n // group_size):
+            lo = g * group_size
             wmax = np.float32(0.0)
-            for k in range(g * group_size, (g + 1) * group_size):
-                wmax = max(wmax, abs(x[b, k]))
+            for k in range(group_size):
+                wmax = max(wmax, abs(xr[lo + k]))
             scale = wmax / np.float32(Q_MAX)
-            xs[b, g] = scale
+            xsr[g] = scale
             inv = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
-            for k in range(g * group_size, (g + 1) * group_size):
-                v = x[b, k] * inv
-                xq[b, k] = np.int16(np.floor(abs(v) + np.float32(0.5)) * np.sign(v))  # C round(): half away from 0
+            for k in range(group_size):
+                v = xr[lo + k] * inv
+                # C's round(): half away from zero (the int conversion truncates toward zero)
+                xqr[lo + k] = np.int16(v + (np.float32(0.5) if v >= 0 else np.float32(-0.5)))
 
 
 PREFETCH_BYTES = 2048  # how far ahead in the weights the row dot prefetches
@@ -176,12 +180,11 @@ def _dot_q8_row_scalar(x16, w, ws, xs, group_size):
 def matmul_q8(out, xq, xs, wq, ws, group_size):
     """out (B, d) = x (B, n) @ w (d, n).T with both sides Q8_0: int32 sums per group, fp32 across groups.
 
-    xq (B, n) int16 (int8 values widened once per row, so the row dot loads them as they are), xs (B, G);
-    wq (d, n) int8, ws (d, G). prange over output rows i: each weight row is read from memory once and
+    xq (>= B, >= n) int16 (int8 values widened once per row, so the row dot loads them as they are), xs
+    (>= B, >= G): only the first B rows and n or G columns are read; wq (d, n) int8, ws (d, G). prange over output rows i: each weight row is read from memory once and
     reused for all B rows of x while it sits in cache, so B streams cost about one stream's weight traffic.
     """
-    B, n = xq.shape
-    d = wq.shape[0]
+    B, d = out.shape
     for i in numba.prange(d):
         for b in range(B):
             if group_size % CHUNK == 0:
