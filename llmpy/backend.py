@@ -124,28 +124,37 @@ def _cblas_operand(x):
     return None
 
 
-def matmul_acc(c, a, b):
-    """c += a @ b for 2-D arrays, with c a C-contiguous (M,N) array updated in place.
+def matmul_acc(c, a, b, accumulate=True):
+    """c += a @ b (or c = a @ b with accumulate=False) for 2-D arrays, c a C-contiguous (M,N) array
+    updated in place.
 
-    On the CPU this is one BLAS gemm with beta=1, so accumulating into a gradient costs no
+    On the CPU this is one BLAS gemm with beta=1 (or 0), so accumulating into a gradient costs no
     temporary and no extra pass over c. Operands may be transposed views: BLAS reads them as such.
     """
     xp = get_array_module(c)
     cblas = numpy_cblas() if xp is np else None
     gemm = cblas.get(c.dtype) if cblas else None
     if gemm is None or a.dtype != c.dtype or b.dtype != c.dtype or not c.flags.c_contiguous:
-        c += a @ b
+        if accumulate:
+            c += a @ b
+        else:
+            xp.matmul(a, b, out=c)
         return c
     M, N = c.shape
     K = a.shape[1]
     assert a.shape == (M, K) and b.shape == (K, N), f"shapes {a.shape} @ {b.shape} do not give {c.shape}"
     if M == 0 or N == 0:
         return c
+    if K == 0:
+        if not accumulate:
+            c.fill(0.0)
+        return c
     opa, opb = _cblas_operand(a), _cblas_operand(b)
     if opa is None:
         a, opa = np.ascontiguousarray(a), (_NO_TRANS, max(1, K))
     if opb is None:
         b, opb = np.ascontiguousarray(b), (_NO_TRANS, max(1, N))
-    gemm(_ROW_MAJOR, opa[0], opb[0], M, N, K, 1.0, a.ctypes.data, opa[1], b.ctypes.data, opb[1], 1.0,
+    beta = 1.0 if accumulate else 0.0
+    gemm(_ROW_MAJOR, opa[0], opb[0], M, N, K, 1.0, a.ctypes.data, opa[1], b.ctypes.data, opb[1], beta,
          c.ctypes.data, max(1, N))
     return c

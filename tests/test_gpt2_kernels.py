@@ -32,11 +32,12 @@ def test_gelu_matches_plain(rng, scale):
     assert out_fused.dtype == np.float32
     np.testing.assert_allclose(out_fused, out_plain, rtol=2e-6, atol=2e-6)
     dout = randn(rng, *x.shape)
-    d_fused, d_plain = randn(rng, *x.shape), None
-    d_plain = d_fused.astype(np.float64)
-    kernels.gelu_backward(d_fused, x, dout)
-    layers.gelu_backward(d_plain, x.astype(np.float64), dout.astype(np.float64))
-    np.testing.assert_allclose(d_fused, d_plain, rtol=1e-5, atol=2e-5 * scale ** 3)
+    for accumulate in (True, False):
+        d_fused = randn(rng, *x.shape)  # added into, or overwritten
+        d_plain = d_fused.astype(np.float64) if accumulate else np.full(x.shape, np.nan)
+        kernels.gelu_backward(d_fused, x, dout, accumulate=accumulate)
+        layers.gelu_backward(d_plain, x.astype(np.float64), dout.astype(np.float64), accumulate=accumulate)
+        np.testing.assert_allclose(d_fused, d_plain, rtol=1e-5, atol=2e-5 * scale ** 3)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,20 @@ def test_layernorm_matches_plain(rng):
         np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-4)
 
 
-def test_attention_fused_matches_plain(rng):
+def test_encoder_backward_matches_plain(rng):
+    B, T, C, Vp, maxT = 3, 5, 8, 11, 7
+    inp = rng.integers(0, 4, (B, T)).astype(np.int32)  # few ids: repeats must accumulate
+    dout = randn(rng, B, T, C)
+    dwte_f, dwpe_f = randn(rng, Vp, C), randn(rng, maxT, C)
+    dwte_p, dwpe_p = dwte_f.astype(np.float64), dwpe_f.astype(np.float64)
+    kernels.encoder_backward(dwte_f, dwpe_f, dout, inp)
+    layers.encoder_backward(dwte_p, dwpe_p, dout.astype(np.float64), inp)
+    np.testing.assert_allclose(dwte_f, dwte_p, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dwpe_f, dwpe_p, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("accumulate", [True, False])
+def test_attention_fused_matches_plain(rng, accumulate):
     B, T, C, NH = 2, 9, 24, 3
     inp = randn(rng, B, T, 3 * C, scale=2.0)
     out_f, att_f = np.empty((B, T, C), np.float32), np.empty((B, NH, T, T), np.float32)
@@ -93,9 +107,9 @@ def test_attention_fused_matches_plain(rng):
     np.testing.assert_allclose(out_f, out_p, rtol=1e-5, atol=1e-5)
     assert np.all(att_f[..., np.triu(np.ones((T, T), bool), k=1)] == 0.0)  # causal: exactly zero
     dout = randn(rng, B, T, C)
-    dinp_f = randn(rng, B, T, 3 * C)  # backward adds into dinp
-    dinp_p = dinp_f.astype(np.float64)
-    kernels.attention_backward(dinp_f, dout, inp, att_f, NH, scratch=np.empty_like(att_f))
+    dinp_f = randn(rng, B, T, 3 * C)  # backward adds into dinp, or overwrites it
+    dinp_p = dinp_f.astype(np.float64) if accumulate else np.zeros((B, T, 3 * C))
+    kernels.attention_backward(dinp_f, dout, inp, att_f, NH, scratch=np.empty_like(att_f), accumulate=accumulate)
     layers.attention_backward(dinp_p, dout.astype(np.float64), inp.astype(np.float64), att_p, NH)
     np.testing.assert_allclose(dinp_f, dinp_p, rtol=1e-4, atol=1e-5)
 
@@ -161,11 +175,15 @@ def test_matmul_acc_layouts(rng, ta, tb):
     a = randn(rng, K, M).T if ta else randn(rng, M, K)
     b = randn(rng, N, K).T if tb else randn(rng, K, N)
     c = randn(rng, M, N)
-    expected = c.astype(np.float64) + a.astype(np.float64) @ b.astype(np.float64)
+    product = a.astype(np.float64) @ b.astype(np.float64)
+    expected = c.astype(np.float64) + product
     address = c.ctypes.data
     matmul_acc(c, a, b)
     assert c.ctypes.data == address
     np.testing.assert_allclose(c, expected, rtol=1e-5, atol=1e-5)
+    c.fill(np.nan)  # overwritten, never read
+    matmul_acc(c, a, b, accumulate=False)
+    np.testing.assert_allclose(c, product, rtol=1e-5, atol=1e-5)
 
 
 def test_model_fused_matches_plain(rng):

@@ -105,6 +105,25 @@ def _exp(x):
 
 
 # ----------------------------------------------------------------------------
+# encoder backward: a scatter-add of B*T rows (np.add.at is slow at this)
+
+@_jit()
+def _encoder_backward(dwte, dwpe, dout, inp):
+    B, T, C = dout.shape
+    for b in range(B):
+        for t in range(T):
+            ix = inp[b, t]
+            for c in range(C):
+                dwte[ix, c] += dout[b, t, c]
+                dwpe[t, c] += dout[b, t, c]
+
+
+def encoder_backward(dwte, dwpe, dout, inp):
+    # dwte is (Vp,C), dwpe is (maxT,C), dout is (B,T,C), inp is (B,T) int32; adds into dwte, dwpe
+    _encoder_backward(dwte, dwpe, dout, inp)
+
+
+# ----------------------------------------------------------------------------
 # GELU
 
 @_jit(parallel=LAYER_PARALLEL)
@@ -115,12 +134,15 @@ def _gelu_forward(out, inp):
 
 
 @_jit(parallel=LAYER_PARALLEL)
-def _gelu_backward(dinp, inp, dout):
+def _gelu_backward(dinp, inp, dout, accumulate):
     for i in numba.prange(inp.size):
         x = inp[i]
         t = _tanh(GELU_SCALE * (x + GELU_CUBE * x * x * x))
         local_grad = HALF * (ONE + t) + HALF * x * (ONE - t * t) * GELU_SCALE * (ONE + f32(3.0) * GELU_CUBE * x * x)
-        dinp[i] += local_grad * dout[i]
+        if accumulate:
+            dinp[i] += local_grad * dout[i]
+        else:
+            dinp[i] = local_grad * dout[i]
 
 
 def gelu_forward(out, inp):
@@ -128,9 +150,9 @@ def gelu_forward(out, inp):
     _gelu_forward(out.reshape(-1), inp.reshape(-1))
 
 
-def gelu_backward(dinp, inp, dout):
-    # dinp, inp, dout are (B,T,4C); adds into dinp
-    _gelu_backward(dinp.reshape(-1), inp.reshape(-1), dout.reshape(-1))
+def gelu_backward(dinp, inp, dout, accumulate=True):
+    # dinp, inp, dout are (B,T,4C); adds into dinp (writes it with accumulate=False)
+    _gelu_backward(dinp.reshape(-1), inp.reshape(-1), dout.reshape(-1), accumulate)
 
 
 # ----------------------------------------------------------------------------
@@ -257,7 +279,7 @@ def _split_heads(x, NH):
 
 def attention_forward(out, att, inp, NH):
     # out is (B,T,C); att is (B,NH,T,T), the softmaxed weights (cached for backward); inp is (B,T,3C)
-    B, T, C3 = inp.shape
+    T, C3 = inp.shape[1:]
     C = C3 // 3
     q = _split_heads(inp[:, :, :C], NH)                         # (B,NH,T,hs)
     k = _split_heads(inp[:, :, C:2 * C], NH)
@@ -267,9 +289,10 @@ def attention_forward(out, att, inp, NH):
     np.matmul(att, v, out=_split_heads(out, NH))                # y (B,NH,T,hs), written as (B,T,C)
 
 
-def attention_backward(dinp, dout, inp, att, NH, scratch=None):
-    # dinp, inp are (B,T,3C); dout is (B,T,C); att is (B,NH,T,T); scratch a (B,NH,T,T) buffer
-    B, T, C3 = inp.shape
+def attention_backward(dinp, dout, inp, att, NH, scratch=None, accumulate=True):
+    # dinp, inp are (B,T,3C); dout is (B,T,C); att is (B,NH,T,T); scratch a (B,NH,T,T) buffer.
+    # Adds into dinp, or with accumulate=False writes it (the products go straight into its views)
+    T, C3 = inp.shape[1:]
     C = C3 // 3
     q = _split_heads(inp[:, :, :C], NH)                         # (B,NH,T,hs)
     k = _split_heads(inp[:, :, C:2 * C], NH)
@@ -281,11 +304,16 @@ def attention_backward(dinp, dout, inp, att, NH, scratch=None):
     datt = np.empty_like(att) if scratch is None else scratch
     # forward: y = att @ v
     np.matmul(dy, v.transpose(0, 1, 3, 2), out=datt)           # (B,NH,T,T)
-    dv += att.transpose(0, 1, 3, 2) @ dy
     # forward: att = softmax(q @ k.T * scale), causal
     _causal_softmax_backward_rows(datt.reshape(-1, T, T), att.reshape(-1, T, T), f32(1.0 / math.sqrt(C // NH)))
-    dq += datt @ k
-    dk += datt.transpose(0, 1, 3, 2) @ q
+    if accumulate:
+        dv += att.transpose(0, 1, 3, 2) @ dy
+        dq += datt @ k
+        dk += datt.transpose(0, 1, 3, 2) @ q
+    else:
+        np.matmul(att.transpose(0, 1, 3, 2), dy, out=dv)
+        np.matmul(datt, k, out=dq)
+        np.matmul(datt.transpose(0, 1, 3, 2), q, out=dk)
 
 
 # ----------------------------------------------------------------------------

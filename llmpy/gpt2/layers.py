@@ -3,7 +3,9 @@
 Conventions, as in llm.c:
 - outputs are preallocated arrays passed in first and written (`out[...] = ...`);
 - backward functions ADD INTO their gradient arguments (`dinp += ...`), so a tensor used twice
-  (the residual stream, the tied wte) collects both contributions; callers zero them first;
+  (the residual stream, the tied wte) collects both contributions; callers zero them first.
+  Where an input gradient has a single source, `accumulate=False` writes it instead, which saves
+  zeroing the buffer first (parameter gradients are always added into);
 - shapes use llm.c's letters: B batch, T time, C channels, NH heads, hs head size, OC output
   channels, V vocab, Vp padded vocab.
 
@@ -81,13 +83,13 @@ def matmul_forward(out, inp, weight, bias):
         out += bias
 
 
-def matmul_backward(dinp, dweight, dbias, dout, inp, weight):
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight, accumulate=True):
     # dinp, inp are (B,T,C); dweight, weight are (OC,C); dbias is (OC,) or None; dout is (B,T,OC)
     C = inp.shape[-1]
     OC = weight.shape[0]
     dout2 = dout.reshape(-1, OC)                                # (B*T,OC)
     # forward: out = inp @ weight.T + bias
-    matmul_acc(dinp.reshape(-1, C), dout2, weight)              # dinp += dout @ weight
+    matmul_acc(dinp.reshape(-1, C), dout2, weight, accumulate)  # dinp += dout @ weight
     matmul_acc(dweight, dout2.T, inp.reshape(-1, C))            # dweight += dout.T @ inp
     if dbias is not None:
         dbias += dout2.sum(axis=0)
@@ -124,9 +126,11 @@ def attention_forward(out, att, inp, NH):
     out[...] = y.transpose(0, 2, 1, 3).reshape(B, T, C)         # heads side by side again
 
 
-def attention_backward(dinp, dout, inp, att, NH, scratch=None):
+def attention_backward(dinp, dout, inp, att, NH, scratch=None, accumulate=True):
     # dinp, inp are (B,T,3C); dout is (B,T,C); att is (B,NH,T,T); scratch, if given, is a
     # (B,NH,T,T) buffer for the score gradients (else one is allocated)
+    if not accumulate:
+        dinp.fill(0.0)
     xp = get_array_module(inp)
     C3 = inp.shape[-1]
     C = C3 // 3
@@ -163,7 +167,7 @@ def gelu_forward(out, inp):
     out[...] = 0.5 * x * (1.0 + xp.tanh(GELU_SCALE * (x + GELU_CUBE * x * x * x)))
 
 
-def gelu_backward(dinp, inp, dout):
+def gelu_backward(dinp, inp, dout, accumulate=True):
     # dinp, inp, dout are (B,T,4C)
     xp = get_array_module(inp)
     x = inp
@@ -171,7 +175,10 @@ def gelu_backward(dinp, inp, dout):
     sech2 = 1.0 - tanh_out * tanh_out
     # d/dx of 0.5 * x * (1 + tanh(s * (x + c x^3)))
     local_grad = 0.5 * (1.0 + tanh_out) + 0.5 * x * sech2 * GELU_SCALE * (1.0 + 3.0 * GELU_CUBE * x * x)
-    dinp += local_grad * dout
+    if accumulate:
+        dinp += local_grad * dout
+    else:
+        xp.multiply(local_grad, dout, out=dinp)
 
 
 # ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import numpy as np
 
 from llmpy.backend import get_array_module
 from llmpy.gpt2 import layers
-from llmpy.gpt2.layers import encoder_backward, encoder_forward, matmul_backward, matmul_forward
+from llmpy.gpt2.layers import encoder_forward, matmul_backward, matmul_forward
 
 # llm.c's named depths: d -> (channels, heads); all use maxT 1024 and GPT-2's vocab padded to 50304
 DEPTHS = {6: (384, 6), 12: (768, 12), 24: (1024, 16), 36: (1280, 20), 48: (1600, 25)}
@@ -276,7 +276,7 @@ class GPT2:
         cfg, p, g, a, d = self.config, self.p, self.g, self.acts, self.dacts
         B, T, V, NH = self.B, self.T, cfg.vocab_size, cfg.num_heads
         ln_bwd, gelu_bwd = self._kernel("layernorm_backward"), self._kernel("gelu_backward")
-        attention_backward = self._kernel("attention_backward")
+        attention_backward, encoder_backward = self._kernel("attention_backward"), self._kernel("encoder_backward")
         dloss = loss_scale / (B * T)  # the loss is a mean over all B*T positions
 
         # softmax + cross-entropy, then the tied lm_head
@@ -290,8 +290,9 @@ class GPT2:
             dlosses = self.xp.full((B, T), dloss, dtype=self.params.dtype)
             layers.crossentropy_softmax_backward(dlogits, dlosses, a["probs"], self.targets, V)
         dres, dln = d["dresidual"], d["dln"]
-        dln.fill(0.0)
-        matmul_backward(dln, g.wte, None, dlogits, a["lnf"], p.wte)
+        # input gradients with a single source are written (accumulate=False), so their buffers need
+        # no zeroing; parameter gradients and dres collect several contributions and are added into
+        matmul_backward(dln, g.wte, None, dlogits, a["lnf"], p.wte, accumulate=False)
         dres.fill(0.0)
         ln_bwd(dres, g.lnfw, g.lnfb, dln, a["residual3"][cfg.num_layers - 1], p.lnfw, a["lnf_mean"], a["lnf_rstd"])
 
@@ -300,19 +301,16 @@ class GPT2:
         # dres is at once d(residual3), d(fcproj), d(residual2), d(attproj) and, at the end, d(residual).
         for l in reversed(range(cfg.num_layers)):
             residual = a["encoded"] if l == 0 else a["residual3"][l - 1]
-            d["dfch_gelu"].fill(0.0)
-            matmul_backward(d["dfch_gelu"], g.fcprojw[l], g.fcprojb[l], dres, a["fch_gelu"][l], p.fcprojw[l])
-            d["dfch"].fill(0.0)
-            gelu_bwd(d["dfch"], a["fch"][l], d["dfch_gelu"])
-            dln.fill(0.0)
-            matmul_backward(dln, g.fcw[l], g.fcb[l], d["dfch"], a["ln2"][l], p.fcw[l])
+            matmul_backward(d["dfch_gelu"], g.fcprojw[l], g.fcprojb[l], dres, a["fch_gelu"][l], p.fcprojw[l],
+                            accumulate=False)
+            gelu_bwd(d["dfch"], a["fch"][l], d["dfch_gelu"], accumulate=False)
+            matmul_backward(dln, g.fcw[l], g.fcb[l], d["dfch"], a["ln2"][l], p.fcw[l], accumulate=False)
             ln_bwd(dres, g.ln2w[l], g.ln2b[l], dln, a["residual2"][l], p.ln2w[l], a["ln2_mean"][l], a["ln2_rstd"][l])
-            d["datty"].fill(0.0)
-            matmul_backward(d["datty"], g.attprojw[l], g.attprojb[l], dres, a["atty"][l], p.attprojw[l])
-            d["dqkv"].fill(0.0)
-            attention_backward(d["dqkv"], d["datty"], a["qkv"][l], a["att"][l], NH, scratch=d["datt"])
-            dln.fill(0.0)
-            matmul_backward(dln, g.qkvw[l], g.qkvb[l], d["dqkv"], a["ln1"][l], p.qkvw[l])
+            matmul_backward(d["datty"], g.attprojw[l], g.attprojb[l], dres, a["atty"][l], p.attprojw[l],
+                            accumulate=False)
+            attention_backward(d["dqkv"], d["datty"], a["qkv"][l], a["att"][l], NH, scratch=d["datt"],
+                               accumulate=False)
+            matmul_backward(dln, g.qkvw[l], g.qkvb[l], d["dqkv"], a["ln1"][l], p.qkvw[l], accumulate=False)
             ln_bwd(dres, g.ln1w[l], g.ln1b[l], dln, residual, p.ln1w[l], a["ln1_mean"][l], a["ln1_rstd"][l])
         encoder_backward(g.wte, g.wpe, dres, self.inputs)
         self.mean_loss = None  # the fused path consumed the logits: no second backward on them
