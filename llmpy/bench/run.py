@@ -3,8 +3,9 @@
 For random-weight models with the shapes of llama2.c's stories15M / 42M / 110M: greedy decode of
 --tokens tokens after a BOS, one token per forward (run.c's loop). The limit is the sustained read
 bandwidth of this machine (2 threads summing a 512 MiB array four rows at a time, as the decode
-matmuls read, BW_PASSES times in a row: the best of BW_REPEATS such runs, as the decode rate is the
-best of --repeats runs) divided by the bytes of weights one token reads. Also int8 (Q8_0) on the
+matmuls read, BW_PASSES times in a row; one such run right before each decode run, and the best of
+each, so that both sides are measured alike on this shared machine) divided by the bytes of weights
+one token reads. Also int8 (Q8_0) on the
 110M shape against fp32, and --batch streams against one stream on the 15M shape.
 """
 
@@ -17,7 +18,6 @@ SHAPES = {  # name: (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size,
 }
 BW_BYTES = 512 * 1024 * 1024  # bandwidth probe size, well beyond the last-level cache
 BW_PASSES = 16  # passes over the probe array per timed run (~0.3 s: a sustained rate, not one lucky pass)
-BW_REPEATS = 3
 
 
 def add_arguments(parser):
@@ -28,20 +28,20 @@ def add_arguments(parser):
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 measurement")
 
 
-def _read_bandwidth():
-    """Sustained bytes/s of 2 threads reading a large array (best of BW_REPEATS runs of BW_PASSES passes).
+def _make_probe():
+    """A function that returns the sustained bytes/s of 2 threads reading a large array (one run of BW_PASSES
+    passes over BW_BYTES).
 
     The pass sums four rows at a time (four memory streams per thread, as the decode matmuls read): one
     row at a time measured up to ~15% less on the 2-core box, which flattered the ratios. A run is many
-    passes so that the limit is a rate the machine sustains for as long as a decode measurement runs.
+    passes (~0.3 s) so that the limit is a rate the machine sustains, not one lucky pass.
     """
     import numba
     import numpy as np
 
     @numba.njit(parallel=True, fastmath=True, cache=False)
-    def row_sums(a, passes):
-        # a is (R, N) with R % 4 == 0
-        out = np.zeros(a.shape[0], np.float32)
+    def row_sums(out, a, passes):
+        # a is (R, N) with R % 4 == 0, out is (R,)
         for _ in range(passes):
             for r in numba.prange(a.shape[0] // 4):
                 i = 4 * r
@@ -56,32 +56,36 @@ def _read_bandwidth():
                 out[i + 1] += s1
                 out[i + 2] += s2
                 out[i + 3] += s3
-        return out
 
     a = np.ones((BW_BYTES // 4096, 1024), np.float32)
-    row_sums(a, 1)
-    best = 0.0
-    for _ in range(BW_REPEATS):
+    out = np.zeros(a.shape[0], np.float32)
+    row_sums(out, a, 1)
+
+    def probe():
         t = time.perf_counter()
-        row_sums(a, BW_PASSES)
-        best = max(best, BW_PASSES * a.nbytes / (time.perf_counter() - t))
-    return best
+        row_sums(out, a, BW_PASSES)
+        return BW_PASSES * a.nbytes / (time.perf_counter() - t)
+
+    return probe
 
 
-def _decode_rate(transformer, tokens, repeats, n_streams=1):
-    """Best tok/s of greedy decode from BOS for `tokens` steps per stream (all streams in lock step)."""
+def _decode_rate(transformer, tokens, repeats, probe, n_streams=1):
+    """(best tok/s, best probe bytes/s): greedy decode from BOS for `tokens` steps per stream (all streams in
+    lock step), each of the `repeats` runs right after a bandwidth probe run, so that limit and rate are
+    measured the same way (best of `repeats`) under the same conditions of this shared machine."""
     import numpy as np
 
-    best = 0.0
+    best, bw = 0.0, 0.0
     streams = np.arange(n_streams)
     for _ in range(repeats):
+        bw = max(bw, probe())
         tok = np.ones(n_streams, np.int64)
         t = time.perf_counter()
         for pos in range(tokens):
             logits = transformer.forward(tok, np.full(n_streams, pos), streams)
             tok = logits.argmax(-1)
         best = max(best, n_streams * tokens / (time.perf_counter() - t))
-    return best
+    return best, bw
 
 
 def run(args):
@@ -97,18 +101,15 @@ def run(args):
     if unknown:
         print(f"llmpy bench run: unknown model shape(s) {unknown}; choose from {list(SHAPES)}")
         return 2
-    # the bandwidth is probed before every model and the best probe is the limit (the highest limit, so the
-    # ratios are not flattered by a probe that ran while the machine was busy)
-    bw = 0.0
-    rows = []  # (model, kind, bytes per token or None, tok/s, note)
+    probe = _make_probe()
+    rows = []  # (model, kind, bytes per token or None, tok/s, read bandwidth, note)
     rng = np.random.default_rng(0)
     for name in names:
         config = LlamaConfig(*SHAPES[name], shared_classifier=True)
         weights = random_weights(config, rng)
         t = Transformer(config, weights)
-        bw = max(bw, _read_bandwidth())
-        rate = _decode_rate(t, args.tokens, args.repeats)
-        rows.append((name, "fp32", t.weight_bytes_per_token(), rate, ""))
+        rate, bw = _decode_rate(t, args.tokens, args.repeats, probe)
+        rows.append((name, "fp32", t.weight_bytes_per_token(), rate, bw, ""))
         if name == "110M" and not args.no_int8:
             qweights = dict(weights)
             for k in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"):
@@ -116,24 +117,25 @@ def run(args):
             qweights["tok_emb"] = qweights["wcls"] = quantize_q80(weights["tok_emb"], 64)
             tq = Transformer(config, qweights)
             del qweights
-            qrate = _decode_rate(tq, args.tokens, args.repeats)
-            rows.append((name, "int8 Q8_0", tq.weight_bytes_per_token(), qrate, f"int8 / fp32 = {qrate / rate:.2f}x"))
+            qrate, qbw = _decode_rate(tq, args.tokens, args.repeats, probe)
+            rows.append((name, "int8 Q8_0", tq.weight_bytes_per_token(), qrate, qbw, f"int8 / fp32 = {qrate / rate:.2f}x"))
             del tq
         if name == "15M" and args.batch > 1:
             tb = Transformer(config, weights, n_streams=args.batch)
-            brate = _decode_rate(tb, args.tokens, args.repeats, n_streams=args.batch)
-            rows.append((name, f"fp32 x{args.batch}", None, brate,
+            brate, _ = _decode_rate(tb, args.tokens, args.repeats, probe, n_streams=args.batch)
+            rows.append((name, f"fp32 x{args.batch}", None, brate, None,
                          f"{args.batch} streams / 1 stream = {brate / rate:.2f}x (tok/s summed over streams)"))
             del tb
         del t, weights
-    print(f"read bandwidth: {bw / 1e9:.1f} GB/s (2 threads, {BW_PASSES} passes over {BW_BYTES >> 20} MiB, best of "
-          f"{BW_REPEATS} before each model)")
-    print(f"greedy decode of {args.tokens} tokens from BOS, best of {args.repeats}")
-    print(f"{'model':>6} {'kind':>10} {'MB/token':>9} {'limit tok/s':>12} {'tok/s':>8} {'of limit':>9}")
-    for name, kind, nbytes, rate, note in rows:
+    print(f"greedy decode of {args.tokens} tokens from BOS, best of {args.repeats} runs, each right after a read "
+          f"bandwidth probe run\n(2 threads, {BW_PASSES} passes over {BW_BYTES >> 20} MiB); limit = best probe / "
+          "bytes of weights per token")
+    print(f"{'model':>6} {'kind':>10} {'MB/token':>9} {'GB/s':>6} {'limit tok/s':>12} {'tok/s':>8} {'of limit':>9}")
+    for name, kind, nbytes, rate, bw, note in rows:
         if nbytes is None:
-            print(f"{name:>6} {kind:>10} {'':>9} {'':>12} {rate:8.1f} {'':>9}   {note}")
+            print(f"{name:>6} {kind:>10} {'':>9} {'':>6} {'':>12} {rate:8.1f} {'':>9}   {note}")
         else:
             limit = bw / nbytes
-            print(f"{name:>6} {kind:>10} {nbytes / 1e6:9.1f} {limit:12.1f} {rate:8.1f} {rate / limit:8.0%}   {note}")
+            print(f"{name:>6} {kind:>10} {nbytes / 1e6:9.1f} {bw / 1e9:6.1f} {limit:12.1f} {rate:8.1f} {rate / limit:8.0%}"
+                  f"   {note}")
     return 0

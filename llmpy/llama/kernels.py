@@ -116,6 +116,35 @@ def swiglu_forward(out, h13):
             out[b, i] = g / (np.float32(1.0) + np.exp(-g)) * h13[b, H + i]
 
 
+@numba.njit(cache=True, fastmath=True, inline="always")
+def _dot4x4(out, b, o, x0, x1, x2, x3, w0, w1, w2, w3):
+    """out[b + r, o + c] = x_r . w_c for four input rows x_r and four weight rows w_c (16 sums at once)."""
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = np.float32(0.0)
+    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = np.float32(0.0)
+    for i in range(x0.shape[0]):
+        a0, a1, a2, a3 = w0[i], w1[i], w2[i], w3[i]
+        s00 += x0[i] * a0
+        s01 += x0[i] * a1
+        s02 += x0[i] * a2
+        s03 += x0[i] * a3
+        s10 += x1[i] * a0
+        s11 += x1[i] * a1
+        s12 += x1[i] * a2
+        s13 += x1[i] * a3
+        s20 += x2[i] * a0
+        s21 += x2[i] * a1
+        s22 += x2[i] * a2
+        s23 += x2[i] * a3
+        s30 += x3[i] * a0
+        s31 += x3[i] * a1
+        s32 += x3[i] * a2
+        s33 += x3[i] * a3
+    out[b, o], out[b, o + 1], out[b, o + 2], out[b, o + 3] = s00, s01, s02, s03
+    out[b + 1, o], out[b + 1, o + 1], out[b + 1, o + 2], out[b + 1, o + 3] = s10, s11, s12, s13
+    out[b + 2, o], out[b + 2, o + 1], out[b + 2, o + 2], out[b + 2, o + 3] = s20, s21, s22, s23
+    out[b + 3, o], out[b + 3, o + 1], out[b + 3, o + 2], out[b + 3, o + 3] = s30, s31, s32, s33
+
+
 @numba.njit(cache=True, parallel=True, fastmath=True)
 def matmul_forward(out, inp, weight):
     """out (B, OC) = inp (B, C) @ weight (OC, C).T for a few rows B (decode, batched decode).
@@ -124,6 +153,8 @@ def matmul_forward(out, inp, weight):
     in L1 while every input row passes over them, and each loaded input value feeds four FMAs (four
     independent sums, four memory streams). Measured on the 2-core box, one row: as fast as OpenBLAS
     sgemv on 110M-sized matrices and ~1.8x faster on 15M-sized ones (where sgemv runs one thread).
+    Input rows go four at a time through _dot4x4 (8 rows: 20-40% faster than one row at a time, since
+    batched decode is compute-bound), the rest one at a time.
     """
     B, C = inp.shape
     OC = weight.shape[0]
@@ -131,7 +162,12 @@ def matmul_forward(out, inp, weight):
         o = ob * 4
         if o + 4 <= OC:
             w0, w1, w2, w3 = weight[o], weight[o + 1], weight[o + 2], weight[o + 3]
-            for b in range(B):
+            b = 0
+            while b + 4 <= B:  # four input rows at a time: 8 loads feed 16 FMAs (batched decode is compute-bound)
+                x0, x1, x2, x3 = inp[b], inp[b + 1], inp[b + 2], inp[b + 3]
+                _dot4x4(out, b, o, x0, x1, x2, x3, w0, w1, w2, w3)
+                b += 4
+            while b < B:
                 x = inp[b]
                 s0 = s1 = s2 = s3 = np.float32(0.0)
                 for i in range(C):
@@ -141,6 +177,7 @@ def matmul_forward(out, inp, weight):
                     s2 += w2[i] * xi
                     s3 += w3[i] * xi
                 out[b, o], out[b, o + 1], out[b, o + 2], out[b, o + 3] = s0, s1, s2, s3
+                b += 1
         else:  # the last OC % 4 rows
             for oo in range(o, OC):
                 w0 = weight[oo]
