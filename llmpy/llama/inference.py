@@ -3,7 +3,8 @@
 One forward call takes B rows, each a (token, stream, position): a single token at `pos` (run.c's
 forward), a whole prompt at positions 0..T-1 of one stream (prefill: matrix-matrix products), or
 one token from each of B independent streams (batched generation, sharing every weight read).
-Each stream has its own KV cache, preallocated: key_cache is (L, streams, seq_len, KV).
+Each stream has its own KV cache, preallocated: key_cache is (L, streams, n_kv_heads, seq_len, hs), so that
+the keys (and values) one head attends over are one contiguous stream of memory.
 
 Up to SMALL_BATCH rows (decode, batched decode, short prompts) run as one fused numba call over all
 layers (kernels.forward_rows / forward_rows_q8), so a 15M-parameter model is not dominated by
@@ -110,8 +111,9 @@ class Transformer:
         self.hb = np.zeros((R, H), np.float32)  # silu(w1 x) * w3 x
         self.xf = np.zeros((R, C), np.float32)  # final rmsnorm of the rows that need logits
         self.logits = np.zeros((n_streams, c.vocab_size), np.float32)
-        self.key_cache = np.zeros((L, n_streams, c.seq_len, KV), np.float32)
-        self.value_cache = np.zeros((L, n_streams, c.seq_len, KV), np.float32)
+        kv_shape = (L, n_streams, c.n_kv_heads, c.seq_len, c.head_size)
+        self.key_cache = np.zeros(kv_shape, np.float32)
+        self.value_cache = np.zeros(kv_shape, np.float32)
         if self.quantized:
             gs = self.group_size
             self.xq = np.zeros((R, max(C, H)), np.int16)  # quantized activations (int8 values)

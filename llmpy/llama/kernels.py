@@ -39,7 +39,7 @@ def residual_rmsnorm(x, dx, out, weight, eps):
 def rope_store_kv(qkv, key_cache, value_cache, streams, positions, cos, sin, C, KV):
     """RoPE on q and k of every row (in place in qkv), then k and v into the cache at (stream, pos).
 
-    qkv is (B, C + 2*KV) = [q | k | v]; key_cache, value_cache are (S, T, KV) for one layer.
+    qkv is (B, C + 2*KV) = [q | k | v]; key_cache, value_cache are (S, NKV, T, hs) for one layer.
     Pairs (i, i+1) within each head rotate by pos * theta^(-(i % hs) / hs), as run.c does.
     """
     hs = 2 * cos.shape[1]
@@ -53,17 +53,17 @@ def rope_store_kv(qkv, key_cache, value_cache, streams, positions, cos, sin, C, 
             qkv[b, i + 1] = v0 * fci + v1 * fcr
             if i < KV:
                 v0, v1 = qkv[b, C + i], qkv[b, C + i + 1]
-                key_cache[s, p, i] = v0 * fcr - v1 * fci
-                key_cache[s, p, i + 1] = v0 * fci + v1 * fcr
+                key_cache[s, i // hs, p, i % hs] = v0 * fcr - v1 * fci
+                key_cache[s, i // hs, p, i % hs + 1] = v0 * fci + v1 * fcr
         for i in range(KV):
-            value_cache[s, p, i] = qkv[b, C + KV + i]
+            value_cache[s, i // hs, p, i % hs] = qkv[b, C + KV + i]
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True)
 def attention_forward(out, att, qkv, key_cache, value_cache, streams, positions, cos, sin, n_heads, n_kv_heads):
     """RoPE on q and k, store k and v in the cache, causal grouped-query attention.
 
-    qkv is (B, C + 2*KV) = [q | k | v] per row; key_cache, value_cache are (S, T, KV) for one layer;
+    qkv is (B, C + 2*KV) = [q | k | v] per row; key_cache, value_cache are (S, NKV, T, hs) for one layer;
     streams, positions are (B,) int; cos, sin are (T, hs/2); att is scratch (B, NH, T); out is (B, C).
     All rows are stored first, so rows of one stream at later positions (a prompt) see the earlier ones.
     The (row, head) pairs run in parallel: at long contexts the KV cache is a sizable read.
@@ -82,11 +82,11 @@ def attention_forward(out, att, qkv, key_cache, value_cache, streams, positions,
         qh = qkv[b, h * hs:(h + 1) * hs]
         oh = out[b, h * hs:(h + 1) * hs]
         ah = att[b, h]
-        k0 = (h // kv_mul) * hs
+        kc, vc = key_cache[s, h // kv_mul], value_cache[s, h // kv_mul]  # (T, hs) each, contiguous over t
         # att = softmax(q . k_t / sqrt(hs)) over t = 0..p
         amax = np.float32(-np.inf)
         for t in range(p + 1):
-            kh = key_cache[s, t, k0:k0 + hs]
+            kh = kc[t]
             a = np.float32(0.0)
             for i in range(hs):
                 a += qh[i] * kh[i]
@@ -101,7 +101,7 @@ def attention_forward(out, att, qkv, key_cache, value_cache, streams, positions,
         oh[:] = 0.0
         for t in range(p + 1):
             a = ah[t] * inv
-            vh = value_cache[s, t, k0:k0 + hs]
+            vh = vc[t]
             for i in range(hs):
                 oh[i] += a * vh[i]
 
@@ -201,7 +201,7 @@ def forward_rows(logits, rows, tokens, streams, positions, acts, weights, key_ca
     tokens, streams, positions are (B,) int. acts = (x, xb, xb2, qkv, att, hb13, hb, xf): preallocated
     activations of at least B rows (xf: R rows). weights = (tok_emb, rms_att, wqkv, wo, rms_ffn, w13, w2,
     rms_final, wcls), the matrices stacked over layers: wqkv (L, C + 2*KV, C), w13 (L, 2H, C), ...
-    key_cache, value_cache are (L, S, T, KV).
+    key_cache, value_cache are (L, S, NKV, T, hs).
     """
     x, xb, xb2, qkv, att, hb13, hb, xf = acts
     tok_emb, rms_att, wqkv, wo, rms_ffn, w13, w2, rms_final, wcls = weights
