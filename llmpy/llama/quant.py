@@ -92,26 +92,29 @@ def _has_avx2():
     return bool(llvm.get_host_cpu_features().get("avx2", False))
 
 
-@intrinsic
-def _dot_q8_row(typingctx, x16, w, ws, xs):
+@intrinsic(prefer_literal=True)
+def _dot_q8_row(typingctx, x16, w, ws, xs, group_size):
     """sum_g (sum_k x16[g,k] * w[g,k]) * ws[g] * xs[g] for one row: int32 sums per group, fp32 across groups.
 
-    x16 (n,) int16 and w (n,) int8 are one row each, ws and xs (G,) their group scales, n = G * gs with
-    gs % CHUNK == 0. Written in LLVM IR because numba's loops give LLVM a per-group horizontal sum of a
+    x16 (n,) int16 and w (n,) int8 are one row each, ws and xs (G,) their group scales, n = G * group_size
+    with group_size % CHUNK == 0 (a literal group_size compiles to straight-line code per group). Written in LLVM IR because numba's loops give LLVM a per-group horizontal sum of a
     128-bit vector (~35 instructions per 64 products); here each group adds 16 products at a time into
     8 int32 lanes (x86: one vpmaddwd, or vpdpwssd with VNNI), and the 8 lanes are converted, scaled and
     summed into 8 fp32 lanes, so the one horizontal sum happens per row. Without AVX2 the same lanes
     are computed with plain vector multiplies (portable, slower).
     """
-    sig = types.float32(x16, w, ws, xs)
+    sig = types.float32(x16, w, ws, xs, group_size)
 
     def codegen(context, builder, signature, args):
-        ax, aw, aws, axs = (context.make_array(t)(context, builder, a) for t, a in zip(signature.args, args))
+        ax, aw, aws, axs = (context.make_array(t)(context, builder, a) for t, a in zip(signature.args[:4], args[:4]))
         i8, i16, i32, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
         v8i32, v8f, v16i8, v16i16 = ir.VectorType(i32, 8), ir.VectorType(f32, 8), ir.VectorType(i8, 16), ir.VectorType(i16, 16)
         v16i32 = ir.VectorType(i32, 16)
         G = builder.extract_value(aws.shape, 0)
-        nchunk = builder.sdiv(builder.sdiv(builder.extract_value(aw.shape, 0), G), ir.Constant(i64, CHUNK))
+        if isinstance(signature.args[4], types.IntegerLiteral):  # a constant trip count: LLVM unrolls the chunks
+            nchunk = ir.Constant(i64, signature.args[4].literal_value // CHUNK)
+        else:
+            nchunk = builder.sdiv(builder.sext(args[4], i64) if args[4].type != i64 else args[4], ir.Constant(i64, CHUNK))
         if _has_avx2():
             pmadd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8i32, [v16i16, v16i16]),
                                                    "llvm.x86.avx2.pmadd.wd")
@@ -187,7 +190,9 @@ def matmul_q8(out, xq, xs, wq, ws, group_size):
     B, d = out.shape
     for i in numba.prange(d):
         for b in range(B):
-            if group_size % CHUNK == 0:
-                out[b, i] = _dot_q8_row(xq[b], wq[i], ws[i], xs[b])
+            if group_size == 64:  # llama2.c's default: a constant, so each group is straight-line code
+                out[b, i] = _dot_q8_row(xq[b], wq[i], ws[i], xs[b], 64)
+            elif group_size % CHUNK == 0:
+                out[b, i] = _dot_q8_row(xq[b], wq[i], ws[i], xs[b], group_size)
             else:
                 out[b, i] = _dot_q8_row_scalar(xq[b], wq[i], ws[i], xs[b], group_size)
