@@ -14,7 +14,12 @@ import math
 import numba
 import numpy as np
 
-from llmpy.llama.quant import matmul_q8, quantize_rows
+from llmpy.llama.quant import matmul_q8, prefetch_rows, quantize_rows
+
+# matmul_forward prefetches the next block of weight rows when rows are shorter than this. Measured on the
+# 2-core box: +10% for stories15M's 288-wide rows, -15% for 512- and 768-wide rows (which the hardware
+# prefetcher streams well on its own)
+PREFETCH_MAX_ROW_BYTES = 2048
 
 # -----------------------------------------------------------------------------
 # building blocks
@@ -158,8 +163,11 @@ def matmul_forward(out, inp, weight):
     """
     B, C = inp.shape
     OC = weight.shape[0]
+    prefetch = 4 * C < PREFETCH_MAX_ROW_BYTES
     for ob in numba.prange((OC + 3) // 4):
         o = ob * 4
+        if prefetch:
+            prefetch_rows(weight, o + 4, 4)  # the block this thread reads next
         if o + 4 <= OC:
             w0, w1, w2, w3 = weight[o], weight[o + 1], weight[o + 2], weight[o + 3]
             b = 0
