@@ -126,14 +126,14 @@ def test_int8_forward_close_to_fp32_and_greedy_agreement(tmp_path):
     assert agree >= 0.8
 
 
-@pytest.mark.parametrize("group_size", [16, 64, 8])  # 8: the scalar path (group sizes not a multiple of 16)
+@pytest.mark.parametrize("group_size", [16, 32, 64, 8])  # 8: the scalar path (group sizes other than 16, 32, 64)
 def test_int8_matmul_matches_integer_reference(group_size):
     from llmpy.llama.quant import matmul_q8, quantize_rows
 
     rng = np.random.default_rng(8)
     n, G = 128, 128 // group_size
     x = rng.standard_normal((3, n)).astype(np.float32)
-    w = quantize_q80(rng.standard_normal((5, n)).astype(np.float32), group_size)
+    w = quantize_q80(rng.standard_normal((5, n)).astype(np.float32), group_size)  # 5 rows: pairs and an odd one
     xq, xs = np.zeros((3, n), np.int16), np.zeros((3, G), np.float32)
     quantize_rows(xq, xs, x, group_size)
     ref_x = quantize_q80(x, group_size)

@@ -83,8 +83,8 @@ def quantize_rows(xq, xs, x, group_size):
 
 
 CACHE_LINE = 64
-PREFETCH_BYTES = 2048  # how far ahead in the weights the row dot prefetches
-CHUNK = 16  # int16 lanes of one 256-bit pmaddwd: the vectorized row dot needs group_size % CHUNK == 0
+PREFETCH_BYTES = 4096  # how far ahead in the weights the row dot prefetches (2048-8192 measured alike, 1024 slower)
+CHUNK = 16  # int16 lanes of one 256-bit pmaddwd
 
 
 def _has_avx2():
@@ -118,76 +118,79 @@ def prefetch_rows(typingctx, a, row, n_rows):
 
 
 @intrinsic(prefer_literal=True)
-def _dot_q8_row(typingctx, x16, w, ws, xs, group_size):
-    """sum_g (sum_k x16[g,k] * w[g,k]) * ws[g] * xs[g] for one row: int32 sums per group, fp32 across groups.
+def _dot_q8_rows(typingctx, x16, wq, ws, xs, row, n_rows, group_size):
+    """Rows row .. row + n_rows - 1 of w (Q8_0) dotted with x: a tuple of n_rows float32, each
+    sum_g (sum_k x16[g,k] * w[r,g,k]) * ws[r,g] * xs[g]: int32 sums per group, fp32 across groups.
 
-    x16 (n,) int16 and w (n,) int8 are one row each, ws and xs (G,) their group scales, n = G * group_size
-    with group_size % CHUNK == 0 (a literal group_size compiles to straight-line code per group). Written in LLVM IR because numba's loops give LLVM a per-group horizontal sum of a
-    128-bit vector (~35 instructions per 64 products); here each group adds 16 products at a time into
-    8 int32 lanes (x86: one vpmaddwd, or vpdpwssd with VNNI), and the 8 lanes are converted, scaled and
-    summed into 8 fp32 lanes, so the one horizontal sum happens per row. Without AVX2 the same lanes
-    are computed with plain vector multiplies (portable, slower).
+    x16 (n,) int16, xs (G,); wq (d, n) int8 and ws (d, G) C-contiguous; n = G * group_size with
+    group_size % CHUNK == 0. n_rows and group_size are literals: each group is straight-line code.
+    Written in LLVM IR because numba's loops give LLVM a per-group horizontal sum of a 128-bit vector
+    (~35 instructions per 64 products); here each group adds 16 products at a time into 8 int32 lanes
+    (x86: one vpmaddwd, or vpdpwssd with VNNI), the 8 lanes are converted, scaled and summed into 8 fp32
+    lanes, and the one horizontal sum happens per row. Each loaded chunk of x feeds n_rows rows.
+    Without AVX2 the same lanes come from plain vector multiplies (portable, slower).
     """
-    sig = types.float32(x16, w, ws, xs, group_size)
+    if not (isinstance(n_rows, types.IntegerLiteral) and isinstance(group_size, types.IntegerLiteral)):
+        return None
+    R, gs = n_rows.literal_value, group_size.literal_value
+    sig = types.UniTuple(types.float32, R)(x16, wq, ws, xs, row, n_rows, group_size)
 
     def codegen(context, builder, signature, args):
         ax, aw, aws, axs = (context.make_array(t)(context, builder, a) for t, a in zip(signature.args[:4], args[:4]))
         i8, i16, i32, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
-        v8i32, v8f, v16i8, v16i16 = ir.VectorType(i32, 8), ir.VectorType(f32, 8), ir.VectorType(i8, 16), ir.VectorType(i16, 16)
-        v16i32 = ir.VectorType(i32, 16)
-        G = builder.extract_value(aws.shape, 0)
-        if isinstance(signature.args[4], types.IntegerLiteral):  # a constant trip count: LLVM unrolls the chunks
-            nchunk = ir.Constant(i64, signature.args[4].literal_value // CHUNK)
-        else:
-            nchunk = builder.sdiv(builder.sext(args[4], i64) if args[4].type != i64 else args[4], ir.Constant(i64, CHUNK))
+        v8i32, v8f, v16i8 = ir.VectorType(i32, 8), ir.VectorType(f32, 8), ir.VectorType(i8, 16)
+        v16i16, v16i32 = ir.VectorType(i16, 16), ir.VectorType(i32, 16)
+        const = lambda v: ir.Constant(i64, v)
+        G = builder.extract_value(aws.shape, 1)
+        n = builder.extract_value(aw.shape, 1)
+        row = args[4] if args[4].type == i64 else builder.sext(args[4], i64)
+        w_rows = [builder.gep(aw.data, [builder.mul(builder.add(row, const(r)), n)]) for r in range(R)]
+        s_rows = [builder.gep(aws.data, [builder.mul(builder.add(row, const(r)), G)]) for r in range(R)]
         if _has_avx2():
             pmadd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8i32, [v16i16, v16i16]),
                                                    "llvm.x86.avx2.pmadd.wd")
-        def pairs_at(off):  # (8,) int32: the 16 products at off, summed in pairs
-            wv = builder.load(builder.bitcast(builder.gep(aw.data, [off]), v16i8.as_pointer()), align=1)
-            xv = builder.load(builder.bitcast(builder.gep(ax.data, [off]), v16i16.as_pointer()), align=2)
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]), "llvm.prefetch.p0")
+
+        def pairs(wp, xv, off):  # (8,) int32: the 16 products at off, summed in pairs
+            wv = builder.load(builder.bitcast(builder.gep(wp, [off]), v16i8.as_pointer()), align=1)
             if _has_avx2():  # lane j = w[2j] x[2j] + w[2j+1] x[2j+1]
                 return builder.call(pmadd, [builder.sext(wv, v16i16), xv])
-            prod = builder.mul(builder.sext(wv, v16i32), builder.sext(xv, v16i32))  # lane j = w[j] x[j] + w[j+8] x[j+8]
+            prod = builder.mul(builder.sext(wv, v16i32), builder.sext(xv, v16i32))  # lane j: w[j] x[j] + w[j+8] x[j+8]
             lo = builder.shuffle_vector(prod, prod, ir.Constant(v8i32, list(range(8))))
             return builder.add(lo, builder.shuffle_vector(prod, prod, ir.Constant(v8i32, list(range(8, 16)))))
 
-        def accumulate(acc, off):
-            builder.store(builder.add(builder.load(acc), pairs_at(off)), acc)
-
-        prefetch = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]),
-                                                  "llvm.prefetch.p0")
-        facc = cgutils.alloca_once_value(builder, ir.Constant(v8f, None))  # fp32 lanes, summed over groups
-        iacc = [cgutils.alloca_once(builder, v8i32) for _ in range(2)]  # int32 lanes of one group: two chains
-        chunk_bytes = ir.Constant(i64, CHUNK)
+        faccs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, None)) for _ in range(R)]  # fp32 lanes per row
         with cgutils.for_range(builder, G) as group:
             g = group.index
-            for acc in iacc:
-                builder.store(ir.Constant(v8i32, None), acc)
-            base = builder.mul(g, builder.mul(nchunk, chunk_bytes))
+            base = builder.mul(g, const(gs))
+            xsg = builder.load(builder.gep(axs.data, [g]))
             # software prefetch PREFETCH_BYTES ahead (into the next rows, which this thread reads next): the
             # hardware prefetcher alone leaves this loop waiting on memory at about half the read bandwidth
-            ahead = builder.gep(aw.data, [builder.add(base, ir.Constant(i64, PREFETCH_BYTES))])
-            builder.call(prefetch, [ahead, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-            # chunks two at a time into independent sums (the adds' latency is not one long chain), then an odd one
-            with cgutils.for_range(builder, builder.sdiv(nchunk, ir.Constant(i64, 2))) as pair:
-                off = builder.add(base, builder.mul(pair.index, ir.Constant(i64, 2 * CHUNK)))
-                accumulate(iacc[0], off)
-                accumulate(iacc[1], builder.add(off, chunk_bytes))
-            odd = builder.icmp_signed("!=", builder.srem(nchunk, ir.Constant(i64, 2)), ir.Constant(i64, 0))
-            with builder.if_then(odd):
-                accumulate(iacc[0], builder.add(base, builder.mul(builder.sub(nchunk, ir.Constant(i64, 1)), chunk_bytes)))
-            isum = builder.add(builder.load(iacc[0]), builder.load(iacc[1]))
-            scale = builder.fmul(builder.load(builder.gep(aws.data, [g])), builder.load(builder.gep(axs.data, [g])))
-            scale = builder.insert_element(ir.Constant(v8f, ir.Undefined), scale, ir.Constant(i32, 0))
-            scale = builder.shuffle_vector(scale, ir.Constant(v8f, ir.Undefined), ir.Constant(v8i32, None))  # splat
-            part = builder.fmul(builder.sitofp(isum, v8f), scale, flags=("fast",))
-            builder.store(builder.fadd(builder.load(facc), part, flags=("fast",)), facc)
-        acc = builder.load(facc)
-        total = builder.extract_element(acc, ir.Constant(i32, 0))
-        for j in range(1, 8):
-            total = builder.fadd(total, builder.extract_element(acc, ir.Constant(i32, j)), flags=("fast",))
-        return total
+            for wp in w_rows:
+                builder.call(prefetch, [builder.gep(wp, [builder.add(base, const(PREFETCH_BYTES))]),
+                                        ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            # two int32 chains per row (even and odd chunks), so the adds' latency is not one long chain
+            isums = [[ir.Constant(v8i32, None)] * 2 for _ in range(R)]
+            for c in range(gs // CHUNK):
+                off = builder.add(base, const(c * CHUNK))
+                xv = builder.load(builder.bitcast(builder.gep(ax.data, [off]), v16i16.as_pointer()), align=2)
+                for r in range(R):
+                    isums[r][c % 2] = builder.add(isums[r][c % 2], pairs(w_rows[r], xv, off))
+            for r in range(R):
+                scale = builder.fmul(builder.load(builder.gep(s_rows[r], [g])), xsg)
+                scale = builder.insert_element(ir.Constant(v8f, ir.Undefined), scale, ir.Constant(i32, 0))
+                scale = builder.shuffle_vector(scale, ir.Constant(v8f, ir.Undefined), ir.Constant(v8i32, None))
+                part = builder.fmul(builder.sitofp(builder.add(*isums[r]), v8f), scale, flags=("fast",))
+                builder.store(builder.fadd(builder.load(faccs[r]), part, flags=("fast",)), faccs[r])
+        totals = []
+        for r in range(R):
+            acc = builder.load(faccs[r])
+            total = builder.extract_element(acc, ir.Constant(i32, 0))
+            for j in range(1, 8):
+                total = builder.fadd(total, builder.extract_element(acc, ir.Constant(i32, j)), flags=("fast",))
+            totals.append(total)
+        return context.make_tuple(builder, signature.return_type, totals)
 
     return sig, codegen
 
@@ -209,15 +212,33 @@ def matmul_q8(out, xq, xs, wq, ws, group_size):
     """out (B, d) = x (B, n) @ w (d, n).T with both sides Q8_0: int32 sums per group, fp32 across groups.
 
     xq (>= B, >= n) int16 (int8 values widened once per row, so the row dot loads them as they are), xs
-    (>= B, >= G): only the first B rows and n or G columns are read; wq (d, n) int8, ws (d, G). prange over output rows i: each weight row is read from memory once and
-    reused for all B rows of x while it sits in cache, so B streams cost about one stream's weight traffic.
+    (>= B, >= G): only the first B rows and n or G columns are read; wq (d, n) int8, ws (d, G). prange
+    over pairs of output rows: each weight row is read from memory once and reused for all B rows of x
+    while it sits in cache, so B streams cost about one stream's weight traffic. Group sizes 16, 32, 64
+    (llama2.c's export picks 64 or halves it until it divides dim) use _dot_q8_rows, others a scalar loop.
     """
     B, d = out.shape
-    for i in numba.prange(d):
-        for b in range(B):
-            if group_size == 64:  # llama2.c's default: a constant, so each group is straight-line code
-                out[b, i] = _dot_q8_row(xq[b], wq[i], ws[i], xs[b], 64)
-            elif group_size % CHUNK == 0:
-                out[b, i] = _dot_q8_row(xq[b], wq[i], ws[i], xs[b], group_size)
-            else:
+    if group_size != 64 and group_size != 32 and group_size != 16:  # the vectorized group sizes (literals)
+        for i in numba.prange(d):
+            for b in range(B):
                 out[b, i] = _dot_q8_row_scalar(xq[b], wq[i], ws[i], xs[b], group_size)
+        return
+    for ip in numba.prange((d + 1) // 2):  # two weight rows at a time: each loaded chunk of x feeds both
+        i = 2 * ip
+        two = i + 1 < d
+        for b in range(B):
+            if group_size == 64:  # llama2.c's default
+                if two:
+                    out[b, i], out[b, i + 1] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 2, 64)
+                else:
+                    out[b, i] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 1, 64)[0]
+            elif group_size == 32:
+                if two:
+                    out[b, i], out[b, i + 1] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 2, 32)
+                else:
+                    out[b, i] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 1, 32)[0]
+            else:
+                if two:
+                    out[b, i], out[b, i + 1] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 2, 16)
+                else:
+                    out[b, i] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 1, 16)[0]
