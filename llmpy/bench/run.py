@@ -118,7 +118,8 @@ def run(args):
             tq = Transformer(config, qweights)
             del qweights
             qrate, qbw = _decode_rate(tq, args.tokens, args.repeats, probe)
-            rows.append((name, "int8 Q8_0", tq.weight_bytes_per_token(), qrate, qbw, f"int8 / fp32 = {qrate / rate:.2f}x"))
+            note = f"int8 / fp32 = {qrate / rate:.2f}x"
+            rows.append((name, "int8 Q8_0", tq.weight_bytes_per_token(), qrate, qbw, note))
             del tq
         if name == "15M" and args.batch > 1:
             tb = Transformer(config, weights, n_streams=args.batch)
@@ -136,6 +137,6 @@ def run(args):
             print(f"{name:>6} {kind:>10} {'':>9} {'':>6} {'':>12} {rate:8.1f} {'':>9}   {note}")
         else:
             limit = bw / nbytes
-            print(f"{name:>6} {kind:>10} {nbytes / 1e6:9.1f} {bw / 1e9:6.1f} {limit:12.1f} {rate:8.1f} {rate / limit:8.0%}"
-                  f"   {note}")
+            print(f"{name:>6} {kind:>10} {nbytes / 1e6:9.1f} {bw / 1e9:6.1f} {limit:12.1f} {rate:8.1f} "
+                  f"{rate / limit:8.0%}   {note}")
     return 0

@@ -97,7 +97,7 @@ class Transformer:
         wcls = weights["wcls"]
         self.wcls = wcls if isinstance(wcls, QTensor) else np.ascontiguousarray(wcls, dtype=np.float32)  # (V, C)
         self.cos, self.sin = rope_tables(c)  # (T, hs/2) each
-        self.fused = True  # rows <= SMALL_BATCH in one numba call (tests turn it off to check one path against the other)
+        self.fused = True  # rows <= SMALL_BATCH in one numba call (tests turn it off to check one path vs the other)
         self.n_streams = n_streams
         self.max_rows = max(max_rows, n_streams)
         R, C, KV, H = self.max_rows, c.dim, c.kv_dim, c.hidden_dim

@@ -102,13 +102,12 @@ def prefetch_rows(typingctx, a, row, n_rows):
     def codegen(context, builder, signature, args):
         arr = context.make_array(signature.args[0])(context, builder, args[0])
         i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
-        prefetch = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]),
-                                                  "llvm.prefetch.p0")
-        row_bytes = builder.mul(builder.extract_value(arr.strides, 0), ir.Constant(i64, 1))
-        start = builder.bitcast(arr.data, i8.as_pointer())
-        start = builder.gep(start, [builder.mul(builder.sext(args[1], i64) if args[1].type != i64 else args[1], row_bytes)])
-        n_lines = builder.sdiv(builder.mul(builder.sext(args[2], i64) if args[2].type != i64 else args[2], row_bytes),
-                               ir.Constant(i64, CACHE_LINE))
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]), "llvm.prefetch.p0")
+        row, n_rows = (a if a.type == i64 else builder.sext(a, i64) for a in args[1:])
+        row_bytes = builder.extract_value(arr.strides, 0)
+        start = builder.gep(builder.bitcast(arr.data, i8.as_pointer()), [builder.mul(row, row_bytes)])
+        n_lines = builder.sdiv(builder.mul(n_rows, row_bytes), ir.Constant(i64, CACHE_LINE))
         with cgutils.for_range(builder, n_lines) as line:
             ptr = builder.gep(start, [builder.mul(line.index, ir.Constant(i64, CACHE_LINE))])
             builder.call(prefetch, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
@@ -140,7 +139,9 @@ def _dot_q8_rows(typingctx, x16, wq, ws, xs, row, n_rows, group_size):
         i8, i16, i32, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
         v8i32, v8f, v16i8 = ir.VectorType(i32, 8), ir.VectorType(f32, 8), ir.VectorType(i8, 16)
         v16i16, v16i32 = ir.VectorType(i16, 16), ir.VectorType(i32, 16)
-        const = lambda v: ir.Constant(i64, v)
+        def const(v):
+            return ir.Constant(i64, v)
+
         G = builder.extract_value(aws.shape, 1)
         n = builder.extract_value(aw.shape, 1)
         row = args[4] if args[4].type == i64 else builder.sext(args[4], i64)
