@@ -1,7 +1,7 @@
 """Numba kernels of the Llama forward pass: rmsnorm, RoPE + attention over the KV cache, SwiGLU, a
 few-row matmul, and the whole forward of a few rows (decode) fused into one call.
 
-Why one fused call for decode: a stories15M token is ~3 ms of weight reads at the bandwidth limit,
+Why one fused call for decode: a stories15M token is ~2.3 ms of weight reads at the bandwidth limit,
 and the ~50 kernel launches of a per-operation Python loop cost several tenths of that in dispatch
 alone. The fused functions run every layer without returning to Python; only the matmuls and the
 attention heads are parallel (prange), everything else is a few microseconds of serial work.
