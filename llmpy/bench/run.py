@@ -24,7 +24,8 @@ def add_arguments(parser):
     parser.add_argument("--models", default="15M,42M,110M", help="comma-separated shapes among " + ",".join(SHAPES))
     parser.add_argument("--tokens", type=int, default=256, help="tokens generated per measurement")
     parser.add_argument("--batch", type=int, default=8, help="streams for the batched measurement (15M)")
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many timed runs")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="best of this many timed runs (each after a bandwidth probe run, also best of)")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 measurement")
 
 
