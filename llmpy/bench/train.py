@@ -33,8 +33,8 @@ def add_arguments(parser):
     parser.add_argument("--depth", default="d12", help="llm.c depth descriptor (d6, d12, d24, ...); default d12")
     parser.add_argument("-b", "--batch-size", type=int, default=4, help="B (default 4)")
     parser.add_argument("-t", "--seq-len", type=int, default=64, help="T (default 64)")
-    parser.add_argument("--steps", type=int, default=9,
-                        help="timed rounds of one step and its matmuls alone; medians are reported (default 9)")
+    parser.add_argument("--steps", type=int, default=15,
+                        help="timed rounds of one step and its matmuls alone; medians are reported (default 15)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--seed", type=int, default=1337)
 

@@ -19,6 +19,8 @@ memory-bound ones, tested against these.
 
 import math
 
+import numpy as np
+
 from llmpy.backend import get_array_module, matmul_acc, scatter_add
 
 LN_EPS = 1e-5
@@ -78,9 +80,17 @@ def matmul_forward(out, inp, weight, bias):
     xp = get_array_module(out)
     C = inp.shape[-1]
     OC = weight.shape[0]
-    xp.matmul(inp.reshape(-1, C), weight.T, out=out.reshape(-1, OC))  # one GEMM over all B*T rows
-    if bias is not None:
-        out += bias
+    out2, inp2 = out.reshape(-1, OC), inp.reshape(-1, C)        # one GEMM over all B*T rows
+    if bias is None:
+        xp.matmul(inp2, weight.T, out=out2)
+    elif xp is np:
+        # bias rows first, then the GEMM adds onto them (beta=1): BLAS writes C once either way
+        # (beta=0 starts with a zeroing pass), so the bias costs no extra pass over out
+        out2[...] = bias
+        matmul_acc(out2, inp2, weight.T)
+    else:
+        xp.matmul(inp2, weight.T, out=out2)
+        out2 += bias
 
 
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, accumulate=True):
@@ -92,7 +102,10 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, accumulate=True):
     matmul_acc(dinp.reshape(-1, C), dout2, weight, accumulate)  # dinp += dout @ weight
     matmul_acc(dweight, dout2.T, inp.reshape(-1, C))            # dweight += dout.T @ inp
     if dbias is not None:
-        dbias += dout2.sum(axis=0)
+        # the column sums as a vector-matrix product: BLAS gemv reads dout once, with no temporary
+        # of dout's size (a plain .sum(axis=0) ran 2x slower here)
+        xp = get_array_module(dout)
+        dbias += xp.ones(dout2.shape[0], dtype=dout2.dtype) @ dout2
 
 
 # ----------------------------------------------------------------------------
