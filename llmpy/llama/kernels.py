@@ -16,8 +16,10 @@ import numpy as np
 
 from llmpy.llama.quant import matmul_q8, prefetch_rows, quantize_rows
 
-# matmul_forward prefetches the next block of weight rows when rows are shorter than this. Measured on the
-# 2-core box: +10% for stories15M's 288-wide rows, -15% for 512- and 768-wide rows (which the hardware
+# matmul_forward of a few rows reads the weight as this many evenly spaced sequential streams at once
+STREAMS = 8
+# matmul_forward of 4+ rows prefetches the next block of weight rows when rows are shorter than this. Measured
+# on the 2-core box: +10% for stories15M's 288-wide rows, -15% for 512- and 768-wide rows (which the hardware
 # prefetcher streams well on its own)
 PREFETCH_MAX_ROW_BYTES = 2048
 
@@ -162,19 +164,52 @@ def _dot4x4(out, b, o, x0, x1, x2, x3, w0, w1, w2, w3):
     out[b + 3, o], out[b + 3, o + 1], out[b + 3, o + 2], out[b + 3, o + 3] = s30, s31, s32, s33
 
 
+@numba.njit(cache=True, fastmath=True, inline="always")
+def _dot8(out, b, Q, q, x, w0, w1, w2, w3, w4, w5, w6, w7):
+    """out[b, q + r * Q] = x . w_r for eight weight rows w_r (eight sums, eight memory streams)."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+    for i in range(x.shape[0]):
+        xi = x[i]
+        s0 += w0[i] * xi
+        s1 += w1[i] * xi
+        s2 += w2[i] * xi
+        s3 += w3[i] * xi
+        s4 += w4[i] * xi
+        s5 += w5[i] * xi
+        s6 += w6[i] * xi
+        s7 += w7[i] * xi
+    out[b, q], out[b, q + Q], out[b, q + 2 * Q], out[b, q + 3 * Q] = s0, s1, s2, s3
+    out[b, q + 4 * Q], out[b, q + 5 * Q], out[b, q + 6 * Q], out[b, q + 7 * Q] = s4, s5, s6, s7
+
+
 @numba.njit(cache=True, parallel=True, fastmath=True)
 def matmul_forward(out, inp, weight):
     """out (B, OC) = inp (B, C) @ weight (OC, C).T for a few rows B (decode, batched decode).
 
-    prange over blocks of four output rows: the four weight rows are read from memory once and stay
-    in L1 while every input row passes over them, and each loaded input value feeds four FMAs (four
-    independent sums, four memory streams). Measured on the 2-core box, one row: as fast as OpenBLAS
-    sgemv on 110M-sized matrices and ~1.8x faster on 15M-sized ones (where sgemv runs one thread).
-    Input rows go four at a time through _dot4x4 (8 rows: 20-40% faster than one row at a time, since
-    batched decode is compute-bound), the rest one at a time.
+    Fewer than 4 input rows (decode: memory-bound): the weight is cut into STREAMS parts of Q rows, and
+    prange step q reads row q of every part, so each thread reads STREAMS long sequential streams of
+    memory (its half of each part). Measured on the 2-core box: 8 such streams read 10-25% faster than
+    blocks of 4 consecutive rows (4 short streams that restart every block, which the hardware prefetcher
+    follows badly, worst for stories15M's 1152-byte rows), and as fast as the bandwidth probe.
+    4 or more input rows (batched decode: compute-bound): prange over blocks of four consecutive output
+    rows, input rows four at a time through _dot4x4 (8 loads feed 16 FMAs), the rest one at a time.
     """
     B, C = inp.shape
     OC = weight.shape[0]
+    if B < 4:
+        Q = OC // STREAMS
+        for q in numba.prange(Q):
+            w0, w1, w2, w3 = weight[q], weight[q + Q], weight[q + 2 * Q], weight[q + 3 * Q]
+            w4, w5, w6, w7 = weight[q + 4 * Q], weight[q + 5 * Q], weight[q + 6 * Q], weight[q + 7 * Q]
+            for b in range(B):
+                _dot8(out, b, Q, q, inp[b], w0, w1, w2, w3, w4, w5, w6, w7)
+        for o in range(STREAMS * Q, OC):  # the last OC % STREAMS rows
+            for b in range(B):
+                s0 = np.float32(0.0)
+                for i in range(C):
+                    s0 += weight[o, i] * inp[b, i]
+                out[b, o] = s0
+        return
     prefetch = 4 * C < PREFETCH_MAX_ROW_BYTES
     for ob in numba.prange((OC + 3) // 4):
         o = ob * 4
