@@ -2,11 +2,12 @@
 
 For random-weight models with the shapes of llama2.c's stories15M / 42M / 110M: greedy decode of
 --tokens tokens after a BOS, one token per forward (run.c's loop). The limit is the sustained read
-bandwidth of this machine (2 threads summing a 512 MiB array four rows at a time, as the decode
+bandwidth of this machine (2 threads summing a 512 MiB array as 8 sequential streams, as the decode
 matmuls read, BW_PASSES times in a row; one such run right before each decode run, and the best of
-each, so that both sides are measured alike on this shared machine) divided by the bytes of weights
-one token reads. Also int8 (Q8_0) on the
-110M shape against fp32, and --batch streams against one stream on the 15M shape.
+each, so that both sides are measured alike on this shared machine) divided by the bytes one token
+reads: every weight once, plus the keys and values of the KV cache at the average position of the run
+(token p attends over p + 1 positions). Also int8 (Q8_0) on the 110M shape against fp32, and --batch
+streams against one stream on the 15M shape.
 """
 
 import time
@@ -18,6 +19,7 @@ SHAPES = {  # name: (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size,
 }
 BW_BYTES = 512 * 1024 * 1024  # bandwidth probe size, well beyond the last-level cache
 BW_PASSES = 16  # passes over the probe array per timed run (~0.3 s: a sustained rate, not one lucky pass)
+BW_STREAMS = 8  # sequential streams the probe reads at once (kernels.STREAMS, as the decode matmuls read)
 
 
 def add_arguments(parser):
@@ -33,30 +35,35 @@ def _make_probe():
     """A function that returns the sustained bytes/s of 2 threads reading a large array (one run of BW_PASSES
     passes over BW_BYTES).
 
-    The pass sums four rows at a time (four memory streams per thread, as the decode matmuls read): one
-    row at a time measured up to ~15% less on the 2-core box, which flattered the ratios. A run is many
-    passes (~0.3 s) so that the limit is a rate the machine sustains, not one lucky pass.
+    A pass reads the array as BW_STREAMS evenly spaced sequential streams at once (prange step r sums rows
+    r, r + Q, ..., r + 7Q), which is how the decode matmuls read a weight matrix, and the fastest of the
+    read patterns measured on the 2-core box: 4 consecutive rows at a time read ~4% less, one row at a time
+    up to ~15% less, either of which would flatter the ratios. A run is many passes (~0.3 s) so that the
+    limit is a rate the machine sustains, not one lucky pass.
     """
     import numba
     import numpy as np
 
     @numba.njit(parallel=True, fastmath=True, cache=False)
     def row_sums(out, a, passes):
-        # a is (R, N) with R % 4 == 0, out is (R,)
+        # a is (R, N) with R % BW_STREAMS == 0, out is (R,)
+        Q = a.shape[0] // BW_STREAMS
         for _ in range(passes):
-            for r in numba.prange(a.shape[0] // 4):
-                i = 4 * r
-                a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
-                s0 = s1 = s2 = s3 = np.float32(0.0)
+            for r in numba.prange(Q):
+                a0, a1, a2, a3 = a[r], a[r + Q], a[r + 2 * Q], a[r + 3 * Q]
+                a4, a5, a6, a7 = a[r + 4 * Q], a[r + 5 * Q], a[r + 6 * Q], a[r + 7 * Q]
+                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
                 for j in range(a.shape[1]):
                     s0 += a0[j]
                     s1 += a1[j]
                     s2 += a2[j]
                     s3 += a3[j]
-                out[i] += s0
-                out[i + 1] += s1
-                out[i + 2] += s2
-                out[i + 3] += s3
+                    s4 += a4[j]
+                    s5 += a5[j]
+                    s6 += a6[j]
+                    s7 += a7[j]
+                out[r], out[r + Q], out[r + 2 * Q], out[r + 3 * Q] = s0, s1, s2, s3
+                out[r + 4 * Q], out[r + 5 * Q], out[r + 6 * Q], out[r + 7 * Q] = s4, s5, s6, s7
 
     a = np.ones((BW_BYTES // 4096, 1024), np.float32)
     out = np.zeros(a.shape[0], np.float32)
@@ -110,7 +117,8 @@ def run(args):
         weights = random_weights(config, rng)
         t = Transformer(config, weights)
         rate, bw = _decode_rate(t, args.tokens, args.repeats, probe)
-        rows.append((name, "fp32", t.weight_bytes_per_token(), rate, bw, ""))
+        kv_bytes = t.kv_bytes_per_token((args.tokens + 1) / 2)  # positions 0..tokens-1 attend over 1..tokens
+        rows.append((name, "fp32", t.weight_bytes_per_token() + kv_bytes, rate, bw, ""))
         if name == "110M" and not args.no_int8:
             qweights = dict(weights)
             for k in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"):
@@ -120,7 +128,7 @@ def run(args):
             del qweights
             qrate, qbw = _decode_rate(tq, args.tokens, args.repeats, probe)
             note = f"int8 / fp32 = {qrate / rate:.2f}x"
-            rows.append((name, "int8 Q8_0", tq.weight_bytes_per_token(), qrate, qbw, note))
+            rows.append((name, "int8 Q8_0", tq.weight_bytes_per_token() + kv_bytes, qrate, qbw, note))
             del tq
         if name == "15M" and args.batch > 1:
             tb = Transformer(config, weights, n_streams=args.batch)
@@ -130,8 +138,9 @@ def run(args):
             del tb
         del t, weights
     print(f"greedy decode of {args.tokens} tokens from BOS, best of {args.repeats} runs, each right after a read "
-          f"bandwidth probe run\n(2 threads, {BW_PASSES} passes over {BW_BYTES >> 20} MiB); limit = best probe / "
-          "bytes of weights per token")
+          f"bandwidth probe run\n(2 threads, {BW_STREAMS} streams, {BW_PASSES} passes over {BW_BYTES >> 20} MiB); "
+          "limit = best probe / bytes per token\n(bytes per token = weights + KV cache read at the average position, "
+          f"{(args.tokens + 1) / 2:g} positions)")
     print(f"{'model':>6} {'kind':>10} {'MB/token':>9} {'GB/s':>6} {'limit tok/s':>12} {'tok/s':>8} {'of limit':>9}")
     for name, kind, nbytes, rate, bw, note in rows:
         if nbytes is None:

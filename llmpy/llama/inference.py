@@ -135,6 +135,11 @@ class Transformer:
         norms = self.rms_att.nbytes + self.rms_ffn.nbytes + self.rms_final.nbytes
         return sum(nbytes(w) for w in mats) + norms + self.tok_emb[0].nbytes
 
+    def kv_bytes_per_token(self, positions):
+        """Bytes of keys and values one decode step reads when it attends over `positions` positions."""
+        c = self.config
+        return 2 * c.n_layers * positions * c.kv_dim * self.key_cache.itemsize
+
     def linear(self, out, inp, w):
         """out (B, OC) = inp (B, IC) @ w (OC, IC).T, with w fp32 or Q8_0 (the unfused path)."""
         if isinstance(w, QTensor):
