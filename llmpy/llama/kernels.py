@@ -113,12 +113,17 @@ def attention_forward(out, att, qkv, key_cache, value_cache, streams, positions,
                 oh[i] += a * vh[i]
 
 
+@numba.njit(cache=True, fastmath=True, inline="always")
+def _silu_mul(g, u):
+    """silu(g) * u, SwiGLU of one gate value g and one up value u."""
+    return g / (np.float32(1.0) + np.exp(-g)) * u
+
+
 @numba.njit(cache=True, fastmath=True)
 def _swiglu_row(out, h13, b):
     H = out.shape[1]
     for i in range(H):
-        g = h13[b, i]
-        out[b, i] = g / (np.float32(1.0) + np.exp(-g)) * h13[b, H + i]
+        out[b, i] = _silu_mul(h13[b, i], h13[b, H + i])
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True)
@@ -165,8 +170,8 @@ def _dot4x4(out, b, o, x0, x1, x2, x3, w0, w1, w2, w3):
 
 
 @numba.njit(cache=True, fastmath=True, inline="always")
-def _dot8(out, b, Q, q, x, w0, w1, w2, w3, w4, w5, w6, w7):
-    """out[b, q + r * Q] = x . w_r for eight weight rows w_r (eight sums, eight memory streams)."""
+def _dot8(x, w0, w1, w2, w3, w4, w5, w6, w7):
+    """(x . w0, ..., x . w7) for eight weight rows (eight sums at once, eight memory streams)."""
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
     for i in range(x.shape[0]):
         xi = x[i]
@@ -178,8 +183,7 @@ def _dot8(out, b, Q, q, x, w0, w1, w2, w3, w4, w5, w6, w7):
         s5 += w5[i] * xi
         s6 += w6[i] * xi
         s7 += w7[i] * xi
-    out[b, q], out[b, q + Q], out[b, q + 2 * Q], out[b, q + 3 * Q] = s0, s1, s2, s3
-    out[b, q + 4 * Q], out[b, q + 5 * Q], out[b, q + 6 * Q], out[b, q + 7 * Q] = s4, s5, s6, s7
+    return s0, s1, s2, s3, s4, s5, s6, s7
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True)
@@ -202,7 +206,9 @@ def matmul_forward(out, inp, weight):
             w0, w1, w2, w3 = weight[q], weight[q + Q], weight[q + 2 * Q], weight[q + 3 * Q]
             w4, w5, w6, w7 = weight[q + 4 * Q], weight[q + 5 * Q], weight[q + 6 * Q], weight[q + 7 * Q]
             for b in range(B):
-                _dot8(out, b, Q, q, inp[b], w0, w1, w2, w3, w4, w5, w6, w7)
+                s0, s1, s2, s3, s4, s5, s6, s7 = _dot8(inp[b], w0, w1, w2, w3, w4, w5, w6, w7)
+                out[b, q], out[b, q + Q], out[b, q + 2 * Q], out[b, q + 3 * Q] = s0, s1, s2, s3
+                out[b, q + 4 * Q], out[b, q + 5 * Q], out[b, q + 6 * Q], out[b, q + 7 * Q] = s4, s5, s6, s7
         for o in range(STREAMS * Q, OC):  # the last OC % STREAMS rows
             for b in range(B):
                 s0 = np.float32(0.0)
@@ -244,6 +250,31 @@ def matmul_forward(out, inp, weight):
                     out[b, oo] = s0
 
 
+@numba.njit(cache=True, parallel=True, fastmath=True)
+def matmul_swiglu_forward(out, h13, inp, w13):
+    """out (B, H) = silu(inp @ w1.T) * (inp @ w3.T) with w13 (2H, C) = [w1; w3]; h13 (B, 2H) is scratch.
+
+    Fewer than 4 input rows and H % 4 == 0: matmul_forward's 8 streams over w13 are 4 over w1 and the same
+    4 rows of w3 (row j and row H + j are streams k and k + 4 at one prange step), so each step has both
+    halves of 4 outputs and applies SwiGLU right there: no serial pass (and no 2H-wide write) after the matmul.
+    Otherwise matmul_forward into h13, then swiglu_forward.
+    """
+    B = inp.shape[0]
+    H = out.shape[1]
+    if B < 4 and H % 4 == 0:
+        Q = H // 4  # = 2H / STREAMS
+        for q in numba.prange(Q):
+            w0, w1, w2, w3 = w13[q], w13[q + Q], w13[q + 2 * Q], w13[q + 3 * Q]  # w1 rows q + kQ
+            w4, w5, w6, w7 = w13[H + q], w13[H + q + Q], w13[H + q + 2 * Q], w13[H + q + 3 * Q]  # w3 rows
+            for b in range(B):
+                g0, g1, g2, g3, u0, u1, u2, u3 = _dot8(inp[b], w0, w1, w2, w3, w4, w5, w6, w7)
+                out[b, q], out[b, q + Q] = _silu_mul(g0, u0), _silu_mul(g1, u1)
+                out[b, q + 2 * Q], out[b, q + 3 * Q] = _silu_mul(g2, u2), _silu_mul(g3, u3)
+        return
+    matmul_forward(h13, inp, w13)
+    swiglu_forward(out, h13)
+
+
 # -----------------------------------------------------------------------------
 # the forward pass of a few rows, fused
 
@@ -274,8 +305,7 @@ def forward_rows(logits, rows, tokens, streams, positions, acts, weights, key_ca
         matmul_forward(xb2, xb, wo[layer])
         # ffn block: x += w2 @ (silu(w1 @ rmsnorm(x)) * (w3 @ rmsnorm(x)))
         residual_rmsnorm(x, xb2, xb, rms_ffn[layer], eps)
-        matmul_forward(hb13, xb, w13[layer])
-        swiglu_forward(hb, hb13)
+        matmul_swiglu_forward(hb, hb13, xb, w13[layer])
         matmul_forward(xb2, hb, w2[layer])
         x += xb2
     if R > 0:
