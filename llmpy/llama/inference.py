@@ -56,6 +56,14 @@ def tune_openmp_waiting():
 # -----------------------------------------------------------------------------
 # the model
 
+def _bounds(a):
+    """(min, max) of a 1-D int array as Python ints; for one row (decode) without two array reductions."""
+    if a.shape[0] == 1:
+        v = int(a[0])
+        return v, v
+    return int(a.min()), int(a.max())
+
+
 def _stack(per_layer):
     """Stack per-layer matrices, each a list of pieces concatenated along the output dimension
     (q, k, v -> qkv), into one (L, OC, IC) fp32 array or one QTensor with (L, OC, IC) values."""
@@ -119,6 +127,7 @@ class Transformer:
             self.xq = np.zeros((R, max(C, H)), np.int16)  # quantized activations (int8 values)
             self.xs = np.zeros((R, max(C, H) // gs), np.float32)  # their scales
         self._no_rows = np.zeros((0, C), np.float32)
+        self._row0 = np.zeros(1, np.int64)  # the rows that need logits when a call has one row
 
     @classmethod
     def from_file(cls, path, n_streams=1, max_rows=DEFAULT_MAX_ROWS):
@@ -163,12 +172,17 @@ class Transformer:
         streams = np.zeros(B, np.int64) if streams is None else np.asarray(streams, dtype=np.int64).reshape(-1)
         if B > self.max_rows:
             raise ValueError(f"{B} rows in one forward call; this Transformer was built for at most {self.max_rows}")
-        if positions.min() < 0 or positions.max() >= c.seq_len:
-            raise LlmpyError(f"position {positions.max()} is outside the context of {c.seq_len} tokens (seq_len)")
-        if tokens.min() < 0 or tokens.max() >= c.vocab_size:
-            raise LlmpyError(f"token id {tokens.max()} is outside the vocabulary of {c.vocab_size}")
-        if streams.min() < 0 or streams.max() >= self.n_streams:
-            raise ValueError(f"stream {streams.max()} is outside the {self.n_streams} KV caches of this Transformer")
+        lo, hi = _bounds(positions)
+        if lo < 0 or hi >= c.seq_len:
+            raise LlmpyError(f"position {hi if hi >= c.seq_len else lo} is outside the context of {c.seq_len} tokens "
+                             "(seq_len)")
+        lo, hi = _bounds(tokens)
+        if lo < 0 or hi >= c.vocab_size:
+            raise LlmpyError(f"token id {hi if hi >= c.vocab_size else lo} is outside the vocabulary of {c.vocab_size}")
+        lo, hi = _bounds(streams)
+        if lo < 0 or hi >= self.n_streams:
+            raise ValueError(f"stream {hi if hi >= self.n_streams else lo} is outside the {self.n_streams} KV caches "
+                             "of this Transformer")
         if logits == "none":
             rows = np.zeros(0, np.int64)
             out = None
@@ -177,7 +191,7 @@ class Transformer:
             out = np.empty((B, c.vocab_size), np.float32)
         else:
             # last row of each stream: where the next row's stream differs, or the final row
-            rows = np.nonzero(np.append(streams[1:] != streams[:-1], True))[0]
+            rows = self._row0 if B == 1 else np.nonzero(np.append(streams[1:] != streams[:-1], True))[0]
             out = self.logits[:len(rows)] if len(rows) <= self.logits.shape[0] else np.empty((len(rows), c.vocab_size),
                                                                                             np.float32)
         if B <= SMALL_BATCH and self.fused:
