@@ -287,28 +287,25 @@ def matmul_forward(out, inp, weight):
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True)
-def matmul_swiglu_forward(out, h13, inp, w13):
-    """out (B, H) = silu(inp @ w1.T) * (inp @ w3.T) with w13 (2H, C) = [w1; w3]; h13 (B, 2H) is scratch.
+def matmul_swiglu_forward(out, inp, w13):
+    """out (B, H) = silu(inp @ w1.T) * (inp @ w3.T) with w13 (2H, C) = [w1; w3], for B < 4 and H % 4 == 0.
 
-    Fewer than 4 input rows and H % 4 == 0: matmul_forward's 8 streams over w13 are 4 over w1 and the same
-    4 rows of w3 (row j and row H + j are streams k and k + 4 at one prange step), so each step has both
-    halves of 4 outputs and applies SwiGLU right there: no serial pass (and no 2H-wide write) after the matmul.
-    Otherwise matmul_forward into h13, then swiglu_forward.
+    matmul_forward's 8 streams over w13 are 4 over w1 and the same 4 rows of w3 (row j and row H + j are
+    streams k and k + 4 at one prange step), so each step has both halves of 4 outputs and applies SwiGLU
+    right there: no serial pass (and no 2H-wide write) after the matmul. Other shapes: matmul_forward, then
+    swiglu_forward (the caller's choice: a parallel function called from this one would run serially).
     """
     B = inp.shape[0]
     H = out.shape[1]
-    if B < 4 and H % 4 == 0:
-        Q = H // 4  # = 2H / STREAMS
-        for q in numba.prange(Q):
-            w0, w1, w2, w3 = w13[q], w13[q + Q], w13[q + 2 * Q], w13[q + 3 * Q]  # w1 rows q + kQ
-            w4, w5, w6, w7 = w13[H + q], w13[H + q + Q], w13[H + q + 2 * Q], w13[H + q + 3 * Q]  # w3 rows
-            for b in range(B):
-                g0, g1, g2, g3, u0, u1, u2, u3 = _dot8(inp[b], w0, w1, w2, w3, w4, w5, w6, w7)
-                out[b, q], out[b, q + Q] = _silu_mul(g0, u0), _silu_mul(g1, u1)
-                out[b, q + 2 * Q], out[b, q + 3 * Q] = _silu_mul(g2, u2), _silu_mul(g3, u3)
-        return
-    matmul_forward(h13, inp, w13)
-    swiglu_forward(out, h13)
+    assert B < 4 and H % 4 == 0, "matmul_swiglu_forward: fewer than 4 rows and H % 4 == 0 only"
+    Q = H // 4  # = 2H / STREAMS
+    for q in numba.prange(Q):
+        w0, w1, w2, w3 = w13[q], w13[q + Q], w13[q + 2 * Q], w13[q + 3 * Q]  # w1 rows q + kQ
+        w4, w5, w6, w7 = w13[H + q], w13[H + q + Q], w13[H + q + 2 * Q], w13[H + q + 3 * Q]  # w3 rows
+        for b in range(B):
+            g0, g1, g2, g3, u0, u1, u2, u3 = _dot8(inp[b], w0, w1, w2, w3, w4, w5, w6, w7)
+            out[b, q], out[b, q + Q] = _silu_mul(g0, u0), _silu_mul(g1, u1)
+            out[b, q + 2 * Q], out[b, q + 3 * Q] = _silu_mul(g2, u2), _silu_mul(g3, u3)
 
 
 # -----------------------------------------------------------------------------
@@ -341,7 +338,11 @@ def forward_rows(logits, rows, tokens, streams, positions, acts, weights, key_ca
         matmul_forward(xb2, xb, wo[layer])
         # ffn block: x += w2 @ (silu(w1 @ rmsnorm(x)) * (w3 @ rmsnorm(x)))
         residual_rmsnorm(x, xb2, xb, rms_ffn[layer], eps)
-        matmul_swiglu_forward(hb, hb13, xb, w13[layer])
+        if B < 4 and hb.shape[1] % 4 == 0:  # decode: SwiGLU inside the matmul's threads
+            matmul_swiglu_forward(hb, xb, w13[layer])
+        else:
+            matmul_forward(hb13, xb, w13[layer])
+            swiglu_forward(hb, hb13)
         matmul_forward(xb2, hb, w2[layer])
         x += xb2
     if R > 0:
