@@ -17,14 +17,10 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from llmpy.llama.quant import matmul_q8, prefetch_rows, quantize_rows
+from llmpy.llama.quant import matmul_q8, quantize_rows
 
 # matmul_forward of a few rows reads the weight as this many evenly spaced sequential streams at once
 STREAMS = 8
-# matmul_forward of 4+ rows prefetches the next block of weight rows when rows are shorter than this. Measured
-# on the 2-core box: +10% for stories15M's 288-wide rows, -15% for 512- and 768-wide rows (which the hardware
-# prefetcher streams well on its own)
-PREFETCH_MAX_ROW_BYTES = 2048
 
 # expf as Cephes computes it: exp(x) = 2^k * exp(r) with x = k ln2 + r, |r| <= ln2 / 2
 EXP_MIN, EXP_MAX = -87.0, 88.0  # exp stays a normal float32 in between
@@ -176,8 +172,8 @@ def swiglu_forward(out, h13):
 
 
 @numba.njit(cache=True, fastmath=True, inline="always")
-def _dot4x4(out, b, o, x0, x1, x2, x3, w0, w1, w2, w3):
-    """out[b + r, o + c] = x_r . w_c for four input rows x_r and four weight rows w_c (16 sums at once)."""
+def _dot4x4(out, b, o, step, x0, x1, x2, x3, w0, w1, w2, w3):
+    """out[b + r, o + c * step] = x_r . w_c for four input rows x_r and four weight rows w_c (16 sums at once)."""
     s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = np.float32(0.0)
     s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = np.float32(0.0)
     for i in range(x0.shape[0]):
@@ -198,10 +194,10 @@ def _dot4x4(out, b, o, x0, x1, x2, x3, w0, w1, w2, w3):
         s31 += x3[i] * a1
         s32 += x3[i] * a2
         s33 += x3[i] * a3
-    out[b, o], out[b, o + 1], out[b, o + 2], out[b, o + 3] = s00, s01, s02, s03
-    out[b + 1, o], out[b + 1, o + 1], out[b + 1, o + 2], out[b + 1, o + 3] = s10, s11, s12, s13
-    out[b + 2, o], out[b + 2, o + 1], out[b + 2, o + 2], out[b + 2, o + 3] = s20, s21, s22, s23
-    out[b + 3, o], out[b + 3, o + 1], out[b + 3, o + 2], out[b + 3, o + 3] = s30, s31, s32, s33
+    out[b, o], out[b, o + step], out[b, o + 2 * step], out[b, o + 3 * step] = s00, s01, s02, s03
+    out[b + 1, o], out[b + 1, o + step], out[b + 1, o + 2 * step], out[b + 1, o + 3 * step] = s10, s11, s12, s13
+    out[b + 2, o], out[b + 2, o + step], out[b + 2, o + 2 * step], out[b + 2, o + 3 * step] = s20, s21, s22, s23
+    out[b + 3, o], out[b + 3, o + step], out[b + 3, o + 2 * step], out[b + 3, o + 3 * step] = s30, s31, s32, s33
 
 
 @numba.njit(cache=True, fastmath=True, inline="always")
@@ -230,8 +226,9 @@ def matmul_forward(out, inp, weight):
     memory (its half of each part). Measured on the 2-core box: 8 such streams read 10-25% faster than
     blocks of 4 consecutive rows (4 short streams that restart every block, which the hardware prefetcher
     follows badly, worst for stories15M's 1152-byte rows), and as fast as the bandwidth probe.
-    4 or more input rows (batched decode: compute-bound): prange over blocks of four consecutive output
-    rows, input rows four at a time through _dot4x4 (8 loads feed 16 FMAs), the rest one at a time.
+    4 or more input rows (batched decode, closer to compute-bound): 4 such streams, each step's 4 weight rows
+    against input rows four at a time through _dot4x4 (8 loads feed 16 FMAs), the rest one at a time
+    (8 stories15M rows: +15% over blocks of 4 consecutive rows with a software prefetch of the next block).
     """
     B, C = inp.shape
     OC = weight.shape[0]
@@ -251,38 +248,31 @@ def matmul_forward(out, inp, weight):
                     s0 += weight[o, i] * inp[b, i]
                 out[b, o] = s0
         return
-    prefetch = 4 * C < PREFETCH_MAX_ROW_BYTES
-    for ob in numba.prange((OC + 3) // 4):
-        o = ob * 4
-        if prefetch:
-            prefetch_rows(weight, o + 4, 4)  # the block this thread reads next
-        if o + 4 <= OC:
-            w0, w1, w2, w3 = weight[o], weight[o + 1], weight[o + 2], weight[o + 3]
-            b = 0
-            while b + 4 <= B:  # four input rows at a time: 8 loads feed 16 FMAs (batched decode is compute-bound)
-                x0, x1, x2, x3 = inp[b], inp[b + 1], inp[b + 2], inp[b + 3]
-                _dot4x4(out, b, o, x0, x1, x2, x3, w0, w1, w2, w3)
-                b += 4
-            while b < B:
-                x = inp[b]
-                s0 = s1 = s2 = s3 = np.float32(0.0)
-                for i in range(C):
-                    xi = x[i]
-                    s0 += w0[i] * xi
-                    s1 += w1[i] * xi
-                    s2 += w2[i] * xi
-                    s3 += w3[i] * xi
-                out[b, o], out[b, o + 1], out[b, o + 2], out[b, o + 3] = s0, s1, s2, s3
-                b += 1
-        else:  # the last OC % 4 rows
-            for oo in range(o, OC):
-                w0 = weight[oo]
-                for b in range(B):
-                    x = inp[b]
-                    s0 = np.float32(0.0)
-                    for i in range(C):
-                        s0 += w0[i] * x[i]
-                    out[b, oo] = s0
+    Q = OC // 4
+    for q in numba.prange(Q):
+        w0, w1, w2, w3 = weight[q], weight[q + Q], weight[q + 2 * Q], weight[q + 3 * Q]
+        b = 0
+        while b + 4 <= B:  # four input rows at a time: 8 loads feed 16 FMAs (batched decode is compute-bound)
+            x0, x1, x2, x3 = inp[b], inp[b + 1], inp[b + 2], inp[b + 3]
+            _dot4x4(out, b, q, Q, x0, x1, x2, x3, w0, w1, w2, w3)
+            b += 4
+        while b < B:
+            x = inp[b]
+            s0 = s1 = s2 = s3 = np.float32(0.0)
+            for i in range(C):
+                xi = x[i]
+                s0 += w0[i] * xi
+                s1 += w1[i] * xi
+                s2 += w2[i] * xi
+                s3 += w3[i] * xi
+            out[b, q], out[b, q + Q], out[b, q + 2 * Q], out[b, q + 3 * Q] = s0, s1, s2, s3
+            b += 1
+    for o in range(4 * Q, OC):  # the last OC % 4 rows
+        for b in range(B):
+            s0 = np.float32(0.0)
+            for i in range(C):
+                s0 += weight[o, i] * inp[b, i]
+            out[b, o] = s0
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True)
