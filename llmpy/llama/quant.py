@@ -82,7 +82,6 @@ def quantize_rows(xq, xs, x, group_size):
                 xqr[lo + k] = np.int16(v + (np.float32(0.5) if v >= 0 else np.float32(-0.5)))
 
 
-CACHE_LINE = 64
 PREFETCH_BYTES = 4096  # how far ahead in the weights the row dot prefetches (2048-8192 measured alike, 1024 slower)
 CHUNK = 16  # int16 lanes of one 256-bit pmaddwd
 
@@ -91,29 +90,6 @@ def _has_avx2():
     import llvmlite.binding as llvm
 
     return bool(llvm.get_host_cpu_features().get("avx2", False))
-
-
-@intrinsic
-def prefetch_rows(typingctx, a, row, n_rows):
-    """Software prefetch (into all cache levels) of rows row .. row + n_rows - 1 of a C-contiguous 2-D array,
-    one instruction per 64-byte line. Rows past the end are harmless: a prefetch never faults."""
-    sig = types.void(a, row, n_rows)
-
-    def codegen(context, builder, signature, args):
-        arr = context.make_array(signature.args[0])(context, builder, args[0])
-        i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
-        prefetch = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]), "llvm.prefetch.p0")
-        row, n_rows = (a if a.type == i64 else builder.sext(a, i64) for a in args[1:])
-        row_bytes = builder.extract_value(arr.strides, 0)
-        start = builder.gep(builder.bitcast(arr.data, i8.as_pointer()), [builder.mul(row, row_bytes)])
-        n_lines = builder.sdiv(builder.mul(n_rows, row_bytes), ir.Constant(i64, CACHE_LINE))
-        with cgutils.for_range(builder, n_lines) as line:
-            ptr = builder.gep(start, [builder.mul(line.index, ir.Constant(i64, CACHE_LINE))])
-            builder.call(prefetch, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
 
 
 @intrinsic(prefer_literal=True)
