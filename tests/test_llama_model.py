@@ -126,23 +126,24 @@ def test_int8_forward_close_to_fp32_and_greedy_agreement(tmp_path):
     assert agree >= 0.8
 
 
+@pytest.mark.parametrize("B", [3, 5])  # 3: decode (weight rows in streams for group size 64), 5: row pairs
 @pytest.mark.parametrize("group_size", [16, 32, 64, 8])  # 8: the scalar path (group sizes other than 16, 32, 64)
-def test_int8_matmul_matches_integer_reference(group_size):
+def test_int8_matmul_matches_integer_reference(group_size, B):
     from llmpy.llama.quant import matmul_q8, quantize_rows
 
     rng = np.random.default_rng(8)
-    n, G = 128, 128 // group_size
-    x = rng.standard_normal((3, n)).astype(np.float32)
-    w = quantize_q80(rng.standard_normal((5, n)).astype(np.float32), group_size)  # 5 rows: pairs and an odd one
-    xq, xs = np.zeros((3, n), np.int16), np.zeros((3, G), np.float32)
+    n, G, d = 128, 128 // group_size, 11  # 11 rows: 4 streams of 2 and 3 left over; pairs and an odd one
+    x = rng.standard_normal((B, n)).astype(np.float32)
+    w = quantize_q80(rng.standard_normal((d, n)).astype(np.float32), group_size)
+    xq, xs = np.zeros((B, n), np.int16), np.zeros((B, G), np.float32)
     quantize_rows(xq, xs, x, group_size)
     ref_x = quantize_q80(x, group_size)
     np.testing.assert_array_equal(xq, ref_x.q)
     np.testing.assert_allclose(xs, ref_x.s, rtol=1e-6)
-    out = np.zeros((3, 5), np.float32)
+    out = np.zeros((B, d), np.float32)
     matmul_q8(out, xq, xs, w.q, w.s, group_size)
     # integer dot per group, then scaled: exactly what runq.c's matmul computes
-    ints = np.einsum("bgk,ogk->bog", xq.astype(np.int64).reshape(3, G, group_size),
-                     w.q.astype(np.int64).reshape(5, G, group_size))
+    ints = np.einsum("bgk,ogk->bog", xq.astype(np.int64).reshape(B, G, group_size),
+                     w.q.astype(np.int64).reshape(d, G, group_size))
     want = (ints * w.s[None] * xs[:, None]).sum(-1)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)

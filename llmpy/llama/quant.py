@@ -84,6 +84,9 @@ def quantize_rows(xq, xs, x, group_size):
 
 PREFETCH_BYTES = 4096  # how far ahead in the weights the row dot prefetches (2048-8192 measured alike, 1024 slower)
 CHUNK = 16  # int16 lanes of one 256-bit pmaddwd
+# matmul_q8 of 1-3 rows with group size 64 reads the weight as this many evenly spaced sequential streams (rows
+# q, q + Q, ...), as kernels.matmul_forward does: 80-85% -> 95-105% of the bandwidth probe on 110M's matrices
+Q8_STREAMS = 4
 
 
 def _has_avx2():
@@ -93,8 +96,8 @@ def _has_avx2():
 
 
 @intrinsic(prefer_literal=True)
-def _dot_q8_rows(typingctx, x16, wq, ws, xs, row, n_rows, group_size):
-    """Rows row .. row + n_rows - 1 of w (Q8_0) dotted with x: a tuple of n_rows float32, each
+def _dot_q8_rows(typingctx, x16, wq, ws, xs, row, step, n_rows, group_size):
+    """Rows row, row + step, ..., row + (n_rows - 1) * step of w (Q8_0) dotted with x: n_rows float32, each
     sum_g (sum_k x16[g,k] * w[r,g,k]) * ws[r,g] * xs[g]: int32 sums per group, fp32 across groups.
 
     x16 (n,) int16, xs (G,); wq (d, n) int8 and ws (d, G) C-contiguous; n = G * group_size with
@@ -108,7 +111,7 @@ def _dot_q8_rows(typingctx, x16, wq, ws, xs, row, n_rows, group_size):
     if not (isinstance(n_rows, types.IntegerLiteral) and isinstance(group_size, types.IntegerLiteral)):
         return None
     R, gs = n_rows.literal_value, group_size.literal_value
-    sig = types.UniTuple(types.float32, R)(x16, wq, ws, xs, row, n_rows, group_size)
+    sig = types.UniTuple(types.float32, R)(x16, wq, ws, xs, row, step, n_rows, group_size)
 
     def codegen(context, builder, signature, args):
         ax, aw, aws, axs = (context.make_array(t)(context, builder, a) for t, a in zip(signature.args[:4], args[:4]))
@@ -120,9 +123,10 @@ def _dot_q8_rows(typingctx, x16, wq, ws, xs, row, n_rows, group_size):
 
         G = builder.extract_value(aws.shape, 1)
         n = builder.extract_value(aw.shape, 1)
-        row = args[4] if args[4].type == i64 else builder.sext(args[4], i64)
-        w_rows = [builder.gep(aw.data, [builder.mul(builder.add(row, const(r)), n)]) for r in range(R)]
-        s_rows = [builder.gep(aws.data, [builder.mul(builder.add(row, const(r)), G)]) for r in range(R)]
+        row, step = (a if a.type == i64 else builder.sext(a, i64) for a in args[4:6])
+        rows = [builder.add(row, builder.mul(step, const(r))) for r in range(R)]
+        w_rows = [builder.gep(aw.data, [builder.mul(r, n)]) for r in rows]
+        s_rows = [builder.gep(aws.data, [builder.mul(r, G)]) for r in rows]
         if _has_avx2():
             pmadd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8i32, [v16i16, v16i16]),
                                                    "llvm.x86.avx2.pmadd.wd")
@@ -195,6 +199,17 @@ def matmul_q8(out, xq, xs, wq, ws, group_size):
     (llama2.c's export picks 64 or halves it until it divides dim) use _dot_q8_rows, others a scalar loop.
     """
     B, d = out.shape
+    if B < 4 and group_size == 64:  # decode with llama2.c's default group size: Q8_STREAMS streams
+        Q = d // Q8_STREAMS
+        for q in numba.prange(Q):
+            for b in range(B):
+                sums = _dot_q8_rows(xq[b], wq, ws, xs[b], q, Q, Q8_STREAMS, 64)
+                for r in range(Q8_STREAMS):
+                    out[b, q + r * Q] = sums[r]
+        for i in range(Q8_STREAMS * Q, d):  # the last d % Q8_STREAMS rows
+            for b in range(B):
+                out[b, i] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 1, 1, 64)[0]
+        return
     if group_size != 64 and group_size != 32 and group_size != 16:  # the vectorized group sizes (literals)
         for i in numba.prange(d):
             for b in range(B):
@@ -206,16 +221,16 @@ def matmul_q8(out, xq, xs, wq, ws, group_size):
         for b in range(B):
             if group_size == 64:  # llama2.c's default
                 if two:
-                    out[b, i], out[b, i + 1] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 2, 64)
+                    out[b, i], out[b, i + 1] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 1, 2, 64)
                 else:
-                    out[b, i] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 1, 64)[0]
+                    out[b, i] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 1, 1, 64)[0]
             elif group_size == 32:
                 if two:
-                    out[b, i], out[b, i + 1] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 2, 32)
+                    out[b, i], out[b, i + 1] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 1, 2, 32)
                 else:
-                    out[b, i] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 1, 32)[0]
+                    out[b, i] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 1, 1, 32)[0]
             else:
                 if two:
-                    out[b, i], out[b, i + 1] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 2, 16)
+                    out[b, i], out[b, i + 1] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 1, 2, 16)
                 else:
-                    out[b, i] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 1, 16)[0]
+                    out[b, i] = _dot_q8_rows(xq[b], wq, ws, xs[b], i, 1, 1, 16)[0]
