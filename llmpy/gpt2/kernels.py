@@ -9,7 +9,8 @@ several NumPy passes, and is tested against them. Signatures match the plain lay
   gradient as it goes, which saves a separate pass over the gradients.
 
 tanh is evaluated as a rational function (coefficients from tools/fit_tanh.py, float32 error
-under 4e-7) because Numba's libm tanh does not vectorize; plain arithmetic does.
+under 4e-7) and exp as llmpy/fastmath.exp_f32, because Numba's libm tanh and exp do not vectorize;
+plain arithmetic does.
 
 What this module does not do: run on GPUs (CuPy takes the plain layers), or anything but C-contiguous
 float32/float64 arrays.
@@ -23,12 +24,12 @@ from llmpy.backend import park_blas_threads
 
 try:
     import numba
-    from llvmlite import ir
-    from numba.core import types
-    from numba.extending import intrinsic
+
+    from llmpy.fastmath import exp_f32
     AVAILABLE = True
 except ImportError:  # the plain layers still work
     numba = None
+    exp_f32 = math.exp
     AVAILABLE = False
 
 f32 = np.float32  # every constant below is float32, so no kernel silently computes in float64
@@ -67,41 +68,6 @@ def _tanh(x):
     # exactly +-1 once saturated, so 1 - tanh^2 (GELU's backward) is exactly 0 there
     t = xc * num / den
     return ONE if x >= TANH_CLAMP else (-ONE if x <= -TANH_CLAMP else t)
-
-
-# exp(x) = 2^k * exp(r) with k = round(x / ln 2) and |r| <= ln(2)/2: a polynomial for exp(r), and
-# 2^k built directly as float32 bits (exponent field k + 127). libm's exp does not vectorize; this does.
-EXP_MIN, EXP_MAX = f32(-87.0), f32(88.0)  # exp(-87) = 1.6e-38 is still a normal float32
-LOG2E = f32(1.4426950408889634)
-LN2_HI, LN2_LO = f32(0.693359375), f32(-2.12194440e-4)  # ln 2 in two parts: k * LN2_HI is exact
-EXP_C = tuple(f32(1.0 / math.factorial(n)) for n in range(8))  # Taylor to r^7: error < 6e-9 on |r| <= 0.35
-E2, E3, E4, E5, E6, E7 = EXP_C[2:]
-FLOAT32_BIAS, FLOAT32_MANTISSA_BITS = 127, 23
-
-if AVAILABLE:
-    @intrinsic
-    def _float32_from_bits(typingctx, bits):
-        """The float32 whose bit pattern is the int32 `bits` (C's union trick); LLVM vectorizes it."""
-        if bits != types.int32:
-            return None
-
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], ir.FloatType())
-        return types.float32(types.int32), codegen
-else:
-    def _float32_from_bits(bits):
-        return np.array(bits, dtype=np.int32).view(np.float32)[()]
-
-
-@_jit(inline="always")
-def _exp(x):
-    # float32 exp, relative error ~2e-7; inputs clamped to [-87, 88]
-    x = min(max(x, EXP_MIN), EXP_MAX)
-    k = np.floor(x * LOG2E + HALF)
-    r = (x - k * LN2_HI) - k * LN2_LO
-    p = ONE + r * (ONE + r * (E2 + r * (E3 + r * (E4 + r * (E5 + r * (E6 + r * E7))))))
-    two_k = _float32_from_bits(np.int32((np.int32(k) + np.int32(FLOAT32_BIAS)) << np.int32(FLOAT32_MANTISSA_BITS)))
-    return p * two_k
 
 
 # ----------------------------------------------------------------------------
@@ -244,7 +210,7 @@ def _causal_softmax_rows(att, scale):
                 maxval = max(maxval, row[j] * scale)
             total = ZERO
             for j in range(t + 1):
-                e = _exp(row[j] * scale - maxval)
+                e = exp_f32(row[j] * scale - maxval)
                 row[j] = e
                 total += e
             inv = ONE / total
@@ -344,7 +310,7 @@ def _crossentropy_forward(losses, lse, logits, targets, V):
         maxval = _row_max(row[:V])
         total = ZERO
         for j in range(V):
-            total += _exp(row[j] - maxval)
+            total += exp_f32(row[j] - maxval)
         lse[i] = maxval + np.log(total)
         losses[i] = lse[i] - row[targets[i]]  # -log softmax(row)[target]
 
@@ -356,7 +322,7 @@ def _crossentropy_backward_inplace(logits, lse, targets, V, dloss):
         row = logits[i]
         m = lse[i]
         for j in range(V):
-            row[j] = _exp(row[j] - m) * dloss  # probs * dloss
+            row[j] = exp_f32(row[j] - m) * dloss  # probs * dloss
         row[targets[i]] -= dloss
         for j in range(V, Vp):
             row[j] = ZERO  # padded columns: no gradient, so padded wte rows get none
