@@ -172,8 +172,8 @@ def swiglu_forward(out, h13):
 
 
 @numba.njit(cache=True, fastmath=True, inline="always")
-def _dot4x4(out, b, o, step, x0, x1, x2, x3, w0, w1, w2, w3):
-    """out[b + r, o + c * step] = x_r . w_c for four input rows x_r and four weight rows w_c (16 sums at once)."""
+def _dot4x4(x0, x1, x2, x3, w0, w1, w2, w3):
+    """x_r . w_c for four input rows x_r and four weight rows w_c (16 sums at once, in the order r * 4 + c)."""
     s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = np.float32(0.0)
     s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = np.float32(0.0)
     for i in range(x0.shape[0]):
@@ -194,10 +194,20 @@ def _dot4x4(out, b, o, step, x0, x1, x2, x3, w0, w1, w2, w3):
         s31 += x3[i] * a1
         s32 += x3[i] * a2
         s33 += x3[i] * a3
-    out[b, o], out[b, o + step], out[b, o + 2 * step], out[b, o + 3 * step] = s00, s01, s02, s03
-    out[b + 1, o], out[b + 1, o + step], out[b + 1, o + 2 * step], out[b + 1, o + 3 * step] = s10, s11, s12, s13
-    out[b + 2, o], out[b + 2, o + step], out[b + 2, o + 2 * step], out[b + 2, o + 3 * step] = s20, s21, s22, s23
-    out[b + 3, o], out[b + 3, o + step], out[b + 3, o + 2 * step], out[b + 3, o + 3 * step] = s30, s31, s32, s33
+    return s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33
+
+
+@numba.njit(cache=True, fastmath=True, inline="always")
+def _dot4(x, w0, w1, w2, w3):
+    """(x . w0, ..., x . w3) for one input row and four weight rows."""
+    s0 = s1 = s2 = s3 = np.float32(0.0)
+    for i in range(x.shape[0]):
+        xi = x[i]
+        s0 += w0[i] * xi
+        s1 += w1[i] * xi
+        s2 += w2[i] * xi
+        s3 += w3[i] * xi
+    return s0, s1, s2, s3
 
 
 @numba.njit(cache=True, fastmath=True, inline="always")
@@ -253,19 +263,15 @@ def matmul_forward(out, inp, weight):
         w0, w1, w2, w3 = weight[q], weight[q + Q], weight[q + 2 * Q], weight[q + 3 * Q]
         b = 0
         while b + 4 <= B:  # four input rows at a time: 8 loads feed 16 FMAs (batched decode is compute-bound)
-            x0, x1, x2, x3 = inp[b], inp[b + 1], inp[b + 2], inp[b + 3]
-            _dot4x4(out, b, q, Q, x0, x1, x2, x3, w0, w1, w2, w3)
+            s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33 = _dot4x4(
+                inp[b], inp[b + 1], inp[b + 2], inp[b + 3], w0, w1, w2, w3)
+            out[b, q], out[b, q + Q], out[b, q + 2 * Q], out[b, q + 3 * Q] = s00, s01, s02, s03
+            out[b + 1, q], out[b + 1, q + Q], out[b + 1, q + 2 * Q], out[b + 1, q + 3 * Q] = s10, s11, s12, s13
+            out[b + 2, q], out[b + 2, q + Q], out[b + 2, q + 2 * Q], out[b + 2, q + 3 * Q] = s20, s21, s22, s23
+            out[b + 3, q], out[b + 3, q + Q], out[b + 3, q + 2 * Q], out[b + 3, q + 3 * Q] = s30, s31, s32, s33
             b += 4
         while b < B:
-            x = inp[b]
-            s0 = s1 = s2 = s3 = np.float32(0.0)
-            for i in range(C):
-                xi = x[i]
-                s0 += w0[i] * xi
-                s1 += w1[i] * xi
-                s2 += w2[i] * xi
-                s3 += w3[i] * xi
-            out[b, q], out[b, q + Q], out[b, q + 2 * Q], out[b, q + 3 * Q] = s0, s1, s2, s3
+            out[b, q], out[b, q + Q], out[b, q + 2 * Q], out[b, q + 3 * Q] = _dot4(inp[b], w0, w1, w2, w3)
             b += 1
     for o in range(4 * Q, OC):  # the last OC % 4 rows
         for b in range(B):
@@ -286,7 +292,25 @@ def matmul_swiglu_forward(out, inp, w13):
     """
     B = inp.shape[0]
     H = out.shape[1]
-    assert B < 4 and H % 4 == 0, "matmul_swiglu_forward: fewer than 4 rows and H % 4 == 0 only"
+    assert H % 4 == 0, "matmul_swiglu_forward: H % 4 == 0 only"
+    if B >= 4:  # batched: matmul_forward's 4 streams over w13 are rows q, q + H/2 of w1 and the same of w3
+        Q = H // 2
+        for q in numba.prange(Q):
+            w0, w1, w2, w3 = w13[q], w13[q + Q], w13[H + q], w13[H + q + Q]
+            b = 0
+            while b + 4 <= B:
+                g00, g01, u00, u01, g10, g11, u10, u11, g20, g21, u20, u21, g30, g31, u30, u31 = _dot4x4(
+                    inp[b], inp[b + 1], inp[b + 2], inp[b + 3], w0, w1, w2, w3)
+                out[b, q], out[b, q + Q] = _silu_mul(g00, u00), _silu_mul(g01, u01)
+                out[b + 1, q], out[b + 1, q + Q] = _silu_mul(g10, u10), _silu_mul(g11, u11)
+                out[b + 2, q], out[b + 2, q + Q] = _silu_mul(g20, u20), _silu_mul(g21, u21)
+                out[b + 3, q], out[b + 3, q + Q] = _silu_mul(g30, u30), _silu_mul(g31, u31)
+                b += 4
+            while b < B:
+                g0, g1, u0, u1 = _dot4(inp[b], w0, w1, w2, w3)
+                out[b, q], out[b, q + Q] = _silu_mul(g0, u0), _silu_mul(g1, u1)
+                b += 1
+        return
     Q = H // 4  # = 2H / STREAMS
     for q in numba.prange(Q):
         w0, w1, w2, w3 = w13[q], w13[q + Q], w13[q + 2 * Q], w13[q + 3 * Q]  # w1 rows q + kQ
@@ -327,7 +351,7 @@ def forward_rows(logits, rows, tokens, streams, positions, acts, weights, key_ca
         matmul_forward(xb2, xb, wo[layer])
         # ffn block: x += w2 @ (silu(w1 @ rmsnorm(x)) * (w3 @ rmsnorm(x)))
         residual_rmsnorm(x, xb2, xb, rms_ffn[layer], eps)
-        if B < 4 and hb.shape[1] % 4 == 0:  # decode: SwiGLU inside the matmul's threads
+        if hb.shape[1] % 4 == 0:  # SwiGLU inside the matmul's threads
             matmul_swiglu_forward(hb, xb, w13[layer])
         else:
             matmul_forward(hb13, xb, w13[layer])
