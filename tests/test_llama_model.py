@@ -147,3 +147,24 @@ def test_int8_matmul_matches_integer_reference(group_size, B):
                      w.q.astype(np.int64).reshape(d, G, group_size))
     want = (ints * w.s[None] * xs[:, None]).sum(-1)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_matmuls_match_float64_for_every_row_count():
+    """matmul_forward and matmul_swiglu_forward for 1..9 rows (streams for B < 4, 4x4 blocks and the rows left
+    over for B >= 4), 11 output rows (OC % 8 and OC % 4 tails), against float64 NumPy."""
+    from llmpy.llama.kernels import matmul_forward, matmul_swiglu_forward
+
+    rng = np.random.default_rng(9)
+    C, OC, H = 40, 11, 12
+    w = rng.standard_normal((OC, C)).astype(np.float32)
+    w13 = rng.standard_normal((2 * H, C)).astype(np.float32)
+    for B in range(1, 10):
+        x = rng.standard_normal((B, C)).astype(np.float32)
+        out = np.zeros((B, OC), np.float32)
+        matmul_forward(out, x, w)
+        np.testing.assert_allclose(out, x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-5, atol=1e-5)
+        h = x.astype(np.float64) @ w13.T.astype(np.float64)  # (B, 2H)
+        want = h[:, :H] / (1.0 + np.exp(-h[:, :H])) * h[:, H:]
+        got = np.zeros((B, H), np.float32)
+        matmul_swiglu_forward(got, x, w13)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
