@@ -13,50 +13,16 @@ import math
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic
 
+from llmpy.fastmath import exp_f32
 from llmpy.llama.quant import matmul_q8, quantize_rows
 
 # matmul_forward of a few rows reads the weight as this many evenly spaced sequential streams at once
 STREAMS = 8
 
-# expf as Cephes computes it: exp(x) = 2^k * exp(r) with x = k ln2 + r, |r| <= ln2 / 2
-EXP_MIN, EXP_MAX = -87.0, 88.0  # exp stays a normal float32 in between
-LOG2E = 1.4426950408889634
-LN2_HI, LN2_LO = 0.693359375, -2.12194440e-4  # ln2 in two parts, so that x - k ln2 loses no bits
-EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
-FLOAT32_BIAS, FLOAT32_MANTISSA_BITS = 127, 23
 
 # -----------------------------------------------------------------------------
 # building blocks
-
-
-@intrinsic
-def _float32_from_bits(typingctx, bits):
-    """The float32 whose bit pattern is the int32 `bits` (a bitcast, which LLVM vectorizes)."""
-    if bits != types.int32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(types.int32), codegen
-
-
-@numba.njit(cache=True, fastmath=True, inline="always")
-def exp_f32(x):
-    """float32 exp (relative error ~2e-7, inputs clamped to [EXP_MIN, EXP_MAX]) that LLVM vectorizes in a
-    loop, unlike a call to libm's expf: the softmax over the KV cache runs 8 or 16 at a time."""
-    x = min(max(x, np.float32(EXP_MIN)), np.float32(EXP_MAX))
-    k = np.floor(x * np.float32(LOG2E) + np.float32(0.5))
-    r = (x - k * np.float32(LN2_HI)) - k * np.float32(LN2_LO)
-    p = np.float32(EXP_POLY[0])
-    for c in EXP_POLY[1:]:
-        p = p * r + np.float32(c)
-    p = p * r * r + r + np.float32(1.0)
-    return p * _float32_from_bits(np.int32((np.int32(k) + np.int32(FLOAT32_BIAS)) << np.int32(FLOAT32_MANTISSA_BITS)))
 
 
 @numba.njit(cache=True, fastmath=True)
