@@ -88,23 +88,40 @@ def attention_forward(out, att, qkv, key_cache, value_cache, streams, positions,
         oh = out[b, h * hs:(h + 1) * hs]
         ah = att[b, h]
         kc, vc = key_cache[s, h // kv_mul], value_cache[s, h // kv_mul]  # (T, hs) each, contiguous over t
-        # att = softmax(q . k_t / sqrt(hs)) over t = 0..p
-        amax = np.float32(-np.inf)
-        for t in range(p + 1):
+        # att = softmax(q . k_t / sqrt(hs)) over t = 0..p; cache rows t, m+t, 2m+t, 3m+t at a time: four
+        # sequential streams per thread (decode reads the cache from memory, the weights having evicted it)
+        n = p + 1
+        m = n // 4
+        for t in range(m):
+            k0, k1, k2, k3 = kc[t], kc[m + t], kc[2 * m + t], kc[3 * m + t]
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for i in range(hs):
+                a0 += qh[i] * k0[i]
+                a1 += qh[i] * k1[i]
+                a2 += qh[i] * k2[i]
+                a3 += qh[i] * k3[i]
+            ah[t], ah[m + t], ah[2 * m + t], ah[3 * m + t] = a0 * scale, a1 * scale, a2 * scale, a3 * scale
+        for t in range(4 * m, n):
             kh = kc[t]
             a = np.float32(0.0)
             for i in range(hs):
                 a += qh[i] * kh[i]
-            a *= scale
-            ah[t] = a
-            amax = max(amax, a)
+            ah[t] = a * scale
+        amax = np.float32(-np.inf)
+        for t in range(n):
+            amax = max(amax, ah[t])
         asum = np.float32(0.0)
-        for t in range(p + 1):
+        for t in range(n):
             ah[t] = exp_f32(ah[t] - amax)
             asum += ah[t]
         inv = np.float32(1.0) / asum
         oh[:] = 0.0
-        for t in range(p + 1):
+        for t in range(m):  # out = att @ v, the same four rows at a time
+            v0, v1, v2, v3 = vc[t], vc[m + t], vc[2 * m + t], vc[3 * m + t]
+            c0, c1, c2, c3 = ah[t] * inv, ah[m + t] * inv, ah[2 * m + t] * inv, ah[3 * m + t] * inv
+            for i in range(hs):
+                oh[i] += c0 * v0[i] + c1 * v1[i] + c2 * v2[i] + c3 * v3[i]
+        for t in range(4 * m, n):
             a = ah[t] * inv
             vh = vc[t]
             for i in range(hs):
