@@ -94,17 +94,22 @@ def test_q80_quantization_roundtrip_error():
     assert np.all(back[3, :32] == 0)
 
 
-def test_int8_forward_close_to_fp32_and_greedy_agreement(tmp_path):
+@pytest.mark.parametrize("group_size", [32, 64])  # 64: the decode kernel (linear_q8_decode) for one-token steps
+def test_int8_forward_close_to_fp32_and_greedy_agreement(tmp_path, group_size):
     config = LlamaConfig(64, 128, 2, 4, 2, 67, 40, False)
     weights = model(config, seed=6)
     path = tmp_path / "q.bin"
-    write_llama2c(path, config, weights, 2, group_size=32)
+    write_llama2c(path, config, weights, 2, group_size=group_size)
     _, qweights, version, gs = read_llama2c(path)
-    assert (version, gs) == (2, 32)
+    assert (version, gs) == (2, group_size)
     tq, tf = Transformer(config, qweights), Transformer(config, weights)
     assert tq.quantized and not tf.quantized
     tokens = np.random.default_rng(7).integers(0, config.vocab_size, 12)
     lq, lf = tq.prefill(tokens, logits="all"), tf.prefill(tokens, logits="all")
+    # one token at a time (the decode kernels) gives the prompt's logits too: the same integer sums per group
+    steps = Transformer(config, qweights)
+    lq1 = np.stack([steps.forward_token(int(tok), pos).copy() for pos, tok in enumerate(tokens)])
+    np.testing.assert_allclose(lq1, lq, rtol=0, atol=2e-5 * np.abs(lq).max())
     # int8 weights and activations: logits within a few percent of their spread
     assert np.abs(lq - lf).max() < 0.05 * np.abs(lf).max()
     # greedy: the fp32 continuation, then int8's argmax on that same sequence (teacher forced), and
@@ -147,6 +152,41 @@ def test_int8_matmul_matches_integer_reference(group_size, B):
                      w.q.astype(np.int64).reshape(d, G, group_size))
     want = (ints * w.s[None] * xs[:, None]).sum(-1)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("B", [1, 2, 3])
+def test_int8_decode_linear_matches_integer_reference(B):
+    """linear_q8 for decode rows (group size 64: quantize inside the parallel region, 4 weight streams; on AVX-512
+    VNNI machines the unsigned-by-signed byte dot) and its SwiGLU form, against integer sums in NumPy."""
+    from llmpy.llama.kernels import linear_q8, linear_q8_decode
+    from llmpy.llama.quant import quantize_rows
+
+    rng = np.random.default_rng(10)
+    n, G, d, H = 192, 3, 11, 6  # 11 output rows: 4 streams of 2 and 3 left over; SwiGLU over 2H = 12 rows
+    x = rng.standard_normal((B, n)).astype(np.float32)
+    x[0, :64] = np.where(np.arange(64) % 2, 5.0, -5.0)  # a group at both ends of the int8 range
+    w = quantize_q80(rng.standard_normal((d, n)).astype(np.float32), 64)
+    w.q[1, :64] = -127  # extreme weights: w + 128 as an unsigned byte is 1 here
+    w.q[2, 64:128] = 127
+    w13 = quantize_q80(rng.standard_normal((2 * H, n)).astype(np.float32), 64)
+    xq_ref, xs_ref = np.zeros((B, n), np.int16), np.zeros((B, G), np.float32)
+    quantize_rows(xq_ref, xs_ref, x, 64)
+    assert np.abs(xq_ref).max() == 127
+
+    def reference(t):
+        ints = np.einsum("bgk,ogk->bog", xq_ref.astype(np.int64).reshape(B, G, 64),
+                         t.q.astype(np.int64).reshape(len(t.q), G, 64))
+        return (ints * t.s[None].astype(np.float64) * xs_ref[:, None].astype(np.float64)).sum(-1)
+
+    xq, xs = np.zeros((64, n), np.int16), np.zeros((64, G), np.float32)  # scratch: >= 3 rows per thread
+    out = np.zeros((B, d), np.float32)
+    linear_q8(out, x, w.q, w.s, xq, xs, 2)
+    np.testing.assert_allclose(out, reference(w), rtol=1e-5, atol=1e-5)
+    hb = np.zeros((B, H), np.float32)
+    linear_q8_decode(hb, x, w13.q, w13.s, xq, xs, True, 2)
+    h13 = reference(w13)
+    g, u = h13[:, :H], h13[:, H:]
+    np.testing.assert_allclose(hb, g / (1 + np.exp(-g)) * u, rtol=1e-5, atol=1e-5)
 
 
 def test_decode_matmuls_match_float64_for_every_row_count():

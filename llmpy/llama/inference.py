@@ -16,6 +16,7 @@ Not handled: RoPE scaling, rope theta other than 10000, sliding windows, biases 
 
 import os
 
+import numba
 import numpy as np
 
 from llmpy.errors import LlmpyError
@@ -124,8 +125,9 @@ class Transformer:
         self.value_cache = np.zeros(kv_shape, np.float32)
         if self.quantized:
             gs = self.group_size
-            self.xq = np.zeros((R, max(C, H)), np.int16)  # quantized activations (int8 values)
-            self.xs = np.zeros((R, max(C, H) // gs), np.float32)  # their scales
+            Rq = max(R, 3 * numba.config.NUMBA_NUM_THREADS)  # decode: each thread quantizes its own copy of <= 3 rows
+            self.xq = np.zeros((Rq, max(C, H)), np.int16)  # quantized activations (int8 values)
+            self.xs = np.zeros((Rq, max(C, H) // gs), np.float32)  # their scales
         self._no_rows = np.zeros((0, C), np.float32)
         self._row0 = np.zeros(1, np.int64)  # the rows that need logits when a call has one row
 
@@ -152,7 +154,7 @@ class Transformer:
     def linear(self, out, inp, w):
         """out (B, OC) = inp (B, IC) @ w (OC, IC).T, with w fp32 or Q8_0 (the unfused path)."""
         if isinstance(w, QTensor):
-            linear_q8(out, inp, w.q, w.s, self.xq, self.xs)
+            linear_q8(out, inp, w.q, w.s, self.xq, self.xs, numba.get_num_threads())
         elif inp.shape[0] <= SMALL_BATCH:
             matmul_forward(out, inp, w)  # a few rows: one pass over the weights for all of them
         else:
@@ -208,7 +210,8 @@ class Transformer:
         if self.quantized:
             weights = (self.tok_emb, self.rms_att, *_pair(self.wqkv), *_pair(self.wo), self.rms_ffn, *_pair(self.w13),
                        *_pair(self.w2), self.rms_final, *_pair(self.wcls))
-            forward_rows_q8(out, rows, tokens, streams, positions, acts, (self.xq, self.xs), weights, *common)
+            forward_rows_q8(out, rows, tokens, streams, positions, acts, (self.xq, self.xs), weights, *common,
+                            numba.get_num_threads())
         else:
             weights = (self.tok_emb, self.rms_att, self.wqkv, self.wo, self.rms_ffn, self.w13, self.w2,
                        self.rms_final, self.wcls)

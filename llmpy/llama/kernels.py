@@ -15,7 +15,7 @@ import numba
 import numpy as np
 
 from llmpy.fastmath import exp_f32
-from llmpy.llama.quant import matmul_q8, quantize_rows
+from llmpy.llama.quant import Q8_STREAMS, dot_q8_rows, matmul_q8, quantize_row, quantize_rows
 
 # matmul_forward of a few rows reads the weight as this many evenly spaced sequential streams at once
 STREAMS = 8
@@ -348,21 +348,62 @@ def forward_rows(logits, rows, tokens, streams, positions, acts, weights, key_ca
         matmul_forward(logits[:R], xf, wcls)
 
 
+# Q8_0 group size of the decode kernel below (llama2.c's export default; other sizes take matmul_q8's paths)
+DECODE_GROUP = 64
+
+
+@numba.njit(cache=True, parallel=True, fastmath=True)
+def linear_q8_decode(out, inp, wq, ws, xq, xs, swiglu, n_threads):
+    """runq.c's quantize(x) then matmul for B < 4 rows, group size DECODE_GROUP, in one parallel region.
+
+    out (B, OC) = inp (B, IC) @ w.T with w Q8_0 (wq (OC, IC) int8, ws (OC, IC / 64)); or, with swiglu, out (B, H)
+    = silu(inp @ w1.T) * (inp @ w3.T) for w = [w1; w3] (2H rows, H even). The region has n_threads parts (numba's
+    thread count, passed in: reading it here would stop numba from caching the function); each quantizes the
+    input rows itself into its own rows of the scratch xq, xs, so no serial pass comes before the region, then
+    reads its share of the Q8_STREAMS streams (rows q + k Q, Q = OC / 4). With swiglu those 4 rows
+    are w1 rows q, q + Q and w3 rows q, q + Q (Q = H / 2): both halves of 2 outputs at once, as in
+    matmul_swiglu_forward. Measured on the 110M shape (in-process A/B): the serial quantize and SwiGLU passes
+    between the regions cost ~5% and ~4% of an int8 token.
+    """
+    B = inp.shape[0]
+    OC = wq.shape[0]
+    Q = OC // Q8_STREAMS
+    nt = max(1, min(n_threads, xq.shape[0] // B))  # parts that fit in the scratch
+    for tid in numba.prange(nt):  # one iteration per thread: its rows of the scratch, then its share of q
+        xqt, xst = xq[tid * B:(tid + 1) * B], xs[tid * B:(tid + 1) * B]
+        for b in range(B):
+            quantize_row(xqt[b], xst[b], inp[b], DECODE_GROUP)
+        for q in range(tid * Q // nt, (tid + 1) * Q // nt):
+            for b in range(B):
+                s0, s1, s2, s3 = dot_q8_rows(xqt[b], wq, ws, xst[b], q, Q, Q8_STREAMS, DECODE_GROUP)
+                if swiglu:
+                    out[b, q], out[b, q + Q] = _silu_mul(s0, s2), _silu_mul(s1, s3)
+                else:
+                    out[b, q], out[b, q + Q], out[b, q + 2 * Q], out[b, q + 3 * Q] = s0, s1, s2, s3
+    for o in range(Q8_STREAMS * Q, OC):  # the last OC % 4 rows (not with swiglu: 2H % 4 == 0), thread 0's scratch
+        for b in range(B):
+            out[b, o] = dot_q8_rows(xq[b], wq, ws, xs[b], o, 1, 1, DECODE_GROUP)[0]
+
+
 @numba.njit(cache=True, fastmath=True)
-def linear_q8(out, inp, wq, ws, xq, xs):
-    """out (B, OC) = inp (B, IC) @ w.T with w Q8_0 (wq (OC, IC) int8, ws (OC, IC / gs)): runq.c's
-    quantize(x) then matmul, using the scratch xq, xs for the quantized rows of inp."""
+def linear_q8(out, inp, wq, ws, xq, xs, n_threads):
+    """out (B, OC) = inp (B, IC) @ w.T with w Q8_0 (wq (OC, IC) int8, ws (OC, IC / gs)): runq.c's quantize(x)
+    then matmul, using the scratch xq, xs (>= B rows; decode: up to 3 * n_threads) for the quantized rows of inp."""
     gs = inp.shape[1] // ws.shape[1]
+    if inp.shape[0] < 4 and gs == DECODE_GROUP:
+        linear_q8_decode(out, inp, wq, ws, xq, xs, False, n_threads)
+        return
     quantize_rows(xq, xs, inp, gs)  # xq, xs are full-width C arrays: the kernels use the first columns
     matmul_q8(out, xq, xs, wq, ws, gs)
 
 
 @numba.njit(cache=True, fastmath=True)
 def forward_rows_q8(logits, rows, tokens, streams, positions, acts, qacts, weights, key_cache, value_cache,
-                    cos, sin, n_heads, n_kv_heads, eps):
+                    cos, sin, n_heads, n_kv_heads, eps, n_threads):
     """forward_rows with Q8_0 matrices (runq.c's forward): weights = (tok_emb fp32 (V, C), rms_att,
     wqkv_q, wqkv_s, wo_q, wo_s, rms_ffn, w13_q, w13_s, w2_q, w2_s, rms_final, wcls_q, wcls_s), each
-    matrix int8 values (L, OC, IC) and fp32 scales (L, OC, IC / gs); qacts = (xq, xs) scratch."""
+    matrix int8 values (L, OC, IC) and fp32 scales (L, OC, IC / gs); qacts = (xq, xs) scratch; n_threads is
+    numba.get_num_threads() (see linear_q8_decode)."""
     x, xb, xb2, qkv, att, hb13, hb, xf = acts
     xq, xs = qacts
     tok_emb, rms_att, wqkv_q, wqkv_s, wo_q, wo_s, rms_ffn, w13_q, w13_s, w2_q, w2_s, rms_final, wcls_q, wcls_s = weights
@@ -373,17 +414,20 @@ def forward_rows_q8(logits, rows, tokens, streams, positions, acts, qacts, weigh
         x[b] = tok_emb[tokens[b]]
     for layer in range(wqkv_q.shape[0]):
         residual_rmsnorm(x, no_rows, xb, rms_att[layer], eps)
-        linear_q8(qkv, xb, wqkv_q[layer], wqkv_s[layer], xq, xs)
+        linear_q8(qkv, xb, wqkv_q[layer], wqkv_s[layer], xq, xs, n_threads)
         attention_forward(xb, att, qkv, key_cache[layer], value_cache[layer], streams, positions, cos, sin,
                           n_heads, n_kv_heads)
-        linear_q8(xb2, xb, wo_q[layer], wo_s[layer], xq, xs)
+        linear_q8(xb2, xb, wo_q[layer], wo_s[layer], xq, xs, n_threads)
         residual_rmsnorm(x, xb2, xb, rms_ffn[layer], eps)
-        linear_q8(hb13, xb, w13_q[layer], w13_s[layer], xq, xs)
-        swiglu_forward(hb, hb13)
-        linear_q8(xb2, hb, w2_q[layer], w2_s[layer], xq, xs)
+        if B < 4 and xb.shape[1] // w13_s.shape[2] == DECODE_GROUP and hb.shape[1] % 2 == 0:
+            linear_q8_decode(hb, xb, w13_q[layer], w13_s[layer], xq, xs, True, n_threads)  # SwiGLU inside the threads
+        else:
+            linear_q8(hb13, xb, w13_q[layer], w13_s[layer], xq, xs, n_threads)
+            swiglu_forward(hb, hb13)
+        linear_q8(xb2, hb, w2_q[layer], w2_s[layer], xq, xs, n_threads)
         x += xb2
     if R > 0:
         for r in range(R):
             xf[r] = x[rows[r]]
         residual_rmsnorm(xf, no_rows, xf, rms_final, eps)
-        linear_q8(logits[:R], xf, wcls_q, wcls_s, xq, xs)
+        linear_q8(logits[:R], xf, wcls_q, wcls_s, xq, xs, n_threads)
