@@ -16,6 +16,7 @@ import numpy as np
 
 from llmpy.fastmath import exp_f32
 from llmpy.llama.quant import Q8_STREAMS, dot_q8_rows, matmul_q8, quantize_row, quantize_rows
+from llmpy.llama.rowdot import dot_rows_f32
 
 # matmul_forward of a few rows reads the weight as this many evenly spaced sequential streams at once
 STREAMS = 8
@@ -193,23 +194,6 @@ def _dot4(x, w0, w1, w2, w3):
     return s0, s1, s2, s3
 
 
-@numba.njit(cache=True, fastmath=True, inline="always")
-def _dot8(x, w0, w1, w2, w3, w4, w5, w6, w7):
-    """(x . w0, ..., x . w7) for eight weight rows (eight sums at once, eight memory streams)."""
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
-    for i in range(x.shape[0]):
-        xi = x[i]
-        s0 += w0[i] * xi
-        s1 += w1[i] * xi
-        s2 += w2[i] * xi
-        s3 += w3[i] * xi
-        s4 += w4[i] * xi
-        s5 += w5[i] * xi
-        s6 += w6[i] * xi
-        s7 += w7[i] * xi
-    return s0, s1, s2, s3, s4, s5, s6, s7
-
-
 @numba.njit(cache=True, parallel=True, fastmath=True)
 def matmul_forward(out, inp, weight):
     """out (B, OC) = inp (B, C) @ weight (OC, C).T for a few rows B (decode, batched decode).
@@ -218,7 +202,9 @@ def matmul_forward(out, inp, weight):
     prange step q reads row q of every part, so each thread reads STREAMS long sequential streams of
     memory (its half of each part). Measured on the 2-core box: 8 such streams read 10-25% faster than
     blocks of 4 consecutive rows (4 short streams that restart every block, which the hardware prefetcher
-    follows badly, worst for stories15M's 1152-byte rows), and as fast as the bandwidth probe.
+    follows badly, worst for stories15M's 1152-byte rows). The dot products of the 8 rows are
+    rowdot.dot_rows_f32, which also prefetches each stream ahead across the 4 KiB pages the hardware
+    prefetcher stops at (+2-15% decode).
     4 or more input rows (batched decode, closer to compute-bound): 4 such streams, each step's 4 weight rows
     against input rows four at a time through _dot4x4 (8 loads feed 16 FMAs), the rest one at a time
     (8 stories15M rows: +15% over blocks of 4 consecutive rows with a software prefetch of the next block).
@@ -228,10 +214,8 @@ def matmul_forward(out, inp, weight):
     if B < 4:
         Q = OC // STREAMS
         for q in numba.prange(Q):
-            w0, w1, w2, w3 = weight[q], weight[q + Q], weight[q + 2 * Q], weight[q + 3 * Q]
-            w4, w5, w6, w7 = weight[q + 4 * Q], weight[q + 5 * Q], weight[q + 6 * Q], weight[q + 7 * Q]
             for b in range(B):
-                s0, s1, s2, s3, s4, s5, s6, s7 = _dot8(inp[b], w0, w1, w2, w3, w4, w5, w6, w7)
+                s0, s1, s2, s3, s4, s5, s6, s7 = dot_rows_f32(inp[b], weight, q, Q, STREAMS)
                 out[b, q], out[b, q + Q], out[b, q + 2 * Q], out[b, q + 3 * Q] = s0, s1, s2, s3
                 out[b, q + 4 * Q], out[b, q + 5 * Q], out[b, q + 6 * Q], out[b, q + 7 * Q] = s4, s5, s6, s7
         for o in range(STREAMS * Q, OC):  # the last OC % STREAMS rows
@@ -296,10 +280,8 @@ def matmul_swiglu_forward(out, inp, w13):
         return
     Q = H // 4  # = 2H / STREAMS
     for q in numba.prange(Q):
-        w0, w1, w2, w3 = w13[q], w13[q + Q], w13[q + 2 * Q], w13[q + 3 * Q]  # w1 rows q + kQ
-        w4, w5, w6, w7 = w13[H + q], w13[H + q + Q], w13[H + q + 2 * Q], w13[H + q + 3 * Q]  # w3 rows
-        for b in range(B):
-            g0, g1, g2, g3, u0, u1, u2, u3 = _dot8(inp[b], w0, w1, w2, w3, w4, w5, w6, w7)
+        for b in range(B):  # w1 rows q + kQ and w3 rows (H + q + kQ = q + (4 + k) Q), k = 0..3
+            g0, g1, g2, g3, u0, u1, u2, u3 = dot_rows_f32(inp[b], w13, q, Q, STREAMS)
             out[b, q], out[b, q + Q] = _silu_mul(g0, u0), _silu_mul(g1, u1)
             out[b, q + 2 * Q], out[b, q + 3 * Q] = _silu_mul(g2, u2), _silu_mul(g3, u3)
 
