@@ -18,6 +18,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from llmpy.llama.rowdot import hsum
+
 Q_MAX = 127.0  # symmetric int8 range [-127, 127]
 
 
@@ -180,13 +182,7 @@ def dot_q8_rows(typingctx, x16, wq, ws, xs, row, step, n_rows, group_size):
                 scale = builder.shuffle_vector(scale, ir.Constant(v8f, ir.Undefined), ir.Constant(v8i32, None))
                 part = builder.fmul(builder.sitofp(builder.add(*isums[r]), v8f), scale, flags=("fast",))
                 builder.store(builder.fadd(builder.load(faccs[r]), part, flags=("fast",)), faccs[r])
-        totals = []
-        for r in range(R):
-            acc = builder.load(faccs[r])
-            total = builder.extract_element(acc, ir.Constant(i32, 0))
-            for j in range(1, 8):
-                total = builder.fadd(total, builder.extract_element(acc, ir.Constant(i32, j)), flags=("fast",))
-            totals.append(total)
+        totals = [hsum(builder, builder.load(acc)) for acc in faccs]
         return context.make_tuple(builder, signature.return_type, totals)
 
     return sig, codegen
@@ -233,13 +229,7 @@ def _vnni_rows(builder, ax, axs, w_rows, s_rows, G, gs, prefetch, context, signa
             scale = builder.shuffle_vector(scale, ir.Constant(v16f, ir.Undefined), ir.Constant(v16i32, None))
             part = builder.fmul(builder.sitofp(builder.sub(isums[r], corr), v16f), scale, flags=("fast",))
             builder.store(builder.fadd(builder.load(faccs[r]), part, flags=("fast",)), faccs[r])
-    totals = []
-    for r in range(R):
-        acc = builder.load(faccs[r])
-        total = builder.extract_element(acc, ir.Constant(i32, 0))
-        for j in range(1, 16):
-            total = builder.fadd(total, builder.extract_element(acc, ir.Constant(i32, j)), flags=("fast",))
-        totals.append(total)
+    totals = [hsum(builder, builder.load(acc)) for acc in faccs]
     return context.make_tuple(builder, signature.return_type, totals)
 
 
