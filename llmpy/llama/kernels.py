@@ -46,23 +46,29 @@ def rope_store_kv(qkv, key_cache, value_cache, streams, positions, cos, sin, C, 
     """RoPE on q and k of every row (in place in qkv), then k and v into the cache at (stream, pos).
 
     qkv is (B, C + 2*KV) = [q | k | v]; key_cache, value_cache are (S, NKV, T, hs) for one layer.
-    Pairs (i, i+1) within each head rotate by pos * theta^(-(i % hs) / hs), as run.c does.
+    Pairs (2j, 2j+1) within each head rotate by pos * theta^(-2j / hs), as run.c does. Loops over heads and
+    pairs, not over columns: a column's head and pair index by division (i // hs, i % hs) cost an integer
+    division each, which made this serial pass 5% of an int8 110M token.
     """
-    hs = 2 * cos.shape[1]
+    half = cos.shape[1]
+    hs = 2 * half
     for b in range(qkv.shape[0]):
         s, p = streams[b], positions[b]
-        for i in range(0, C, 2):
-            j = (i % hs) // 2
-            fcr, fci = cos[p, j], sin[p, j]
-            v0, v1 = qkv[b, i], qkv[b, i + 1]
-            qkv[b, i] = v0 * fcr - v1 * fci
-            qkv[b, i + 1] = v0 * fci + v1 * fcr
-            if i < KV:
-                v0, v1 = qkv[b, C + i], qkv[b, C + i + 1]
-                key_cache[s, i // hs, p, i % hs] = v0 * fcr - v1 * fci
-                key_cache[s, i // hs, p, i % hs + 1] = v0 * fci + v1 * fcr
-        for i in range(KV):
-            value_cache[s, i // hs, p, i % hs] = qkv[b, C + KV + i]
+        fcr, fci = cos[p], sin[p]  # (hs/2,) each
+        for h in range(C // hs):
+            qh = qkv[b, h * hs:(h + 1) * hs]
+            for j in range(half):
+                v0, v1 = qh[2 * j], qh[2 * j + 1]
+                qh[2 * j] = v0 * fcr[j] - v1 * fci[j]
+                qh[2 * j + 1] = v0 * fci[j] + v1 * fcr[j]
+        for h in range(KV // hs):
+            kh = qkv[b, C + h * hs:C + (h + 1) * hs]
+            kc, vc = key_cache[s, h, p], value_cache[s, h, p]  # (hs,) each
+            for j in range(half):
+                v0, v1 = kh[2 * j], kh[2 * j + 1]
+                kc[2 * j] = v0 * fcr[j] - v1 * fci[j]
+                kc[2 * j + 1] = v0 * fci[j] + v1 * fcr[j]
+            vc[:] = qkv[b, C + KV + h * hs:C + KV + (h + 1) * hs]
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True)
