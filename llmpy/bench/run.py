@@ -7,7 +7,9 @@ matmuls read, BW_PASSES times in a row; one such run right before each decode ru
 each, so that both sides are measured alike on this shared machine) divided by the bytes one token
 reads: every weight once, plus the keys and values of the KV cache at the average position of the run
 (token p attends over p + 1 positions). Also int8 (Q8_0) on the 110M shape against fp32, and --batch
-streams against one stream on the 15M shape.
+streams against one stream on the 15M shape: the variants of a model take turns in every round, so that
+a ratio compares runs from the same minutes of this shared machine (printed as best / best and as the
+median of the per-round ratios).
 """
 
 import time
@@ -77,23 +79,38 @@ def _make_probe():
     return probe
 
 
-def _decode_rate(transformer, tokens, repeats, probe, n_streams=1):
-    """(best tok/s, best probe bytes/s): greedy decode from BOS for `tokens` steps per stream (all streams in
-    lock step), each of the `repeats` runs right after a bandwidth probe run, so that limit and rate are
-    measured the same way (best of `repeats`) under the same conditions of this shared machine."""
+def _decode_rates(variants, tokens, repeats, probe):
+    """[(best tok/s, best probe bytes/s, per-round tok/s)] for each (transformer, n_streams) in variants: greedy
+    decode from BOS for `tokens` steps per stream (all streams in lock step). The variants take turns within
+    each of the `repeats` rounds, each run right after a bandwidth probe run, so that limits, rates and the
+    ratios between variants (int8 / fp32, 8 streams / 1) come from the same stretches of this shared machine.
+    """
     import numpy as np
 
-    best, bw = 0.0, 0.0
-    streams = np.arange(n_streams)
+    best = [0.0] * len(variants)
+    bw = [0.0] * len(variants)
+    rounds = [[] for _ in variants]
     for _ in range(repeats):
-        bw = max(bw, probe())
-        tok = np.ones(n_streams, np.int64)
-        t = time.perf_counter()
-        for pos in range(tokens):
-            logits = transformer.forward(tok, np.full(n_streams, pos), streams)
-            tok = logits.argmax(-1)
-        best = max(best, n_streams * tokens / (time.perf_counter() - t))
-    return best, bw
+        for i, (transformer, n_streams) in enumerate(variants):
+            bw[i] = max(bw[i], probe())
+            streams = np.arange(n_streams)
+            tok = np.ones(n_streams, np.int64)
+            t = time.perf_counter()
+            for pos in range(tokens):
+                logits = transformer.forward(tok, np.full(n_streams, pos), streams)
+                tok = logits.argmax(-1)
+            rate = n_streams * tokens / (time.perf_counter() - t)
+            rounds[i].append(rate)
+            best[i] = max(best[i], rate)
+    return list(zip(best, bw, rounds))
+
+
+def _ratio_note(what, rate, base, rounds, base_rounds):
+    """'what = best/best (median of the per-round ratios)'."""
+    import numpy as np
+
+    per_round = np.median(np.array(rounds) / np.array(base_rounds))
+    return f"{what} = {rate / base:.2f}x (median of rounds {per_round:.2f}x)"
 
 
 def run(args):
@@ -115,30 +132,30 @@ def run(args):
     for name in names:
         config = LlamaConfig(*SHAPES[name], shared_classifier=True)
         weights = random_weights(config, rng)
-        t = Transformer(config, weights)
-        rate, bw = _decode_rate(t, args.tokens, args.repeats, probe)
-        kv_bytes = t.kv_bytes_per_token((args.tokens + 1) / 2)  # positions 0..tokens-1 attend over 1..tokens
-        rows.append((name, "fp32", t.weight_bytes_per_token() + kv_bytes, rate, bw, ""))
+        variants = [(Transformer(config, weights), 1)]
         if name == "110M" and not args.no_int8:
             qweights = dict(weights)
             for k in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"):
                 qweights[k] = [quantize_q80(w, 64) for w in weights[k]]
             qweights["tok_emb"] = qweights["wcls"] = quantize_q80(weights["tok_emb"], 64)
-            tq = Transformer(config, qweights)
+            variants.append((Transformer(config, qweights), 1))
             del qweights
-            qrate, qbw = _decode_rate(tq, args.tokens, args.repeats, probe)
-            note = f"int8 / fp32 = {qrate / rate:.2f}x"
-            rows.append((name, "int8 Q8_0", tq.weight_bytes_per_token() + kv_bytes, qrate, qbw, note))
-            del tq
         if name == "15M" and args.batch > 1:
-            tb = Transformer(config, weights, n_streams=args.batch)
-            brate, _ = _decode_rate(tb, args.tokens, args.repeats, probe, n_streams=args.batch)
-            rows.append((name, f"fp32 x{args.batch}", None, brate, None,
-                         f"{args.batch} streams / 1 stream = {brate / rate:.2f}x (tok/s summed over streams)"))
-            del tb
-        del t, weights
-    print(f"greedy decode of {args.tokens} tokens from BOS, best of {args.repeats} runs, each right after a read "
-          f"bandwidth probe run\n(2 threads, {BW_STREAMS} streams, {BW_PASSES} passes over {BW_BYTES >> 20} MiB); "
+            variants.append((Transformer(config, weights, n_streams=args.batch), args.batch))
+        results = _decode_rates(variants, args.tokens, args.repeats, probe)
+        kv_bytes = variants[0][0].kv_bytes_per_token((args.tokens + 1) / 2)  # positions 0..tokens-1 attend over 1..tokens
+        (rate, bw, base_rounds) = results[0]
+        rows.append((name, "fp32", variants[0][0].weight_bytes_per_token() + kv_bytes, rate, bw, ""))
+        for (t, n_streams), (vrate, vbw, vrounds) in zip(variants[1:], results[1:]):
+            if n_streams == 1:  # int8
+                note = _ratio_note("int8 / fp32", vrate, rate, vrounds, base_rounds)
+                rows.append((name, "int8 Q8_0", t.weight_bytes_per_token() + kv_bytes, vrate, vbw, note))
+            else:
+                note = _ratio_note(f"{n_streams} streams / 1 stream", vrate, rate, vrounds, base_rounds)
+                rows.append((name, f"fp32 x{n_streams}", None, vrate, None, note + " (tok/s summed over streams)"))
+        del variants, weights
+    print(f"greedy decode of {args.tokens} tokens from BOS, best of {args.repeats} runs (a model's variants take turns "
+          f"in each round), each right after a read bandwidth probe run\n(2 threads, {BW_STREAMS} streams, {BW_PASSES} passes over {BW_BYTES >> 20} MiB); "
           "limit = best probe / bytes per token\n(bytes per token = weights + KV cache read at the average position, "
           f"{(args.tokens + 1) / 2:g} positions)")
     print(f"{'model':>6} {'kind':>10} {'MB/token':>9} {'GB/s':>6} {'limit tok/s':>12} {'tok/s':>8} {'of limit':>9}")
