@@ -131,7 +131,7 @@ def test_int8_forward_close_to_fp32_and_greedy_agreement(tmp_path, group_size):
     assert agree >= 0.8
 
 
-@pytest.mark.parametrize("B", [3, 5])  # 3: decode (weight rows in streams for group size 64), 5: row pairs
+@pytest.mark.parametrize("B", [3, 5])  # matmul_q8 (prefill): row pairs; decode rows: test below
 @pytest.mark.parametrize("group_size", [16, 32, 64, 8])  # 8: the scalar path (group sizes other than 16, 32, 64)
 def test_int8_matmul_matches_integer_reference(group_size, B):
     from llmpy.llama.quant import matmul_q8, quantize_rows

@@ -90,8 +90,9 @@ def quantize_rows(xq, xs, x, group_size):
 PREFETCH_BYTES = 2048
 CHUNK = 16  # int16 lanes of one 256-bit pmaddwd
 VNNI_BYTES = 64  # int8 weights per 512-bit vpdpbusd
-# matmul_q8 of 1-3 rows with group size 64 reads the weight as this many evenly spaced sequential streams (rows
-# q, q + Q, ...), as kernels.matmul_forward does: 80-85% -> 95-105% of the bandwidth probe on 110M's matrices
+# the int8 decode (kernels.linear_q8_decode: 1-3 rows, group size 64) reads the weight as this many evenly spaced
+# sequential streams (rows q, q + Q, ...), as kernels.matmul_forward does: 80-85% -> 95-105% of the bandwidth probe
+# on 110M's matrices (8 streams measured 0 to 8% slower with the VNNI dot)
 Q8_STREAMS = 4
 
 
@@ -256,17 +257,6 @@ def matmul_q8(out, xq, xs, wq, ws, group_size):
     (llama2.c's export picks 64 or halves it until it divides dim) use dot_q8_rows, others a scalar loop.
     """
     B, d = out.shape
-    if B < 4 and group_size == 64:  # decode with llama2.c's default group size: Q8_STREAMS streams
-        Q = d // Q8_STREAMS
-        for q in numba.prange(Q):
-            for b in range(B):
-                sums = dot_q8_rows(xq[b], wq, ws, xs[b], q, Q, Q8_STREAMS, 64)
-                for r in range(Q8_STREAMS):
-                    out[b, q + r * Q] = sums[r]
-        for i in range(Q8_STREAMS * Q, d):  # the last d % Q8_STREAMS rows
-            for b in range(B):
-                out[b, i] = dot_q8_rows(xq[b], wq, ws, xs[b], i, 1, 1, 64)[0]
-        return
     if group_size != 64 and group_size != 32 and group_size != 16:  # the vectorized group sizes (literals)
         for i in numba.prange(d):
             for b in range(B):
