@@ -20,6 +20,9 @@ CONFIGS = [
     ("mha_shared", LlamaConfig(64, 96, 2, 4, 4, 67, 24, True)),
     ("gqa_unshared", LlamaConfig(64, 128, 2, 4, 2, 67, 24, False)),
     ("mqa_shared", LlamaConfig(32, 64, 3, 4, 1, 67, 24, True)),
+    # head sizes 48 and 64 (stories15M, 42M/110M): attention through rowdot's head_scores / head_values
+    ("hs48_gqa", LlamaConfig(96, 128, 2, 2, 1, 67, 24, True)),
+    ("hs64_mha", LlamaConfig(128, 96, 2, 2, 2, 67, 24, False)),
 ]
 
 
