@@ -18,7 +18,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from llmpy.llama.rowdot import hsum
+from llmpy.llama.rowdot import hsum, prefetch_l1
 
 Q_MAX = 127.0  # symmetric int8 range [-127, 127]
 
@@ -147,8 +147,6 @@ def dot_q8_rows(typingctx, x16, wq, ws, xs, row, step, n_rows, group_size):
         if _has_avx2():
             pmadd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8i32, [v16i16, v16i16]),
                                                    "llvm.x86.avx2.pmadd.wd")
-        prefetch = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]), "llvm.prefetch.p0")
 
         def pairs(wp, xv, off):  # (8,) int32: the 16 products at off, summed in pairs
             wv = builder.load(builder.bitcast(builder.gep(wp, [off]), v16i8.as_pointer()), align=1)
@@ -159,7 +157,7 @@ def dot_q8_rows(typingctx, x16, wq, ws, xs, row, step, n_rows, group_size):
             return builder.add(lo, builder.shuffle_vector(prod, prod, ir.Constant(v8i32, list(range(8, 16)))))
 
         if _has_vnni() and gs % VNNI_BYTES == 0:
-            return _vnni_rows(builder, ax, axs, w_rows, s_rows, G, gs, prefetch, context, signature)
+            return _vnni_rows(builder, ax, axs, w_rows, s_rows, G, gs, context, signature)
         faccs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, None)) for _ in range(R)]  # fp32 lanes per row
         with cgutils.for_range(builder, G) as group:
             g = group.index
@@ -168,8 +166,7 @@ def dot_q8_rows(typingctx, x16, wq, ws, xs, row, step, n_rows, group_size):
             # software prefetch PREFETCH_BYTES ahead (into the next rows, which this thread reads next): the
             # hardware prefetcher alone leaves this loop waiting on memory at about half the read bandwidth
             for wp in w_rows:
-                builder.call(prefetch, [builder.gep(wp, [builder.add(base, const(PREFETCH_BYTES))]),
-                                        ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                prefetch_l1(builder, builder.gep(wp, [builder.add(base, const(PREFETCH_BYTES))]))
             # two int32 chains per row (even and odd chunks), so the adds' latency is not one long chain
             isums = [[ir.Constant(v8i32, None)] * 2 for _ in range(R)]
             for c in range(gs // CHUNK):
@@ -189,7 +186,7 @@ def dot_q8_rows(typingctx, x16, wq, ws, xs, row, step, n_rows, group_size):
     return sig, codegen
 
 
-def _vnni_rows(builder, ax, axs, w_rows, s_rows, G, gs, prefetch, context, signature):
+def _vnni_rows(builder, ax, axs, w_rows, s_rows, G, gs, context, signature):
     """dot_q8_rows' loop over groups with AVX-512 VNNI: one vpdpbusd per 64 weights of a row.
 
     vpdpbusd multiplies unsigned by signed bytes, so the int8 weights are read with their sign bit flipped
@@ -212,8 +209,7 @@ def _vnni_rows(builder, ax, axs, w_rows, s_rows, G, gs, prefetch, context, signa
         base = builder.mul(g, ir.Constant(i64, gs))
         xsg = builder.load(builder.gep(axs.data, [g]))
         for wp in w_rows:
-            builder.call(prefetch, [builder.gep(wp, [builder.add(base, ir.Constant(i64, PREFETCH_BYTES))]),
-                                    ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            prefetch_l1(builder, builder.gep(wp, [builder.add(base, ir.Constant(i64, PREFETCH_BYTES))]))
         isums = [zero] * R
         corr = zero
         for c in range(gs // VNNI_BYTES):

@@ -39,24 +39,29 @@ def hsum(builder, vec):
     return builder.extract_element(vec, ir.Constant(i32, 0))
 
 
-def _dot_block(builder, x_rows, w_rows, n, prefetch_weights):
+def prefetch_l1(builder, ptr):
+    """IR for a software prefetch of the line at ptr for reading into the L1 cache (prefetcht0); never faults."""
+    i8, i32 = ir.IntType(8), ir.IntType(32)
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]), "llvm.prefetch.p0")
+    # read (0), locality 3 (keep in all cache levels: prefetcht0), data cache (1)
+    builder.call(fn, [builder.bitcast(ptr, i8.as_pointer()), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+
+
+def _dot_block(builder, x_rows, w_rows, n):
     """IR for the dot products of every row pointer in x_rows with every one in w_rows (n floats each): a list
     of float32 values in the order i * len(w_rows) + j. One accumulator vector per pair; each chunk of a w row
     is loaded once for all x rows and each chunk of an x row once for all w rows."""
-    i8, i32, i64, f32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
+    i64, f32 = ir.IntType(64), ir.FloatType()
     vf = ir.VectorType(f32, LANES)
-    prefetch = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]), "llvm.prefetch.p0")
     ahead = ir.Constant(i64, PREFETCH_BYTES // 4)
     pairs = [(xp, wp) for xp in x_rows for wp in w_rows]
     accs = [cgutils.alloca_once_value(builder, ir.Constant(vf, None)) for _ in pairs]
     n_vec = builder.udiv(n, ir.Constant(i64, LANES))
     with cgutils.for_range(builder, n_vec) as loop:
         off = builder.mul(loop.index, ir.Constant(i64, LANES))
-        if prefetch_weights:  # read, no temporal hint, data cache (locality 3: prefetcht0)
-            for wp in w_rows:
-                builder.call(prefetch, [builder.bitcast(builder.gep(wp, [builder.add(off, ahead)]), i8.as_pointer()),
-                                        ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        for wp in w_rows:
+            prefetch_l1(builder, builder.gep(wp, [builder.add(off, ahead)]))
         xv = {xp: builder.load(builder.bitcast(builder.gep(xp, [off]), vf.as_pointer()), align=4) for xp in x_rows}
         wv = {wp: builder.load(builder.bitcast(builder.gep(wp, [off]), vf.as_pointer()), align=4) for wp in w_rows}
         for (xp, wp), acc in zip(pairs, accs):
@@ -97,7 +102,7 @@ def dot_rows_f32(typingctx, x, w, row, step, n_rows):
         aw = context.make_array(signature.args[1])(context, builder, args[1])
         n = builder.extract_value(aw.shape, 1)
         w_rows = _row_pointers(builder, aw.data, args[2], args[3], R, n)
-        sums = _dot_block(builder, [ax.data], w_rows, n, True)
+        sums = _dot_block(builder, [ax.data], w_rows, n)
         return context.make_tuple(builder, signature.return_type, sums)
 
     return sig, codegen
@@ -122,7 +127,7 @@ def dot_block_f32(typingctx, x, b, n_x, w, row, step, n_w):
         n = builder.extract_value(aw.shape, 1)
         x_rows = _row_pointers(builder, ax.data, args[1], ir.Constant(ir.IntType(64), 1), RX, n)
         w_rows = _row_pointers(builder, aw.data, args[4], args[5], RW, n)
-        sums = _dot_block(builder, x_rows, w_rows, n, True)
+        sums = _dot_block(builder, x_rows, w_rows, n)
         return context.make_tuple(builder, signature.return_type, sums)
 
     return sig, codegen
