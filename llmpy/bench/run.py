@@ -147,7 +147,7 @@ def run(args):
         (rate, bw, base_rounds) = results[0]
         rows.append((name, "fp32", variants[0][0].weight_bytes_per_token() + kv_bytes, rate, bw, ""))
         for (t, n_streams), (vrate, vbw, vrounds) in zip(variants[1:], results[1:]):
-            if n_streams == 1:  # int8
+            if t.quantized:
                 note = _ratio_note("int8 / fp32", vrate, rate, vrounds, base_rounds)
                 rows.append((name, "int8 Q8_0", t.weight_bytes_per_token() + kv_bytes, vrate, vbw, note))
             else:
