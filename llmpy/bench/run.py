@@ -80,19 +80,20 @@ def _make_probe():
 
 
 def _decode_rates(variants, tokens, repeats, probe):
-    """[(best tok/s, best probe bytes/s, per-round tok/s)] for each (transformer, n_streams) in variants: greedy
-    decode from BOS for `tokens` steps per stream (all streams in lock step). The variants take turns within
-    each of the `repeats` rounds, each run right after a bandwidth probe run, so that limits, rates and the
-    ratios between variants (int8 / fp32, 8 streams / 1) come from the same stretches of this shared machine.
+    """[(best tok/s, best probe bytes/s, per-round tok/s, per-round probe bytes/s)] for each (transformer,
+    n_streams) in variants: greedy decode from BOS for `tokens` steps per stream (all streams in lock step). The
+    variants take turns within each of the `repeats` rounds, each run right after a bandwidth probe run, so that
+    limits, rates and the ratios between variants (int8 / fp32, 8 streams / 1) come from the same stretches of
+    this shared machine.
     """
     import numpy as np
 
     best = [0.0] * len(variants)
-    bw = [0.0] * len(variants)
     rounds = [[] for _ in variants]
+    probes = [[] for _ in variants]
     for _ in range(repeats):
         for i, (transformer, n_streams) in enumerate(variants):
-            bw[i] = max(bw[i], probe())
+            probes[i].append(probe())
             streams = np.arange(n_streams)
             tok = np.ones(n_streams, np.int64)
             t = time.perf_counter()
@@ -102,7 +103,14 @@ def _decode_rates(variants, tokens, repeats, probe):
             rate = n_streams * tokens / (time.perf_counter() - t)
             rounds[i].append(rate)
             best[i] = max(best[i], rate)
-    return list(zip(best, bw, rounds))
+    return [(b, max(p), r, p) for b, r, p in zip(best, rounds, probes)]
+
+
+def _limit_note(nbytes, rounds, probes):
+    """'median of rounds N%': each round's tok/s against the limit from the probe run right before it."""
+    import numpy as np
+
+    return f"median of rounds {np.median(np.array(rounds) * nbytes / np.array(probes)):.0%}"
 
 
 def _ratio_note(what, rate, base, rounds, base_rounds):
@@ -144,19 +152,22 @@ def run(args):
             variants.append((Transformer(config, weights, n_streams=args.batch), args.batch))
         results = _decode_rates(variants, args.tokens, args.repeats, probe)
         kv_bytes = variants[0][0].kv_bytes_per_token((args.tokens + 1) / 2)  # positions 0..tokens-1 attend over 1..tokens
-        (rate, bw, base_rounds) = results[0]
-        rows.append((name, "fp32", variants[0][0].weight_bytes_per_token() + kv_bytes, rate, bw, ""))
-        for (t, n_streams), (vrate, vbw, vrounds) in zip(variants[1:], results[1:]):
+        (rate, bw, base_rounds, base_probes) = results[0]
+        nbytes = variants[0][0].weight_bytes_per_token() + kv_bytes
+        rows.append((name, "fp32", nbytes, rate, bw, _limit_note(nbytes, base_rounds, base_probes)))
+        for (t, n_streams), (vrate, vbw, vrounds, vprobes) in zip(variants[1:], results[1:]):
             if t.quantized:
-                note = _ratio_note("int8 / fp32", vrate, rate, vrounds, base_rounds)
-                rows.append((name, "int8 Q8_0", t.weight_bytes_per_token() + kv_bytes, vrate, vbw, note))
+                qbytes = t.weight_bytes_per_token() + kv_bytes
+                note = _limit_note(qbytes, vrounds, vprobes) + "; " + _ratio_note("int8 / fp32", vrate, rate, vrounds,
+                                                                                  base_rounds)
+                rows.append((name, "int8 Q8_0", qbytes, vrate, vbw, note))
             else:
                 note = _ratio_note(f"{n_streams} streams / 1 stream", vrate, rate, vrounds, base_rounds)
                 rows.append((name, f"fp32 x{n_streams}", None, vrate, None, note + " (tok/s summed over streams)"))
         del variants, weights
     print(f"greedy decode of {args.tokens} tokens from BOS, best of {args.repeats} runs (a model's variants take turns "
           f"in each round), each right after a read bandwidth probe run\n(2 threads, {BW_STREAMS} streams, {BW_PASSES} passes over {BW_BYTES >> 20} MiB); "
-          "limit = best probe / bytes per token\n(bytes per token = weights + KV cache read at the average position, "
+          "limit = best probe / bytes per token (and each round against its own probe run: median of rounds)\n(bytes per token = weights + KV cache read at the average position, "
           f"{(args.tokens + 1) / 2:g} positions)")
     print(f"{'model':>6} {'kind':>10} {'MB/token':>9} {'GB/s':>6} {'limit tok/s':>12} {'tok/s':>8} {'of limit':>9}")
     for name, kind, nbytes, rate, bw, note in rows:
