@@ -30,6 +30,7 @@ from llmpy.llama.kernels import (
     residual_rmsnorm,
     swiglu_forward,
 )
+from llmpy.llama import decode
 from llmpy.llama.quant import QTensor, dequantize
 
 RMS_EPS = 1e-5
@@ -128,6 +129,11 @@ class Transformer:
             Rq = max(R, 3 * numba.config.NUMBA_NUM_THREADS)  # decode: each thread quantizes its own copy of <= 3 rows
             self.xq = np.zeros((Rq, max(C, H)), np.int16)  # quantized activations (int8 values)
             self.xs = np.zeros((Rq, max(C, H) // gs), np.float32)  # their scales
+        # decode in one parallel region (decode.forward_decode): each thread's copy of x and of the normed rows;
+        # None = not decided yet (numba's threading layer is known once a parallel function has run)
+        self.one_region = None
+        self._priv = np.zeros((numba.config.NUMBA_NUM_THREADS, 2, 3, C), np.float32)
+        self._sync = np.zeros(decode.SYNC_SIZE, np.int64)
         self._no_rows = np.zeros((0, C), np.float32)
         self._row0 = np.zeros(1, np.int64)  # the rows that need logits when a call has one row
 
@@ -207,15 +213,39 @@ class Transformer:
         acts = (self.x, self.xb, self.xb2, self.qkv, self.att, self.hb13, self.hb, self.xf)
         out = self.logits[:0] if out is None else out
         common = (self.key_cache, self.value_cache, self.cos, self.sin, c.n_heads, c.n_kv_heads, RMS_EPS)
+        n_threads = numba.get_num_threads()
         if self.quantized:
             weights = (self.tok_emb, self.rms_att, *_pair(self.wqkv), *_pair(self.wo), self.rms_ffn, *_pair(self.w13),
                        *_pair(self.w2), self.rms_final, *_pair(self.wcls))
+            if self._one_region_for(n_threads, tokens.shape[0]):
+                if decode.forward_decode_q8(out, rows, tokens, streams, positions, acts, (self.xq, self.xs), self._priv,
+                                            weights, *common, self._sync, n_threads):
+                    return
+                self.one_region = False
             forward_rows_q8(out, rows, tokens, streams, positions, acts, (self.xq, self.xs), weights, *common,
-                            numba.get_num_threads())
+                            n_threads)
         else:
             weights = (self.tok_emb, self.rms_att, self.wqkv, self.wo, self.rms_ffn, self.w13, self.w2,
                        self.rms_final, self.wcls)
+            if self._one_region_for(n_threads, tokens.shape[0]):
+                if decode.forward_decode(out, rows, tokens, streams, positions, acts, self._priv, weights, *common,
+                                         self._sync, n_threads):
+                    return
+                self.one_region = False
             forward_rows(out, rows, tokens, streams, positions, acts, weights, *common)
+
+    def _one_region_for(self, n_threads, n_rows):
+        """Whether these rows go through decode.forward_decode (one parallel region per token). The first time a
+        barrier there gives up (threads that do not run at the same time), one_region turns False for good and
+        the rows are run again through kernels.forward_rows."""
+        if self.one_region is None:
+            try:
+                layer = numba.threading_layer()
+            except ValueError:  # no parallel function has run yet: forward_rows this time
+                return False
+            self.one_region = layer == "omp"
+        return (self.one_region and decode.usable(n_threads, self.group_size, self.config.hidden_dim, n_rows)
+                and n_threads <= self._priv.shape[0])
 
     def _forward_layers(self, out, rows, tokens, streams, positions):
         """The forward as a Python loop over layers (prefill: BLAS sgemm for the fp32 matmuls)."""

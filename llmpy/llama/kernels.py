@@ -50,18 +50,25 @@ def rope_store_kv(qkv, key_cache, value_cache, streams, positions, cos, sin, C, 
     pairs, not over columns: a column's head and pair index by division (i // hs, i % hs) cost an integer
     division each, which made this serial pass 5% of an int8 110M token.
     """
+    hs = 2 * cos.shape[1]
+    rope_store_heads(qkv, key_cache, value_cache, streams, positions, cos, sin, C, KV, 0, C // hs, 0, KV // hs)
+
+
+@numba.njit(cache=True, fastmath=True)
+def rope_store_heads(qkv, key_cache, value_cache, streams, positions, cos, sin, C, KV, h0, h1, g0, g1):
+    """rope_store_kv for query heads h0..h1-1 and key/value heads g0..g1-1 only (a thread's share)."""
     half = cos.shape[1]
     hs = 2 * half
     for b in range(qkv.shape[0]):
         s, p = streams[b], positions[b]
         fcr, fci = cos[p], sin[p]  # (hs/2,) each
-        for h in range(C // hs):
+        for h in range(h0, h1):
             qh = qkv[b, h * hs:(h + 1) * hs]
             for j in range(half):
                 v0, v1 = qh[2 * j], qh[2 * j + 1]
                 qh[2 * j] = v0 * fcr[j] - v1 * fci[j]
                 qh[2 * j + 1] = v0 * fci[j] + v1 * fcr[j]
-        for h in range(KV // hs):
+        for h in range(g0, g1):
             kh = qkv[b, C + h * hs:C + (h + 1) * hs]
             kc, vc = key_cache[s, h, p], value_cache[s, h, p]  # (hs,) each
             for j in range(half):
@@ -82,57 +89,64 @@ def attention_forward(out, att, qkv, key_cache, value_cache, streams, positions,
     """
     B = qkv.shape[0]
     C = out.shape[1]
-    hs = C // n_heads
-    KV = n_kv_heads * hs
-    kv_mul = n_heads // n_kv_heads  # query heads per key/value head
-    scale = np.float32(1.0 / math.sqrt(hs))
+    KV = n_kv_heads * (C // n_heads)
     rope_store_kv(qkv, key_cache, value_cache, streams, positions, cos, sin, C, KV)
     for bh in numba.prange(B * n_heads):
-        b, h = bh // n_heads, bh % n_heads
-        s, p = streams[b], positions[b]
-        # contiguous 1-D views with non-negative indices, so that LLVM vectorizes the loops over hs
-        qh = qkv[b, h * hs:(h + 1) * hs]
-        oh = out[b, h * hs:(h + 1) * hs]
-        ah = att[b, h]
-        kc, vc = key_cache[s, h // kv_mul], value_cache[s, h // kv_mul]  # (T, hs) each, contiguous over t
-        # att = softmax(q . k_t / sqrt(hs)) over t = 0..p; cache rows t, m+t, 2m+t, 3m+t at a time: four
-        # sequential streams per thread (decode reads the cache from memory, the weights having evicted it)
-        n = p + 1
-        m = n // 4
-        for t in range(m):
-            k0, k1, k2, k3 = kc[t], kc[m + t], kc[2 * m + t], kc[3 * m + t]
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            for i in range(hs):
-                a0 += qh[i] * k0[i]
-                a1 += qh[i] * k1[i]
-                a2 += qh[i] * k2[i]
-                a3 += qh[i] * k3[i]
-            ah[t], ah[m + t], ah[2 * m + t], ah[3 * m + t] = a0 * scale, a1 * scale, a2 * scale, a3 * scale
-        for t in range(4 * m, n):
-            kh = kc[t]
-            a = np.float32(0.0)
-            for i in range(hs):
-                a += qh[i] * kh[i]
-            ah[t] = a * scale
-        amax = np.float32(-np.inf)
-        for t in range(n):
-            amax = max(amax, ah[t])
-        asum = np.float32(0.0)
-        for t in range(n):
-            ah[t] = exp_f32(ah[t] - amax)
-            asum += ah[t]
-        inv = np.float32(1.0) / asum
-        oh[:] = 0.0
-        for t in range(m):  # out = att @ v, the same four rows at a time
-            v0, v1, v2, v3 = vc[t], vc[m + t], vc[2 * m + t], vc[3 * m + t]
-            c0, c1, c2, c3 = ah[t] * inv, ah[m + t] * inv, ah[2 * m + t] * inv, ah[3 * m + t] * inv
-            for i in range(hs):
-                oh[i] += c0 * v0[i] + c1 * v1[i] + c2 * v2[i] + c3 * v3[i]
-        for t in range(4 * m, n):
-            a = ah[t] * inv
-            vh = vc[t]
-            for i in range(hs):
-                oh[i] += a * vh[i]
+        attend_head(out, att, qkv, key_cache, value_cache, streams, positions, n_heads, n_kv_heads, bh // n_heads,
+                    bh % n_heads)
+
+
+@numba.njit(cache=True, fastmath=True)
+def attend_head(out, att, qkv, key_cache, value_cache, streams, positions, n_heads, n_kv_heads, b, h):
+    """Causal attention of query head h of row b over its stream's cache (rows 0..pos): out[b, head h's columns]."""
+    C = out.shape[1]
+    hs = C // n_heads
+    kv_mul = n_heads // n_kv_heads  # query heads per key/value head
+    scale = np.float32(1.0 / math.sqrt(hs))
+    s, p = streams[b], positions[b]
+    # contiguous 1-D views with non-negative indices, so that LLVM vectorizes the loops over hs
+    qh = qkv[b, h * hs:(h + 1) * hs]
+    oh = out[b, h * hs:(h + 1) * hs]
+    ah = att[b, h]
+    kc, vc = key_cache[s, h // kv_mul], value_cache[s, h // kv_mul]  # (T, hs) each, contiguous over t
+    # att = softmax(q . k_t / sqrt(hs)) over t = 0..p; cache rows t, m+t, 2m+t, 3m+t at a time: four
+    # sequential streams per thread (decode reads the cache from memory, the weights having evicted it)
+    n = p + 1
+    m = n // 4
+    for t in range(m):
+        k0, k1, k2, k3 = kc[t], kc[m + t], kc[2 * m + t], kc[3 * m + t]
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        for i in range(hs):
+            a0 += qh[i] * k0[i]
+            a1 += qh[i] * k1[i]
+            a2 += qh[i] * k2[i]
+            a3 += qh[i] * k3[i]
+        ah[t], ah[m + t], ah[2 * m + t], ah[3 * m + t] = a0 * scale, a1 * scale, a2 * scale, a3 * scale
+    for t in range(4 * m, n):
+        kh = kc[t]
+        a = np.float32(0.0)
+        for i in range(hs):
+            a += qh[i] * kh[i]
+        ah[t] = a * scale
+    amax = np.float32(-np.inf)
+    for t in range(n):
+        amax = max(amax, ah[t])
+    asum = np.float32(0.0)
+    for t in range(n):
+        ah[t] = exp_f32(ah[t] - amax)
+        asum += ah[t]
+    inv = np.float32(1.0) / asum
+    oh[:] = 0.0
+    for t in range(m):  # out = att @ v, the same four rows at a time
+        v0, v1, v2, v3 = vc[t], vc[m + t], vc[2 * m + t], vc[3 * m + t]
+        c0, c1, c2, c3 = ah[t] * inv, ah[m + t] * inv, ah[2 * m + t] * inv, ah[3 * m + t] * inv
+        for i in range(hs):
+            oh[i] += c0 * v0[i] + c1 * v1[i] + c2 * v2[i] + c3 * v3[i]
+    for t in range(4 * m, n):
+        a = ah[t] * inv
+        vh = vc[t]
+        for i in range(hs):
+            oh[i] += a * vh[i]
 
 
 @numba.njit(cache=True, fastmath=True, inline="always")
@@ -176,21 +190,13 @@ def matmul_forward(out, inp, weight):
     against input rows four at a time through rowdot.dot_block_f32 (8 loads feed 16 FMAs), the rest one at a time
     (8 stories15M rows: +15% over blocks of 4 consecutive rows with a software prefetch of the next block).
     """
-    B, C = inp.shape
+    B = inp.shape[0]
     OC = weight.shape[0]
     if B < 4:
         Q = OC // STREAMS
         for q in numba.prange(Q):
-            for b in range(B):
-                s0, s1, s2, s3, s4, s5, s6, s7 = dot_rows_f32(inp[b], weight, q, Q, STREAMS)
-                out[b, q], out[b, q + Q], out[b, q + 2 * Q], out[b, q + 3 * Q] = s0, s1, s2, s3
-                out[b, q + 4 * Q], out[b, q + 5 * Q], out[b, q + 6 * Q], out[b, q + 7 * Q] = s4, s5, s6, s7
-        for o in range(STREAMS * Q, OC):  # the last OC % STREAMS rows
-            for b in range(B):
-                s0 = np.float32(0.0)
-                for i in range(C):
-                    s0 += weight[o, i] * inp[b, i]
-                out[b, o] = s0
+            matmul_decode_step(out, inp, weight, q, Q)
+        matmul_tail_rows(out, inp, weight, STREAMS * Q)
         return
     Q = OC // 4
     for q in numba.prange(Q):
@@ -206,12 +212,37 @@ def matmul_forward(out, inp, weight):
         while b < B:
             out[b, q], out[b, q + Q], out[b, q + 2 * Q], out[b, q + 3 * Q] = dot_block_f32(inp, b, 1, weight, q, Q, 4)
             b += 1
-    for o in range(4 * Q, OC):  # the last OC % 4 rows
-        for b in range(B):
+    matmul_tail_rows(out, inp, weight, 4 * Q)
+
+
+@numba.njit(cache=True, fastmath=True, inline="always")
+def matmul_decode_step(out, inp, weight, q, Q):
+    """Step q of matmul_forward's decode loop (B < 4): weight rows q + k Q, k < STREAMS, against every input row."""
+    for b in range(inp.shape[0]):
+        s0, s1, s2, s3, s4, s5, s6, s7 = dot_rows_f32(inp[b], weight, q, Q, STREAMS)
+        out[b, q], out[b, q + Q], out[b, q + 2 * Q], out[b, q + 3 * Q] = s0, s1, s2, s3
+        out[b, q + 4 * Q], out[b, q + 5 * Q], out[b, q + 6 * Q], out[b, q + 7 * Q] = s4, s5, s6, s7
+
+
+@numba.njit(cache=True, fastmath=True)
+def matmul_tail_rows(out, inp, weight, first):
+    """Output rows first..OC-1 one at a time (the rows left over by the streams)."""
+    for o in range(first, weight.shape[0]):
+        for b in range(inp.shape[0]):
             s0 = np.float32(0.0)
-            for i in range(C):
+            for i in range(inp.shape[1]):
                 s0 += weight[o, i] * inp[b, i]
             out[b, o] = s0
+
+
+@numba.njit(cache=True, fastmath=True, inline="always")
+def swiglu_decode_step(out, inp, w13, q, Q):
+    """Step q of matmul_swiglu_forward's decode loop (B < 4, Q = H / 4): w1 rows q + k Q and w3 rows
+    H + q + k Q = q + (4 + k) Q, k < 4, against every input row; SwiGLU of the 4 outputs."""
+    for b in range(inp.shape[0]):
+        g0, g1, g2, g3, u0, u1, u2, u3 = dot_rows_f32(inp[b], w13, q, Q, STREAMS)
+        out[b, q], out[b, q + Q] = _silu_mul(g0, u0), _silu_mul(g1, u1)
+        out[b, q + 2 * Q], out[b, q + 3 * Q] = _silu_mul(g2, u2), _silu_mul(g3, u3)
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True)
@@ -245,10 +276,7 @@ def matmul_swiglu_forward(out, inp, w13):
         return
     Q = H // 4  # = 2H / STREAMS
     for q in numba.prange(Q):
-        for b in range(B):  # w1 rows q + kQ and w3 rows (H + q + kQ = q + (4 + k) Q), k = 0..3
-            g0, g1, g2, g3, u0, u1, u2, u3 = dot_rows_f32(inp[b], w13, q, Q, STREAMS)
-            out[b, q], out[b, q + Q] = _silu_mul(g0, u0), _silu_mul(g1, u1)
-            out[b, q + 2 * Q], out[b, q + 3 * Q] = _silu_mul(g2, u2), _silu_mul(g3, u3)
+        swiglu_decode_step(out, inp, w13, q, Q)
 
 
 # -----------------------------------------------------------------------------
@@ -317,18 +345,32 @@ def linear_q8_decode(out, inp, wq, ws, xq, xs, swiglu, n_threads):
     Q = OC // Q8_STREAMS
     nt = max(1, min(n_threads, xq.shape[0] // B))  # parts that fit in the scratch
     for tid in numba.prange(nt):  # one iteration per thread: its rows of the scratch, then its share of q
-        xqt, xst = xq[tid * B:(tid + 1) * B], xs[tid * B:(tid + 1) * B]
-        for b in range(B):
-            quantize_row(xqt[b], xst[b], inp[b], DECODE_GROUP)
-        for q in range(tid * Q // nt, (tid + 1) * Q // nt):
-            for b in range(B):
-                s0, s1, s2, s3 = dot_q8_rows(xqt[b], wq, ws, xst[b], q, Q, Q8_STREAMS, DECODE_GROUP)
-                if swiglu:
-                    out[b, q], out[b, q + Q] = _silu_mul(s0, s2), _silu_mul(s1, s3)
-                else:
-                    out[b, q], out[b, q + Q], out[b, q + 2 * Q], out[b, q + 3 * Q] = s0, s1, s2, s3
-    for o in range(Q8_STREAMS * Q, OC):  # the last OC % 4 rows (not with swiglu: 2H % 4 == 0), thread 0's scratch
-        for b in range(B):
+        q8_decode_part(out, inp, wq, ws, xq[tid * B:(tid + 1) * B], xs[tid * B:(tid + 1) * B], swiglu,
+                       tid * Q // nt, (tid + 1) * Q // nt)
+    q8_decode_tail(out, wq, ws, xq, xs)  # thread 0's scratch
+
+
+@numba.njit(cache=True, fastmath=True)
+def q8_decode_part(out, inp, wq, ws, xqt, xst, swiglu, q0, q1):
+    """A thread's part of linear_q8_decode: quantize the input rows into its scratch xqt, xst, then steps q0..q1-1."""
+    Q = wq.shape[0] // Q8_STREAMS
+    for b in range(inp.shape[0]):
+        quantize_row(xqt[b], xst[b], inp[b], DECODE_GROUP)
+    for q in range(q0, q1):
+        for b in range(inp.shape[0]):
+            s0, s1, s2, s3 = dot_q8_rows(xqt[b], wq, ws, xst[b], q, Q, Q8_STREAMS, DECODE_GROUP)
+            if swiglu:
+                out[b, q], out[b, q + Q] = _silu_mul(s0, s2), _silu_mul(s1, s3)
+            else:
+                out[b, q], out[b, q + Q], out[b, q + 2 * Q], out[b, q + 3 * Q] = s0, s1, s2, s3
+
+
+@numba.njit(cache=True, fastmath=True)
+def q8_decode_tail(out, wq, ws, xq, xs):
+    """The last OC % Q8_STREAMS output rows of linear_q8_decode (none with swiglu: 2H % 4 == 0), from quantized
+    input rows xq, xs."""
+    for o in range(Q8_STREAMS * (wq.shape[0] // Q8_STREAMS), wq.shape[0]):
+        for b in range(out.shape[0]):
             out[b, o] = dot_q8_rows(xq[b], wq, ws, xs[b], o, 1, 1, DECODE_GROUP)[0]
 
 
