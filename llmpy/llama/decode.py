@@ -6,7 +6,8 @@ runs the small steps between them (rmsnorm, RoPE, residual adds) on one thread. 
 the whole forward: it keeps its own copy of the residual stream x and of the normed rows (so rmsnorm and the
 residual adds need no barrier), computes its share of each matmul's rows, of the RoPE heads and of the attention
 heads, and waits at a barrier wherever the next step reads what all threads wrote (6 per layer). Measured on the
-2-core box (in-process A/B, order of variants rotated per round): stories15M +1 to +4%, 42M +3%, 110M +2%.
+2-core box (decode of 256 tokens, the same Transformer with one_region off and on, 12 rounds in alternating
+order, median of the per-round ratios): stories15M +5.3%, 42M +1.1%, 110M +1.2%, int8 110M +6.5%.
 
 The barrier spins on a shared counter; it only works when the n iterations of the parallel loop run at the same
 time, one per thread, which numba's OpenMP layer does (a static schedule of n iterations over n threads). Other

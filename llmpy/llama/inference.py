@@ -8,8 +8,9 @@ the keys (and values) one head attends over are one contiguous stream of memory.
 
 Up to SMALL_BATCH rows (decode, batched decode, short prompts) run as one fused numba call over all
 layers (kernels.forward_rows / forward_rows_q8), so a 15M-parameter model is not dominated by
-per-operation Python overhead. More rows (prefill) loop over the layers in Python with BLAS sgemm
-(fp32) or the numba Q8_0 kernel (int8) and the same numba kernels in between.
+per-operation Python overhead; 1-3 rows (decode) under numba's OpenMP threads go further, through one
+parallel region per token (decode.forward_decode / forward_decode_q8). More rows (prefill) loop over the
+layers in Python with BLAS sgemm (fp32) or the numba Q8_0 kernel (int8) and the same numba kernels in between.
 
 Not handled: RoPE scaling, rope theta other than 10000, sliding windows, biases in the linears.
 """
@@ -43,9 +44,9 @@ SMALL_BATCH = 32
 def tune_openmp_waiting():
     """Let OpenMP workers spin a while between parallel regions, then sleep (unless the user chose).
 
-    Call before the first numba parallel kernel runs (entry points only). A decode step is ~30-60
-    parallel regions (matmuls, attention) with a few microseconds of serial work between them; a
-    worker that has gone to sleep takes long to wake in this VM. Measured on the 2-core box: libgomp's
+    Call before the first numba parallel kernel runs (entry points only). A decode step is one parallel
+    region (decode.py) or ~30-60 (kernels.forward_rows, prefill), with microseconds of Python or serial work
+    between them; a worker that has gone to sleep takes long to wake in this VM. Measured on the 2-core box: libgomp's
     default spinning collapses when other processes hold the cores (8 ms per region waiting for each
     other, passive waiting 27 us), while 10000 spins (~0.4 ms) left the fused stories15M/110M decode
     10-30% slower than 100000 spins on an idle machine (where 100000 and 1000000 measured the same).

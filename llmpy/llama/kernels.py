@@ -4,7 +4,9 @@ few-row matmul, and the whole forward of a few rows (decode) fused into one call
 Why one fused call for decode: a stories15M token is ~2.3 ms of weight reads at the bandwidth limit,
 and the ~50 kernel launches of a per-operation Python loop cost several tenths of that in dispatch
 alone. The fused functions run every layer without returning to Python; only the matmuls and the
-attention heads are parallel (prange), everything else is a few microseconds of serial work.
+attention heads are parallel (prange), everything else is a few microseconds of serial work. Decode of 1-3
+rows goes one step further in decode.py (one parallel region per token), from the same building blocks:
+matmul_decode_step, swiglu_decode_step, q8_decode_part, rope_store_heads, attend_head.
 
 Not handled here: prefill of long prompts (inference.py uses BLAS sgemm for many rows).
 """
