@@ -69,11 +69,11 @@ def test_barrier_gives_up_when_a_thread_never_comes():
     priv = np.zeros((nt, 2, 1, c.dim), np.float32)
     sync = np.zeros(decode.SYNC_SIZE, np.int64)
     acts = (t.x, t.xb, t.xb2, t.qkv, t.att, t.hb13, t.hb, t.xf)
-    weights = (t.tok_emb, t.rms_att, t.wqkv, t.wo, t.rms_ffn, t.w13, t.w2, t.rms_final, t.wcls)
+    weights = (t.tok_emb, t.rms_att, t.wqkv, t.wo, t.rms_ffn, t.w13, t.w2, t.rms_final, t.wcls[None])
     start = time.perf_counter()
     ok = decode.forward_decode(t.logits[:1], np.zeros(1, np.int64), np.ones(1, np.int64), np.zeros(1, np.int64),
-                               np.ones(1, np.int64), acts, priv, weights, t.key_cache, t.value_cache, t.cos, t.sin,
-                               c.n_heads, c.n_kv_heads, 1e-5, sync, nt)
+                               np.ones(1, np.int64), acts, priv, weights, None, (t._no_xq, t._no_rows), t.key_cache,
+                               t.value_cache, t.cos, t.sin, c.n_heads, c.n_kv_heads, 1e-5, sync, nt)
     assert not ok
     assert time.perf_counter() - start < 30
 

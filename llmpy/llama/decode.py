@@ -6,8 +6,9 @@ runs the small steps between them (rmsnorm, RoPE, residual adds) on one thread. 
 the whole forward: it keeps its own copy of the residual stream x and of the normed rows (so rmsnorm and the
 residual adds need no barrier), computes its share of each matmul's rows, of the RoPE heads and of the attention
 heads, and waits at a barrier wherever the next step reads what all threads wrote (6 per layer). Measured on the
-2-core box (decode of 256 tokens, the same Transformer with one_region off and on, 12 rounds in alternating
-order, median of the per-round ratios): stories15M +5.3%, 42M +1.1%, 110M +1.2%, int8 110M +6.5%.
+2-core box (decode of 256 tokens, the same Transformer with one_region off and on, 8-12 rounds in alternating
+order, median of the per-round ratios, three such runs): stories15M -1 to +5%, 42M +1 to +3%, 110M +1%, int8 110M
++6.5 to +8%.
 
 The barrier spins on a shared counter; it only works when the n iterations of the parallel loop run at the same
 time, one per thread, which numba's OpenMP layer does (a static schedule of n iterations over n threads). Other
@@ -21,7 +22,7 @@ import numba
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from llmpy.llama.kernels import (
     DECODE_GROUP,
@@ -144,27 +145,55 @@ def _q8_share(out, inp, wq, ws, xqt, xst, swiglu, tid, nt):
         q8_decode_tail(out, wq, ws, xqt, xst)
 
 
-@numba.njit(cache=True, parallel=True, fastmath=True)
-def forward_decode(logits, rows, tokens, streams, positions, acts, priv, weights, key_cache, value_cache, cos, sin,
-                   n_heads, n_kv_heads, eps, sync, nt):
-    """kernels.forward_rows for B < 4 rows (H % 4 == 0) in one parallel region of nt threads; False if a barrier
-    gave up (nothing to use: run the rows through forward_rows).
+def _linear_share(out, inp, w, s, xqt, xst, swiglu, tid, nt):
+    """A thread's share of out = inp @ w.T (with swiglu: SwiGLU of w = [w1; w3]): fp32 when the scales s are None,
+    else Q8_0 (w int8 values, s scales; the thread quantizes inp into xqt, xst first). Numba code only (the
+    overload below picks the kernel by the type of s)."""
+    raise NotImplementedError("decode._linear_share runs inside numba kernels only")
 
-    priv (>= nt, 2, >= B, C) is each thread's copy of x and of the normed rows; the other arguments as in
-    forward_rows (att, xb, xb2, qkv, hb shared: each thread writes its share of them).
+
+@overload(_linear_share)
+def _linear_share_overload(out, inp, w, s, xqt, xst, swiglu, tid, nt):
+    if isinstance(s, types.NoneType):
+        def fp32(out, inp, w, s, xqt, xst, swiglu, tid, nt):
+            if swiglu:
+                _swiglu_share(out, inp, w, tid, nt)
+            else:
+                _matmul_share(out, inp, w, tid, nt)
+        return fp32
+
+    def int8(out, inp, w, s, xqt, xst, swiglu, tid, nt):
+        _q8_share(out, inp, w, s, xqt, xst, swiglu, tid, nt)
+    return int8
+
+
+@numba.njit(cache=True, parallel=True, fastmath=True)
+def forward_decode(logits, rows, tokens, streams, positions, acts, priv, weights, scales, qacts, key_cache,
+                   value_cache, cos, sin, n_heads, n_kv_heads, eps, sync, nt):
+    """kernels.forward_rows (fp32) or forward_rows_q8 (int8, group size DECODE_GROUP) for B < 4 rows, H % 4 == 0, in
+    one parallel region of nt threads; False if a barrier gave up (nothing to use: run the rows through
+    forward_rows).
+
+    weights = (tok_emb, rms_att, wqkv, wo, rms_ffn, w13, w2, rms_final, wcls), the matrices stacked over layers and
+    wcls as (1, V, C); scales = None (fp32) or the scales of wqkv, wo, w13, w2, wcls stacked alike; qacts = (xq, xs)
+    with >= nt * B rows (int8: thread t quantizes into rows t B .. t B + B - 1). priv (>= nt, 2, >= B, C) is each
+    thread's copy of x and of the normed rows; acts as in forward_rows (att, xb, xb2, qkv, hb shared: each thread
+    writes its share of them).
     """
     x, xb, xb2, qkv, att, hb13, hb, xf = acts
+    xq, xs = qacts
     tok_emb, rms_att, wqkv, wo, rms_ffn, w13, w2, rms_final, wcls = weights
     B, R = tokens.shape[0], rows.shape[0]
     xb, xb2, qkv, att, hb = xb[:B], xb2[:B], qkv[:B], att[:B], hb[:B]
     sync[0] = sync[2 * ARRIVE_STRIDE] = 0
     for tid in numba.prange(nt):  # one iteration per thread
         xt, xn = priv[tid, 0, :B], priv[tid, 1, :B]  # this thread's residual stream and normed rows
+        xqt, xst = xq[tid * B:(tid + 1) * B], xs[tid * B:(tid + 1) * B]
         for b in range(B):
             xt[b] = tok_emb[tokens[b]]
         for layer in range(wqkv.shape[0]):
             residual_rmsnorm(xt, xt[:0], xn, rms_att[layer], eps)
-            _matmul_share(qkv, xn, wqkv[layer], tid, nt)
+            _linear_share(qkv, xn, wqkv[layer], _layer(scales, 0, layer), xqt, xst, False, tid, nt)
             if not barrier(sync, nt):
                 break
             if not _attention_share(xb, att, qkv, key_cache[layer], value_cache[layer], streams, positions, cos, sin,
@@ -172,14 +201,14 @@ def forward_decode(logits, rows, tokens, streams, positions, acts, priv, weights
                 break
             if not barrier(sync, nt):
                 break
-            _matmul_share(xb2, xb, wo[layer], tid, nt)
+            _linear_share(xb2, xb, wo[layer], _layer(scales, 1, layer), xqt, xst, False, tid, nt)
             if not barrier(sync, nt):
                 break
             residual_rmsnorm(xt, xb2, xn, rms_ffn[layer], eps)
-            _swiglu_share(hb, xn, w13[layer], tid, nt)
+            _linear_share(hb, xn, w13[layer], _layer(scales, 2, layer), xqt, xst, True, tid, nt)
             if not barrier(sync, nt):
                 break
-            _matmul_share(xb2, hb, w2[layer], tid, nt)
+            _linear_share(xb2, hb, w2[layer], _layer(scales, 3, layer), xqt, xst, False, tid, nt)
             if not barrier(sync, nt):
                 break
             xt += xb2
@@ -187,57 +216,24 @@ def forward_decode(logits, rows, tokens, streams, positions, acts, priv, weights
             for r in range(R):
                 xn[r] = xt[rows[r]]
             residual_rmsnorm(xn[:R], xt[:0], xn[:R], rms_final, eps)
-            _matmul_share(logits[:R], xn[:R], wcls, tid, nt)
+            _linear_share(logits[:R], xn[:R], wcls[0], _layer(scales, 4, 0), xqt, xst, False, tid, nt)
     return sync[2 * ARRIVE_STRIDE] == 0
 
 
-@numba.njit(cache=True, parallel=True, fastmath=True)
-def forward_decode_q8(logits, rows, tokens, streams, positions, acts, qacts, priv, weights, key_cache, value_cache,
-                      cos, sin, n_heads, n_kv_heads, eps, sync, nt):
-    """forward_decode with Q8_0 matrices of group size DECODE_GROUP (kernels.forward_rows_q8's weights); qacts =
-    (xq, xs) with >= nt * B rows: thread t quantizes into rows t B .. t B + B - 1."""
-    x, xb, xb2, qkv, att, hb13, hb, xf = acts
-    xq, xs = qacts
-    tok_emb, rms_att, wqkv_q, wqkv_s, wo_q, wo_s, rms_ffn, w13_q, w13_s, w2_q, w2_s, rms_final, wcls_q, wcls_s = weights
-    B, R = tokens.shape[0], rows.shape[0]
-    xb, xb2, qkv, att, hb = xb[:B], xb2[:B], qkv[:B], att[:B], hb[:B]
-    sync[0] = sync[2 * ARRIVE_STRIDE] = 0
-    for tid in numba.prange(nt):
-        xt, xn = priv[tid, 0, :B], priv[tid, 1, :B]
-        xqt, xst = xq[tid * B:(tid + 1) * B], xs[tid * B:(tid + 1) * B]
-        for b in range(B):
-            xt[b] = tok_emb[tokens[b]]
-        for layer in range(wqkv_q.shape[0]):
-            residual_rmsnorm(xt, xt[:0], xn, rms_att[layer], eps)
-            _q8_share(qkv, xn, wqkv_q[layer], wqkv_s[layer], xqt, xst, False, tid, nt)
-            if not barrier(sync, nt):
-                break
-            if not _attention_share(xb, att, qkv, key_cache[layer], value_cache[layer], streams, positions, cos, sin,
-                                    n_heads, n_kv_heads, sync, tid, nt):
-                break
-            if not barrier(sync, nt):
-                break
-            _q8_share(xb2, xb, wo_q[layer], wo_s[layer], xqt, xst, False, tid, nt)
-            if not barrier(sync, nt):
-                break
-            residual_rmsnorm(xt, xb2, xn, rms_ffn[layer], eps)
-            _q8_share(hb, xn, w13_q[layer], w13_s[layer], xqt, xst, True, tid, nt)
-            if not barrier(sync, nt):
-                break
-            _q8_share(xb2, hb, w2_q[layer], w2_s[layer], xqt, xst, False, tid, nt)
-            if not barrier(sync, nt):
-                break
-            xt += xb2
-        if R > 0 and sync[2 * ARRIVE_STRIDE] == 0:
-            for r in range(R):
-                xn[r] = xt[rows[r]]
-            residual_rmsnorm(xn[:R], xt[:0], xn[:R], rms_final, eps)
-            _q8_share(logits[:R], xn[:R], wcls_q, wcls_s, xqt, xst, False, tid, nt)
-    return sync[2 * ARRIVE_STRIDE] == 0
+def _layer(scales, k, layer):
+    """scales[k][layer]: layer's scales of the k-th matrix; None when scales is None (fp32 weights)."""
+    return None if scales is None else scales[k][layer]
+
+
+@overload(_layer)
+def _layer_overload(scales, k, layer):
+    if isinstance(scales, types.NoneType):
+        return lambda scales, k, layer: None
+    return lambda scales, k, layer: scales[k][layer]
 
 
 def usable(n_threads, group_size, hidden_dim, n_rows):
-    """Whether forward_decode(_q8) may run these rows (numba's threading layer being OpenMP): 2+ threads, B < 4,
+    """Whether forward_decode may run these rows (numba's threading layer being OpenMP): 2+ threads, B < 4,
     H % 4 == 0, and for int8 the decode group size."""
     return n_threads >= 2 and n_rows < 4 and hidden_dim % 4 == 0 and group_size in (None, DECODE_GROUP)
 

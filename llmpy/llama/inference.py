@@ -9,7 +9,7 @@ the keys (and values) one head attends over are one contiguous stream of memory.
 Up to SMALL_BATCH rows (decode, batched decode, short prompts) run as one fused numba call over all
 layers (kernels.forward_rows / forward_rows_q8), so a 15M-parameter model is not dominated by
 per-operation Python overhead; 1-3 rows (decode) under numba's OpenMP threads go further, through one
-parallel region per token (decode.forward_decode / forward_decode_q8). More rows (prefill) loop over the
+parallel region per token (decode.forward_decode). More rows (prefill) loop over the
 layers in Python with BLAS sgemm (fp32) or the numba Q8_0 kernel (int8) and the same numba kernels in between.
 
 Not handled: RoPE scaling, rope theta other than 10000, sliding windows, biases in the linears.
@@ -136,6 +136,7 @@ class Transformer:
         self._priv = np.zeros((numba.config.NUMBA_NUM_THREADS, 2, 3, C), np.float32)
         self._sync = np.zeros(decode.SYNC_SIZE, np.int64)
         self._no_rows = np.zeros((0, C), np.float32)
+        self._no_xq = np.zeros((0, C), np.int16)  # the quantized-row scratch decode.forward_decode takes (fp32: unused)
         self._row0 = np.zeros(1, np.int64)  # the rows that need logits when a call has one row
 
     @classmethod
@@ -219,8 +220,11 @@ class Transformer:
             weights = (self.tok_emb, self.rms_att, *_pair(self.wqkv), *_pair(self.wo), self.rms_ffn, *_pair(self.w13),
                        *_pair(self.w2), self.rms_final, *_pair(self.wcls))
             if self._one_region_for(n_threads, tokens.shape[0]):
-                if decode.forward_decode_q8(out, rows, tokens, streams, positions, acts, (self.xq, self.xs), self._priv,
-                                            weights, *common, self._sync, n_threads):
+                dweights = (self.tok_emb, self.rms_att, self.wqkv.q, self.wo.q, self.rms_ffn, self.w13.q, self.w2.q,
+                            self.rms_final, self.wcls.q[None])
+                scales = (self.wqkv.s, self.wo.s, self.w13.s, self.w2.s, self.wcls.s[None])
+                if decode.forward_decode(out, rows, tokens, streams, positions, acts, self._priv, dweights, scales,
+                                         (self.xq, self.xs), *common, self._sync, n_threads):
                     return
                 self.one_region = False
             forward_rows_q8(out, rows, tokens, streams, positions, acts, (self.xq, self.xs), weights, *common,
@@ -229,8 +233,9 @@ class Transformer:
             weights = (self.tok_emb, self.rms_att, self.wqkv, self.wo, self.rms_ffn, self.w13, self.w2,
                        self.rms_final, self.wcls)
             if self._one_region_for(n_threads, tokens.shape[0]):
-                if decode.forward_decode(out, rows, tokens, streams, positions, acts, self._priv, weights, *common,
-                                         self._sync, n_threads):
+                dweights = weights[:-1] + (self.wcls[None],)
+                if decode.forward_decode(out, rows, tokens, streams, positions, acts, self._priv, dweights, None,
+                                         (self._no_xq, self._no_rows), *common, self._sync, n_threads):
                     return
                 self.one_region = False
             forward_rows(out, rows, tokens, streams, positions, acts, weights, *common)
