@@ -167,7 +167,8 @@ def run(args):
         del variants, weights
     print(f"greedy decode of {args.tokens} tokens from BOS, best of {args.repeats} runs (a model's variants take turns "
           f"in each round), each right after a read bandwidth probe run\n(2 threads, {BW_STREAMS} streams, {BW_PASSES} passes over {BW_BYTES >> 20} MiB); "
-          "limit = best probe / bytes per token (and each round against its own probe run: median of rounds)\n(bytes per token = weights + KV cache read at the average position, "
+          "limit = best probe / bytes per token (and each round against its own probe run: median of rounds)\n"
+          "(bytes per token = weights + KV cache read at the average position, "
           f"{(args.tokens + 1) / 2:g} positions)")
     print(f"{'model':>6} {'kind':>10} {'MB/token':>9} {'GB/s':>6} {'limit tok/s':>12} {'tok/s':>8} {'of limit':>9}")
     for name, kind, nbytes, rate, bw, note in rows:

@@ -22,6 +22,7 @@ import numpy as np
 
 from llmpy.errors import LlmpyError
 from llmpy.formats.llama2c import rope_tables
+from llmpy.llama import decode
 from llmpy.llama.kernels import (
     attention_forward,
     forward_rows,
@@ -31,7 +32,6 @@ from llmpy.llama.kernels import (
     residual_rmsnorm,
     swiglu_forward,
 )
-from llmpy.llama import decode
 from llmpy.llama.quant import QTensor, dequantize
 
 RMS_EPS = 1e-5
