@@ -217,8 +217,6 @@ class Transformer:
         common = (self.key_cache, self.value_cache, self.cos, self.sin, c.n_heads, c.n_kv_heads, RMS_EPS)
         n_threads = numba.get_num_threads()
         if self.quantized:
-            weights = (self.tok_emb, self.rms_att, *_pair(self.wqkv), *_pair(self.wo), self.rms_ffn, *_pair(self.w13),
-                       *_pair(self.w2), self.rms_final, *_pair(self.wcls))
             if self._one_region_for(n_threads, tokens.shape[0]):
                 dweights = (self.tok_emb, self.rms_att, self.wqkv.q, self.wo.q, self.rms_ffn, self.w13.q, self.w2.q,
                             self.rms_final, self.wcls.q[None])
@@ -227,6 +225,8 @@ class Transformer:
                                          (self.xq, self.xs), *common, self._sync, n_threads):
                     return
                 self.one_region = False
+            weights = (self.tok_emb, self.rms_att, *_pair(self.wqkv), *_pair(self.wo), self.rms_ffn, *_pair(self.w13),
+                       *_pair(self.w2), self.rms_final, *_pair(self.wcls))
             forward_rows_q8(out, rows, tokens, streams, positions, acts, (self.xq, self.xs), weights, *common,
                             n_threads)
         else:
