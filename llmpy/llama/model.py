@@ -44,6 +44,14 @@ class LlamaConfig:
     vocab_size: int  # V
     seq_len: int  # maximum sequence length T
     shared_classifier: bool = True  # classifier weights are the token embedding table
+    # not stored in llama2.c files (run.c fixes them): training takes them from here; inference uses 1e4 and 1e-5
+    rope_theta: float = 10000.0  # RoPE base: pair j of a head turns by pos * theta^(-2j/head_size)
+    norm_eps: float = 1e-5  # RMSNorm: x / sqrt(mean(x^2) + eps)
+
+    @property
+    def max_seq_len(self):
+        """seq_len under the name the trainer reads from every model family's config."""
+        return self.seq_len
 
     @property
     def head_size(self):
