@@ -14,14 +14,13 @@ Not handled: the Hugging Face / Meta checkpoints themselves (export them with ll
 big-endian machines.
 """
 
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from llmpy.errors import LlmpyError
-from llmpy.fileio import read_head
+from llmpy.fileio import atomic_write_with, read_head
 from llmpy.llama.model import LAYER_MATRICES, LlamaConfig, weight_shapes
 from llmpy.llama.quant import QTensor, dequantize, quantize_q80
 
@@ -177,7 +176,7 @@ def _q8(w, group_size):
 
 
 def write_llama2c(path, config, weights, version, group_size=DEFAULT_GROUP_SIZE):
-    """Write a llama2.c file of the given version; atomic (a temp name, then os.replace)."""
+    """Write a llama2.c file of the given version, atomically (llmpy.fileio.atomic_write_with)."""
     if version not in VERSIONS:
         raise LlmpyError(f"unknown llama2.c version {version} for {path}: choose one of {VERSIONS}")
     if version == 2 and (group_size <= 0 or config.dim % group_size or config.hidden_dim % group_size):
@@ -186,43 +185,40 @@ def write_llama2c(path, config, weights, version, group_size=DEFAULT_GROUP_SIZE)
     ints = [config.dim, config.hidden_dim, config.n_layers, config.n_heads, config.n_kv_heads,
             config.vocab_size, config.seq_len]
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            def put(w):
-                a = _fp32(w)
-                f.write(np.ascontiguousarray(a, dtype="<f4").data)
 
-            if version == 0:
-                ints[5] = ints[5] if config.shared_classifier else -ints[5]
-                f.write(V0_HEADER.pack(*ints))
-                for name in V0_ORDER:
-                    put(weights[name])
-                cos, sin = rope_tables(config)
-                put(cos)
-                put(sin)
+    def write(f):
+        def put(w):
+            a = _fp32(w)
+            f.write(np.ascontiguousarray(a, dtype="<f4").data)
+
+        if version == 0:
+            ints[5] = ints[5] if config.shared_classifier else -ints[5]
+            f.write(V0_HEADER.pack(*ints))
+            for name in V0_ORDER:
+                put(weights[name])
+            cos, sin = rope_tables(config)
+            put(cos)
+            put(sin)
+        else:
+            if version == 1:
+                head = V1_HEADER.pack(MAGIC, 1, *ints, int(config.shared_classifier))
             else:
-                if version == 1:
-                    head = V1_HEADER.pack(MAGIC, 1, *ints, int(config.shared_classifier))
-                else:
-                    head = V2_HEADER.pack(MAGIC, 2, *ints, int(config.shared_classifier), group_size)
-                f.write(head + b"\0" * (HEADER_BYTES - len(head)))
-                if version == 1:
-                    for name in V1_ORDER:
-                        put(weights[name])
-                else:
-                    for name in NORMS:
-                        put(weights[name])
-                    for name in QUANTIZED + (() if config.shared_classifier else ("wcls",)):
-                        for t in _q8(weights[name], group_size):
-                            f.write(np.ascontiguousarray(t.q, dtype=np.int8).data)
-                            f.write(np.ascontiguousarray(t.s, dtype="<f4").data)
-            if not config.shared_classifier and version != 2:
-                put(weights["wcls"])
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+                head = V2_HEADER.pack(MAGIC, 2, *ints, int(config.shared_classifier), group_size)
+            f.write(head + b"\0" * (HEADER_BYTES - len(head)))
+            if version == 1:
+                for name in V1_ORDER:
+                    put(weights[name])
+            else:
+                for name in NORMS:
+                    put(weights[name])
+                for name in QUANTIZED + (() if config.shared_classifier else ("wcls",)):
+                    for t in _q8(weights[name], group_size):
+                        f.write(np.ascontiguousarray(t.q, dtype=np.int8).data)
+                        f.write(np.ascontiguousarray(t.s, dtype="<f4").data)
+        if not config.shared_classifier and version != 2:
+            put(weights["wcls"])
+
+    atomic_write_with(path, write)
     assert path.stat().st_size == _payload_bytes(config, version, group_size) + (
         V0_HEADER.size if version == 0 else HEADER_BYTES), "writer and reader disagree on the layout"
     return path

@@ -14,14 +14,12 @@ Writes go to a temporary name in the same directory and are renamed into place, 
 write never leaves a file that looks complete. Reads are memory-mapped by default.
 """
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from llmpy.errors import LlmpyError
-from llmpy.fileio import atomic_write, read_head
+from llmpy.fileio import atomic_open, atomic_write, read_head
 
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -163,9 +161,8 @@ class ShardWriter:
         self.ntok = 0
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".", suffix=".tmp")
-        self.file = os.fdopen(fd, "wb")
+        self._atomic = atomic_open(self.path)  # llmpy.fileio's one atomic writer
+        self.file = self._atomic.__enter__()
         self.file.write(make_header(0, self.dtype).tobytes())
         return self
 
@@ -180,14 +177,11 @@ class ShardWriter:
         self.ntok += int(toks.size)
 
     def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
+        if exc_type is None:
+            try:
                 self.file.seek(0)
                 self.file.write(make_header(self.ntok, self.dtype).tobytes())
-            self.file.close()
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
-        return False
+            except BaseException as e:  # the temporary file goes too
+                self._atomic.__exit__(type(e), e, e.__traceback__)
+                raise
+        return self._atomic.__exit__(exc_type, exc, tb)
