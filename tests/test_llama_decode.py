@@ -12,6 +12,8 @@ from llmpy.llama.inference import Transformer
 from llmpy.llama.model import LlamaConfig, random_weights
 from llmpy.llama.quant import quantize_q80
 
+THREADS = numba.config.NUMBA_NUM_THREADS  # fixed: the thread governor must not pick the path under test
+
 needs_threads = pytest.mark.skipif(numba.get_num_threads() < 2, reason="one parallel region needs 2+ numba threads")
 
 CONFIGS = [  # head size 48 with GQA; MQA with 3 layers; hidden 128 and 64 (% 4 == 0)
@@ -47,9 +49,9 @@ def test_one_region_decode_equals_per_step_regions(config, int8):
         rows.append((rng.integers(0, config.vocab_size, n), np.full(n, pos), np.arange(n)))
     for pos in range(8, 20, 2):
         rows.append((rng.integers(0, config.vocab_size, 2), np.array([pos, pos + 1]), np.zeros(2, np.int64)))
-    ref = Transformer(config, w, n_streams=3)
+    ref = Transformer(config, w, n_streams=3, threads=THREADS)
     ref.one_region = False
-    t = Transformer(config, w, n_streams=3)
+    t = Transformer(config, w, n_streams=3, threads=THREADS)
     t.forward([1], [0])  # a parallel function has run: the threading layer is known
     assert t._one_region_for(numba.get_num_threads(), 1), "decode.forward_decode is not taken here"
     want, got = _steps(ref, rows), _steps(t, rows)
@@ -82,9 +84,9 @@ def test_barrier_gives_up_when_a_thread_never_comes():
 def test_transformer_runs_the_token_again_when_the_region_gives_up(monkeypatch):
     config = CONFIGS[0]
     w = _weights(config, False)
-    ref = Transformer(config, w)
+    ref = Transformer(config, w, threads=THREADS)
     ref.one_region = False
-    t = Transformer(config, w)
+    t = Transformer(config, w, threads=THREADS)
     t.forward([1], [0])
     ref.forward([1], [0])
     monkeypatch.setattr(decode, "forward_decode", lambda *args: False)

@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
@@ -14,6 +15,8 @@ from llmpy.llama.quant import dequantize, quantize_q80
 sys.path.insert(0, str(Path(__file__).resolve().parent / "reference"))
 torch = pytest.importorskip("torch")
 import llama_torch
+
+THREADS = numba.config.NUMBA_NUM_THREADS  # fixed: the thread governor must not pick the path under test
 
 # (name, config): with and without GQA, shared and unshared classifier
 CONFIGS = [
@@ -36,13 +39,13 @@ def test_logits_match_reference_per_position(name, config):
     tokens = np.random.default_rng(1).integers(0, config.vocab_size, 17)
     ref = llama_torch.llama_logits(config, weights, tokens).numpy()  # (T, V) float64
     # prefill: the whole prompt in one call
-    t = Transformer(config, weights)
+    t = Transformer(config, weights, threads=THREADS)
     prefill = t.prefill(tokens, logits="all")
     assert prefill.dtype == np.float32
     np.testing.assert_allclose(prefill, ref, atol=1e-4, rtol=0)
     # run.c's forward: one token at a time against the KV cache, fused into one numba call and per layer
     for fused in (True, False):
-        t = Transformer(config, weights)
+        t = Transformer(config, weights, threads=THREADS)
         t.fused = fused
         step = np.stack([t.forward_token(tok, pos).copy() for pos, tok in enumerate(tokens)])
         np.testing.assert_allclose(step, ref, atol=1e-4, rtol=0)
@@ -54,7 +57,7 @@ def test_greedy_generation_matches_reference(name, config):
     weights = model(config, seed=3)
     prompt = [1, 5, 9]
     want = llama_torch.greedy(config, weights, prompt, 20)
-    t = Transformer(config, weights)
+    t = Transformer(config, weights, threads=THREADS)
     got = list(prompt)
     logits = t.prefill(prompt)[0]
     while len(got) < 20:
@@ -68,8 +71,8 @@ def test_batched_streams_equal_single_streams():
     weights = model(config, seed=4)
     rng = np.random.default_rng(5)
     seqs = [rng.integers(0, config.vocab_size, n) for n in (5, 9, 2)]
-    single = [Transformer(config, weights).prefill(s, logits="all") for s in seqs]
-    t = Transformer(config, weights, n_streams=3)
+    single = [Transformer(config, weights, threads=THREADS).prefill(s, logits="all") for s in seqs]
+    t = Transformer(config, weights, n_streams=3, threads=THREADS)
     for s, seq in enumerate(seqs[:2]):  # prompts of two streams, then lock-step rows of all three
         t.prefill(seq[:2], stream=s)
     t.prefill(seqs[2][:1], stream=2)
@@ -105,12 +108,12 @@ def test_int8_forward_close_to_fp32_and_greedy_agreement(tmp_path, group_size):
     write_llama2c(path, config, weights, 2, group_size=group_size)
     _, qweights, version, gs = read_llama2c(path)
     assert (version, gs) == (2, group_size)
-    tq, tf = Transformer(config, qweights), Transformer(config, weights)
+    tq, tf = Transformer(config, qweights, threads=THREADS), Transformer(config, weights, threads=THREADS)
     assert tq.quantized and not tf.quantized
     tokens = np.random.default_rng(7).integers(0, config.vocab_size, 12)
     lq, lf = tq.prefill(tokens, logits="all"), tf.prefill(tokens, logits="all")
     # one token at a time (the decode kernels) gives the prompt's logits too: the same integer sums per group
-    steps = Transformer(config, qweights)
+    steps = Transformer(config, qweights, threads=THREADS)
     lq1 = np.stack([steps.forward_token(int(tok), pos).copy() for pos, tok in enumerate(tokens)])
     np.testing.assert_allclose(lq1, lq, rtol=0, atol=2e-5 * np.abs(lq).max())
     # int8 weights and activations: logits within a few percent of their spread
@@ -118,7 +121,7 @@ def test_int8_forward_close_to_fp32_and_greedy_agreement(tmp_path, group_size):
     # greedy: the fp32 continuation, then int8's argmax on that same sequence (teacher forced), and
     # where int8's own free-running greedy output first leaves fp32's
     seqs = []
-    for t in (Transformer(config, weights), Transformer(config, qweights)):
+    for t in (Transformer(config, weights, threads=THREADS), Transformer(config, qweights, threads=THREADS)):
         seq = [1, 7]
         logits = t.prefill(seq)[0]
         while len(seq) < 40:
@@ -126,7 +129,7 @@ def test_int8_forward_close_to_fp32_and_greedy_agreement(tmp_path, group_size):
             logits = t.forward_token(seq[-1], len(seq) - 1)
         seqs.append(seq)
     fp32_seq = seqs[0]
-    forced = Transformer(config, qweights).prefill(fp32_seq[:-1], logits="all").argmax(-1)
+    forced = Transformer(config, qweights, threads=THREADS).prefill(fp32_seq[:-1], logits="all").argmax(-1)
     agree = np.mean(forced[1:] == np.array(fp32_seq[2:]))
     first_diff = next((i for i, (a, b) in enumerate(zip(*seqs)) if a != b), len(fp32_seq))
     print(f"int8 vs fp32 greedy: teacher-forced argmax agreement {agree:.2f}, free-running identical for "

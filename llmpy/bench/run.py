@@ -10,6 +10,11 @@ reads: every weight once, plus the keys and values of the KV cache at the averag
 streams against one stream on the 15M shape: the variants of a model take turns in every round, so that
 a ratio compares runs from the same minutes of this shared machine (printed as best / best and as the
 median of the per-round ratios).
+
+--contended: what a busy laptop does to decode. The default (threads picked by llmpy/threads.py from the
+cores other processes leave free) against one fixed thread, in alternating rounds, first on the idle
+machine, then with one CPU-burning process per core that the bench starts itself (bench/contend.py).
+Target: under contention the default at >= 1.0x one thread, idle unchanged.
 """
 
 import time
@@ -31,6 +36,9 @@ def add_arguments(parser):
     parser.add_argument("--repeats", type=int, default=5,
                         help="best of this many timed runs (each after a bandwidth probe run, also best of)")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 measurement")
+    parser.add_argument("--contended", action="store_true",
+                        help="instead: the default threads against one thread, idle and with a CPU-burning process "
+                             "per core (started by the bench), in the same run")
 
 
 def _make_probe():
@@ -121,12 +129,58 @@ def _ratio_note(what, rate, base, rounds, base_rounds):
     return f"{what} = {rate / base:.2f}x (median of rounds {per_round:.2f}x)"
 
 
+def _model_weights(name, rng, int8):
+    """[(kind, config, weights)] for a shape: fp32 random weights, and their Q8_0 copy when int8."""
+    from llmpy.llama.model import LlamaConfig, random_weights
+    from llmpy.llama.quant import quantize_q80
+
+    config = LlamaConfig(*SHAPES[name], shared_classifier=True)
+    weights = random_weights(config, rng)
+    out = [("fp32", config, weights)]
+    if int8:
+        qweights = dict(weights)
+        for k in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"):
+            qweights[k] = [quantize_q80(w, 64) for w in weights[k]]
+        qweights["tok_emb"] = qweights["wcls"] = quantize_q80(weights["tok_emb"], 64)
+        out.append(("int8", config, qweights))
+    return out
+
+
+def _contended(args, names):
+    """Default threads vs one thread, idle and under burners: one row per model variant."""
+    import contextlib
+
+    import numpy as np
+
+    from llmpy.bench.contend import busy_cpus
+    from llmpy.llama.inference import Transformer
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for name in names:
+        for kind, config, weights in _model_weights(name, rng, name == "110M" and not args.no_int8):
+            row = [name, kind]
+            for busy in (False, True):
+                with busy_cpus() if busy else contextlib.nullcontext():
+                    # made here: the governor looks at the machine from now on
+                    pair = [Transformer(config, weights), Transformer(config, weights, threads=1)]
+                    rates = _decode_rates([(t, 1) for t in pair], args.tokens, args.repeats, lambda: 1.0)
+                    chosen = pair[0].governor.current
+                row += [rates[0][0], rates[1][0], np.median(np.array(rates[0][2]) / np.array(rates[1][2])), chosen]
+            rows.append(row)
+    print(f"greedy decode of {args.tokens} tokens from BOS, best of {args.repeats} runs, the default threads and one "
+          "thread taking turns; busy = one CPU-burning process per core")
+    print(f"{'model':>6} {'kind':>5} | {'idle: default':>13} {'1 thread':>9} {'ratio':>6} {'thr':>3} | "
+          f"{'busy: default':>13} {'1 thread':>9} {'ratio':>6} {'thr':>3}   (tok/s; ratio = median of rounds)")
+    for name, kind, d0, o0, r0, t0, d1, o1, r1, t1 in rows:
+        print(f"{name:>6} {kind:>5} | {d0:13.1f} {o0:9.1f} {r0:5.2f}x {t0:3d} | {d1:13.1f} {o1:9.1f} {r1:5.2f}x {t1:3d}")
+    return 0
+
+
 def run(args):
     import numpy as np
 
     from llmpy.llama.inference import Transformer, tune_openmp_waiting
-    from llmpy.llama.model import LlamaConfig, random_weights
-    from llmpy.llama.quant import quantize_q80
 
     tune_openmp_waiting()
     names = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -134,20 +188,16 @@ def run(args):
     if unknown:
         print(f"llmpy bench run: unknown model shape(s) {unknown}; choose from {list(SHAPES)}")
         return 2
+    if args.contended:
+        return _contended(args, names)
     probe = _make_probe()
     rows = []  # (model, kind, bytes per token or None, tok/s, read bandwidth, note)
     rng = np.random.default_rng(0)
     for name in names:
-        config = LlamaConfig(*SHAPES[name], shared_classifier=True)
-        weights = random_weights(config, rng)
-        variants = [(Transformer(config, weights), 1)]
-        if name == "110M" and not args.no_int8:
-            qweights = dict(weights)
-            for k in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"):
-                qweights[k] = [quantize_q80(w, 64) for w in weights[k]]
-            qweights["tok_emb"] = qweights["wcls"] = quantize_q80(weights["tok_emb"], 64)
-            variants.append((Transformer(config, qweights), 1))
-            del qweights
+        built = _model_weights(name, rng, name == "110M" and not args.no_int8)
+        _, config, weights = built[0]
+        variants = [(Transformer(config, w), 1) for _, _, w in built]
+        del built
         if name == "15M" and args.batch > 1:
             variants.append((Transformer(config, weights, n_streams=args.batch), args.batch))
         results = _decode_rates(variants, args.tokens, args.repeats, probe)

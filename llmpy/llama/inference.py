@@ -12,9 +12,14 @@ per-operation Python overhead; 1-3 rows (decode) under numba's OpenMP threads go
 parallel region per token (decode.forward_decode). More rows (prefill) loop over the
 layers in Python with BLAS sgemm (fp32) or the numba Q8_0 kernel (int8) and the same numba kernels in between.
 
+Loading (Transformer.from_file) copies every weight out of the file's memory map into private memory, so
+a model file replaced or truncated during a long run cannot crash it (no SIGBUS), and allocates the KV
+cache for the header's seq_len or a shorter context chosen with max_seq_len.
+
 Not handled: RoPE scaling, rope theta other than 10000, sliding windows, biases in the linears.
 """
 
+import dataclasses
 import os
 
 import numba
@@ -33,6 +38,7 @@ from llmpy.llama.kernels import (
     swiglu_forward,
 )
 from llmpy.llama.quant import QTensor, dequantize
+from llmpy.threads import ThreadGovernor, user_threads
 
 RMS_EPS = 1e-5
 DEFAULT_MAX_ROWS = 256  # rows per forward call; prefill of longer prompts is split into chunks
@@ -90,23 +96,37 @@ class Transformer:
     QTensors and dequantize the embedding table once (runq.c does too).
     """
 
-    def __init__(self, config, weights, n_streams=1, max_rows=DEFAULT_MAX_ROWS):
+    def __init__(self, config, weights, n_streams=1, max_rows=DEFAULT_MAX_ROWS, threads=None, max_seq_len=None):
+        """threads: None picks them per call from the cores other processes leave free (llmpy/threads.py),
+        unless NUMBA_NUM_THREADS / OMP_NUM_THREADS fix them; a number fixes them.
+        max_seq_len: allocate the KV cache for min(seq_len, max_seq_len) positions (a shorter context)."""
+        if max_seq_len is not None:
+            if max_seq_len < 1:
+                raise LlmpyError(f"max_seq_len (the context) must be >= 1, got {max_seq_len}")
+            config = dataclasses.replace(config, seq_len=min(config.seq_len, int(max_seq_len)))
         self.config = config
         c = config
         L = c.n_layers
         self.quantized = isinstance(weights["wq"][0], QTensor)
         self.group_size = weights["wq"][0].group_size if self.quantized else None
+        # every weight is copied into private memory (the stacks below copy anyway): a model file changed on
+        # disk during a long run cannot touch it (no SIGBUS from a truncated memory map)
         emb = weights["tok_emb"]
-        self.tok_emb = dequantize(emb) if isinstance(emb, QTensor) else np.asarray(emb, np.float32)  # (V, C)
-        self.rms_att = np.ascontiguousarray(weights["rms_att"], dtype=np.float32)  # (L, C)
-        self.rms_ffn = np.ascontiguousarray(weights["rms_ffn"], dtype=np.float32)  # (L, C)
-        self.rms_final = np.ascontiguousarray(weights["rms_final"], dtype=np.float32)  # (C,)
+        self.tok_emb = dequantize(emb) if isinstance(emb, QTensor) else np.array(emb, np.float32)  # (V, C)
+        self.rms_att = np.array(weights["rms_att"], dtype=np.float32)  # (L, C)
+        self.rms_ffn = np.array(weights["rms_ffn"], dtype=np.float32)  # (L, C)
+        self.rms_final = np.array(weights["rms_final"], dtype=np.float32)  # (C,)
         self.wqkv = _stack([[weights["wq"][i], weights["wk"][i], weights["wv"][i]] for i in range(L)])  # (L, C+2KV, C)
         self.wo = _stack([[weights["wo"][i]] for i in range(L)])  # (L, C, C)
         self.w13 = _stack([[weights["w1"][i], weights["w3"][i]] for i in range(L)])  # (L, 2H, C)
         self.w2 = _stack([[weights["w2"][i]] for i in range(L)])  # (L, C, H)
         wcls = weights["wcls"]
-        self.wcls = wcls if isinstance(wcls, QTensor) else np.ascontiguousarray(wcls, dtype=np.float32)  # (V, C)
+        if isinstance(wcls, QTensor):
+            self.wcls = QTensor(np.array(wcls.q), np.array(wcls.s, np.float32), wcls.group_size)  # (V, C)
+        elif wcls is emb:
+            self.wcls = self.tok_emb  # shared classifier: one copy
+        else:
+            self.wcls = np.array(wcls, np.float32)  # (V, C)
         self.cos, self.sin = rope_tables(c)  # (T, hs/2) each
         self.fused = True  # rows <= SMALL_BATCH in one numba call (tests turn it off to check one path vs the other)
         self.n_streams = n_streams
@@ -138,13 +158,19 @@ class Transformer:
         self._no_rows = np.zeros((0, C), np.float32)
         self._no_xq = np.zeros((0, C), np.int16)  # the quantized-row scratch decode.forward_decode takes (fp32: unused)
         self._row0 = np.zeros(1, np.int64)  # the rows that need logits when a call has one row
+        self.governor = ThreadGovernor(numba.config.NUMBA_NUM_THREADS, fixed=threads if threads else user_threads())
 
     @classmethod
-    def from_file(cls, path, n_streams=1, max_rows=DEFAULT_MAX_ROWS):
+    def from_file(cls, path, n_streams=1, max_rows=DEFAULT_MAX_ROWS, max_seq_len=None, allow_nonfinite=False):
+        """Load a llama2.c file (llmpy.formats.llama2c.read_llama2c checks it) into private memory.
+
+        max_seq_len: the context to allocate (default: the header's seq_len, refused when its KV cache is out
+        of proportion to the weights: a corrupt header); allow_nonfinite: load NaN/inf weights with a warning.
+        """
         from llmpy.formats.llama2c import read_llama2c
 
-        config, weights, _, _ = read_llama2c(path)
-        return cls(config, weights, n_streams, max_rows)
+        config, weights, _, _ = read_llama2c(path, max_seq_len, allow_nonfinite)
+        return cls(config, weights, n_streams, max_rows, max_seq_len=max_seq_len)
 
     def weight_bytes_per_token(self):
         """Bytes of weights one decode step reads: every matrix once and one embedding row."""
@@ -204,11 +230,22 @@ class Transformer:
             rows = self._row0 if B == 1 else np.nonzero(np.append(streams[1:] != streams[:-1], True))[0]
             out = self.logits[:len(rows)] if len(rows) <= self.logits.shape[0] else np.empty((len(rows), c.vocab_size),
                                                                                             np.float32)
+        self._use_threads(self.governor.threads())
         if B <= SMALL_BATCH and self.fused:
             self._forward_fused(out, rows, tokens, streams, positions)
         else:
             self._forward_layers(out, rows, tokens, streams, positions)
         return out
+
+    @staticmethod
+    def _use_threads(n):
+        """Run the next kernels on n threads (numba's count is per calling thread; OpenBLAS's for prefill)."""
+        n = min(n, numba.config.NUMBA_NUM_THREADS)
+        if n != numba.get_num_threads():
+            from llmpy.dist import set_blas_threads
+
+            numba.set_num_threads(n)
+            set_blas_threads(n)
 
     def _forward_fused(self, out, rows, tokens, streams, positions):
         c = self.config
