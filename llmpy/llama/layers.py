@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from llmpy.backend import get_array_module, matmul_acc, scatter_add
+from llmpy.backend import get_array_module, scatter_add
 from llmpy.gpt2.layers import (  # noqa: F401  (re-exported: one implementation for both families)
     crossentropy_softmax_backward,
     matmul_backward,
@@ -86,12 +86,6 @@ def linear_forward(out, inp, weight):
 def linear_backward(dinp, dweight, dout, inp, weight, accumulate=True):
     # dinp, inp are (B,T,C); dweight, weight are (OC,C); dout is (B,T,OC)
     matmul_backward(dinp, dweight, None, dout, inp, weight, accumulate)
-
-
-def linear_backward_weight(dweight, dout, inp):
-    # dweight is (OC,C), dout is (B,T,OC), inp is (B,T,C): only the weight's share of linear_backward,
-    # for linears that read the same input (q, k, v; w1, w3), whose input gradients are summed separately
-    matmul_acc(dweight, dout.reshape(-1, dout.shape[-1]).T, inp.reshape(-1, inp.shape[-1]))
 
 
 # ----------------------------------------------------------------------------

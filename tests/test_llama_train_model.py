@@ -1,0 +1,223 @@
+"""The trainable Llama (llmpy.llama.train_model) against an independent PyTorch Llama (tests/reference/
+llama_train_torch.py, llama2.c's model.py semantics): logits, loss and every parameter's gradient in float64
+and float32 for deliberately odd configs; AdamW steps against torch.optim.AdamW; a llama2.c v0 file written
+from the parameters and read by the inference Transformer; llama2.c's init and hidden-size rule."""
+
+import math
+
+import numpy as np
+import pytest
+from conftest import import_reference
+
+from llmpy.formats.llama2c import write_llama2c
+from llmpy.gpt2.model import NamedViews
+from llmpy.llama.inference import Transformer
+from llmpy.llama.train_model import (
+    Llama,
+    hidden_dim_for,
+    init_params,
+    make_config,
+    matrix_param_ranges,
+    num_parameters,
+    param_shapes,
+)
+from llmpy.optim import AdamW
+
+B, T = 2, 11  # T < max_seq_len: the rope tables and activations must only use positions 0..T-1
+
+CONFIGS = {
+    # 6 query heads over 2 kv heads, untied classifier, vocab not a multiple of 64, rope theta and eps not the defaults
+    "gqa_untied": make_config(dim=48, n_layers=2, n_heads=6, n_kv_heads=2, vocab_size=67, max_seq_len=16,
+                              hidden_dim=40, rope_theta=500.0, norm_eps=1e-6, shared_classifier=False),
+    # multi-query: 4 heads over 1 kv head, tied classifier, hidden_dim from llama2.c's rule
+    "mqa_tied": make_config(dim=32, n_layers=2, n_heads=4, n_kv_heads=1, vocab_size=53, max_seq_len=13),
+    # head size 48 (stories15M's), 2 heads over 1
+    "hs48": make_config(dim=96, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=45, max_seq_len=12, hidden_dim=64,
+                        shared_classifier=False),
+    # plain multi-head, three layers
+    "mha": make_config(dim=24, n_layers=3, n_heads=3, vocab_size=37, max_seq_len=16, hidden_dim=36),
+}
+
+
+def _params(config, seed, dtype):
+    """llama2.c's init, then spread: linears x8 so attention is far from uniform, norms 1 + N(0, 0.2)
+    so the norm weights' gradients are not all alike."""
+    rng = np.random.default_rng(seed)
+    params = init_params(config, rng, dtype)
+    for name, view in NamedViews(params, param_shapes(config)).items():
+        if name.startswith("rms"):
+            view += rng.normal(0.0, 0.2, view.shape).astype(dtype)
+        else:
+            view *= 8.0
+    return params
+
+
+def _batch(config, seed):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, config.vocab_size, size=(B, T + 1)).astype(np.int32)
+    tokens[0, 0] = config.vocab_size - 1
+    return tokens[:, :-1].copy(), tokens[:, 1:].copy()
+
+
+def _torch_reference(config, params, inputs, targets):
+    """(logits, loss, {name: grad}) from the PyTorch reference in float64."""
+    import torch
+
+    ref = import_reference("llama_train_torch")
+    views = NamedViews(params.astype(np.float64), param_shapes(config))
+    w = {name: torch.tensor(v, requires_grad=True) for name, v in views.items()}
+    logits, loss = ref.forward(config, w, inputs, targets)
+    loss.backward()
+    return logits.detach().numpy(), loss.item(), {name: t.grad.numpy() for name, t in w.items()}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_logits_loss_and_gradients_match_torch(name, dtype):
+    config = CONFIGS[name]
+    params = _params(config, 0, dtype)
+    inputs, targets = _batch(config, 1)
+    model = Llama(config, params, fused=False if dtype == np.float64 else None)
+    loss = model.forward(inputs, targets)
+    logits = model.logits().copy()  # the fused backward turns the logits into their gradient
+    model.zero_grad()
+    model.backward()
+    want_logits, want_loss, want_grads = _torch_reference(config, params, inputs, targets)
+
+    assert np.abs(want_logits).max() > 1.0 and want_loss > 1.0  # not a comparison of near-zero numbers
+    tol = 1e-10 if dtype == np.float64 else 2e-5
+    assert logits.dtype == dtype and model.grads.dtype == dtype and model.acts["losses"].dtype == dtype
+    assert logits.shape == (B, T, config.vocab_size)
+    np.testing.assert_allclose(logits, want_logits, rtol=0, atol=tol * np.abs(want_logits).max())
+    assert loss == pytest.approx(want_loss, rel=tol)
+    for pname, grad in model.g.items():
+        want = want_grads[pname]
+        scale = np.abs(want).max()
+        assert scale > 0, f"{pname}: the reference gradient is all zero"
+        np.testing.assert_allclose(grad, want, rtol=0, atol=(tol if dtype == np.float64 else 1e-4) * scale,
+                                   err_msg=f"{name}: d{pname}")
+
+
+def test_fused_and_plain_paths_agree_and_gradients_accumulate():
+    config = CONFIGS["gqa_untied"]
+    params = _params(config, 2, np.float32)
+    inputs, targets = _batch(config, 3)
+    plain, fused = Llama(config, params, fused=False), Llama(config, params, fused=True)
+    assert plain.forward(inputs, targets) == pytest.approx(fused.forward(inputs, targets), rel=1e-6)
+    plain.zero_grad()
+    plain.backward()
+    fused.zero_grad()
+    fused.backward()
+    np.testing.assert_allclose(fused.grads, plain.grads, rtol=0, atol=1e-6 * np.abs(plain.grads).max())
+    # two micro-batches at loss_scale 1/2 each add up to one batch at scale 1
+    half = Llama(config, params, fused=False)
+    half.zero_grad()
+    for _ in range(2):
+        half.forward(inputs, targets)
+        half.backward(loss_scale=0.5)
+    np.testing.assert_allclose(half.grads, plain.grads, rtol=0, atol=1e-6 * np.abs(plain.grads).max())
+    with pytest.raises(RuntimeError, match="forward"):
+        half.backward()  # the logits were consumed
+
+
+def test_adamw_steps_match_torch():
+    """Five steps of llmpy.optim.AdamW on the flat buffers give the losses of torch.optim.AdamW on the tensors."""
+    import torch
+
+    ref = import_reference("llama_train_torch")
+    config = CONFIGS["mqa_tied"]
+    params = _params(config, 4, np.float32)
+    inputs, targets = _batch(config, 5)
+    lr, wd = 3e-3, 0.1
+    model = Llama(config, params.copy())
+    opt = AdamW(num_parameters(config), lr=lr, weight_decay=wd)
+    w = {name: torch.tensor(v.copy(), requires_grad=True) for name, v in NamedViews(params, param_shapes(config)).items()}
+    topt = torch.optim.AdamW(list(w.values()), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
+    ours, theirs = [], []
+    for _ in range(5):
+        ours.append(model.forward(inputs, targets))
+        model.zero_grad()
+        model.backward()
+        opt.step(model.params, model.grads)
+        topt.zero_grad()
+        _, loss = ref.forward(config, w, inputs, targets)
+        loss.backward()
+        topt.step()
+        theirs.append(float(loss))
+    assert ours[-1] < ours[0] - 0.1  # it trains
+    np.testing.assert_allclose(ours, theirs, rtol=2e-5)
+    for name, view in model.p.items():
+        np.testing.assert_allclose(view, w[name].detach().numpy(), rtol=0, atol=2e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_llama2c_file_gives_the_inference_transformer_the_same_logits(tmp_path, shared):
+    """Parameters written as a llama2.c v0 file (a write of the views) and read by llmpy.llama.inference give
+    the training model's logits (rope theta and eps at run.c's values, which the file cannot carry)."""
+    config = make_config(dim=48, n_layers=2, n_heads=6, n_kv_heads=2, vocab_size=67, max_seq_len=16,
+                         shared_classifier=shared)
+    model = Llama(config, _params(config, 6, np.float32))
+    inputs, _ = _batch(config, 7)
+    model.forward(inputs)
+    path = write_llama2c(tmp_path / "model.bin", config, model.weights(), 0)
+    t = Transformer.from_file(path)
+    last = t.prefill(inputs[0])[0]
+    np.testing.assert_allclose(last, model.logits()[0, -1], rtol=0, atol=1e-5 * max(1.0, np.abs(last).max()))
+    every = Transformer.from_file(path).prefill(inputs[1], logits="all")
+    np.testing.assert_allclose(every, model.logits()[1], rtol=0, atol=1e-5 * max(1.0, np.abs(every).max()))
+
+
+def test_init_follows_llama2c_intent():
+    config = make_config(dim=64, n_layers=4, n_heads=4, vocab_size=300, max_seq_len=8)
+    params = init_params(config, np.random.default_rng(8))
+    assert params.dtype == np.float32 and params.size == num_parameters(config)
+    p = NamedViews(params, param_shapes(config))
+    residual_std = 0.02 / math.sqrt(2 * config.n_layers)
+    for name, view in p.items():
+        if name.startswith("rms"):
+            np.testing.assert_array_equal(view, 1.0, err_msg=name)
+        else:
+            want = residual_std if name in ("wo", "w2") else 0.02  # w3 at 0.02: llama2.c issue #579
+            assert abs(view.mean()) < 0.1 * want, name
+            assert view.std() == pytest.approx(want, rel=0.05), name
+    again = init_params(config, np.random.default_rng(8))
+    np.testing.assert_array_equal(again, params)  # the randomness is the generator passed in
+
+
+def test_parameter_table_matches_llama2c_order_and_sizes():
+    config = CONFIGS["gqa_untied"]
+    names = list(param_shapes(config))
+    assert names == ["tok_emb", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final", "wcls"]
+    assert "wcls" not in param_shapes(CONFIGS["mqa_tied"])
+    C, H, L, V, KV = 48, 40, 2, 67, 16
+    assert num_parameters(config) == 2 * V * C + L * (2 * C + 2 * C * C + 2 * KV * C + 3 * C * H) + C
+    # weight decay ranges: every 2-D weight, none of the norms
+    decayed = np.zeros(num_parameters(config), bool)
+    for start, stop in matrix_param_ranges(config):
+        decayed[start:stop] = True
+    views = NamedViews(np.arange(num_parameters(config)), param_shapes(config))
+    for name, view in views.items():
+        assert decayed[view.reshape(-1)].all() != name.startswith("rms"), name
+
+
+def test_hidden_dim_rule_gives_the_stories_models():
+    # llama2.c's stories15M, 42M, 110M: dim 288, 512, 768 with hidden_dim 768, 1376, 2048 (multiple_of 32)
+    assert [hidden_dim_for(d) for d in (288, 512, 768)] == [768, 1376, 2048]
+    assert hidden_dim_for(4096, 256) == 11008  # Llama 2 7B
+    assert make_config(dim=288, n_layers=6, n_heads=6, vocab_size=32000, max_seq_len=256).hidden_dim == 768
+
+
+def test_bad_input_is_refused():
+    config = CONFIGS["mqa_tied"]
+    model = Llama(config, _params(config, 9, np.float32))
+    inputs, targets = _batch(config, 10)
+    with pytest.raises(ValueError, match="outside"):
+        model.forward(inputs, np.where(targets == 0, config.vocab_size, targets).astype(np.int32))
+    with pytest.raises(ValueError, match="int32"):
+        model.forward(inputs.astype(np.int64), targets)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model.forward(np.zeros((1, config.seq_len + 1), np.int32))
+    with pytest.raises(ValueError, match="flat array"):
+        Llama(config, np.zeros(num_parameters(config) + 1, np.float32))
+    with pytest.raises(ValueError, match="rope_theta"):
+        make_config(dim=32, n_layers=1, n_heads=4, vocab_size=10, max_seq_len=8, rope_theta=0.0)
