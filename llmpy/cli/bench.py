@@ -18,7 +18,7 @@ def add_arguments(parser):
     sub = parser.add_subparsers(dest="bench", metavar="WHAT", required=True)
     for name, (module_name, help_text) in BENCHMARKS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_bench_module=module_name)
+        p.set_defaults(_bench_module=module_name, _parser=p)  # an unknown flag prints this benchmark's usage
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:

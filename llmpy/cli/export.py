@@ -1,18 +1,24 @@
 """`llmpy export INPUT OUTPUT --to v0|v1|v2|hf`: convert model files.
 
 llama2.c models (.bin v0, v1, v2) convert among the three versions; --to v2 quantizes to Q8_0 in
-groups of --group-size values (v2 -> v0/v1 dequantizes). --to hf writes a Hugging Face Llama
-directory (config.json + model.safetensors). An llm.c GPT-2 checkpoint (first int32 20240326) is
-handed to llmpy.gpt2.hf's export.
+groups of --group-size values (v2 -> v0/v1 dequantizes). Without --group-size, v2 uses 64 (llama2.c's
+default) halved until it divides dim and hidden_dim, as llama2.c's export.py does, and says so.
+--to hf writes a Hugging Face Llama directory (config.json + model.safetensors). An llm.c GPT-2
+checkpoint (first int32 20240326) is handed to llmpy.gpt2.hf's export.
 
     llmpy export stories15M.bin stories15M_q80.bin --to v2
-    llmpy export stories15M.bin stories15M_hf --to hf
+    llmpy export stories15M.bin -o stories15M_hf --to hf
+
+An existing OUTPUT is replaced only with --overwrite; an output that cannot be written is an error
+before anything is converted.
 """
 
 import struct
 from pathlib import Path
 
+from llmpy.cli import check_output
 from llmpy.errors import LlmpyError
+from llmpy.formats.llama2c import DEFAULT_GROUP_SIZE  # llama2.c export.py's 64
 
 GPT2_MAGIC = 20240326  # llm.c model checkpoints start with this int32
 TARGETS = ("v0", "v1", "v2", "hf")
@@ -20,9 +26,27 @@ TARGETS = ("v0", "v1", "v2", "hf")
 
 def add_arguments(parser):
     parser.add_argument("input", help="model file: llama2.c .bin (v0/v1/v2) or llm.c GPT-2 checkpoint")
-    parser.add_argument("output", help="output file (a directory for --to hf)")
+    parser.add_argument("output", nargs="?", default=None, help="output file (a directory for --to hf)")
+    parser.add_argument("-o", "--output", dest="output_flag", default=None, metavar="OUTPUT",
+                        help="the output, as a flag instead of the second argument")
     parser.add_argument("--to", required=True, choices=TARGETS, help="output format")
-    parser.add_argument("--group-size", type=int, default=64, help="Q8_0 group size for --to v2")
+    parser.add_argument("--group-size", type=int, default=None,
+                        help=f"Q8_0 group size for --to v2 (default {DEFAULT_GROUP_SIZE}, halved until it divides "
+                             "dim and hidden_dim)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def v2_group_size(config, asked=None):
+    """(group size, note): `asked` as given, or llama2.c's default halved until it divides dim and hidden_dim."""
+    if asked is not None:
+        return asked, ""
+    group_size = DEFAULT_GROUP_SIZE
+    while config.dim % group_size or config.hidden_dim % group_size:
+        group_size //= 2
+    if group_size == DEFAULT_GROUP_SIZE:
+        return group_size, ""
+    return group_size, (f"group size lowered from {DEFAULT_GROUP_SIZE} to {group_size} to divide dim {config.dim} "
+                        f"and hidden_dim {config.hidden_dim}")
 
 
 def _first_int32(path):
@@ -36,8 +60,20 @@ def _first_int32(path):
     return struct.unpack("<i", head)[0]
 
 
+def _output(args):
+    if (args.output is None) == (args.output_flag is None):
+        raise LlmpyError("give the output once: as the second argument or as -o/--output")
+    output = args.output or args.output_flag
+    if Path(output).resolve() == Path(args.input).resolve():
+        raise LlmpyError(f"{output}: the output would overwrite the input; choose another name")
+    check_output(output, overwrite=args.overwrite, is_dir=args.to == "hf")
+    return output
+
+
 def run(args):
-    if _first_int32(args.input) == GPT2_MAGIC:
+    is_gpt2 = _first_int32(args.input) == GPT2_MAGIC
+    args.output = _output(args)
+    if is_gpt2:
         try:
             from llmpy.gpt2.hf import export_cli
         except ModuleNotFoundError as e:
@@ -49,15 +85,16 @@ def run(args):
     from llmpy.formats.llama2c import read_llama2c, write_llama2c
 
     config, weights, version, group_size = read_llama2c(args.input)
-    if Path(args.output).resolve() == Path(args.input).resolve():
-        raise LlmpyError(f"{args.output}: the output would overwrite the input; choose another name")
+    out_group_size, note = v2_group_size(config, args.group_size) if args.to == "v2" else (None, "")
+    if note:
+        print(note)
     if args.to == "hf":
         from llmpy.llama.hf import write_hf
 
         write_hf(args.output, config, weights)
     else:
-        write_llama2c(args.output, config, weights, int(args.to[1:]), args.group_size)
+        write_llama2c(args.output, config, weights, int(args.to[1:]), out_group_size or DEFAULT_GROUP_SIZE)
     src = f"v{version}" + (f" (group size {group_size})" if group_size else "")
-    dst = args.to + (f" (group size {args.group_size})" if args.to == "v2" else "")
+    dst = args.to + (f" (group size {out_group_size})" if out_group_size else "")
     print(f"wrote {args.output}: {src} -> {dst}, {config}")
     return 0

@@ -7,6 +7,7 @@ Needs matplotlib (pip install 'llmpy[plot]').
 
 from pathlib import Path
 
+from llmpy.cli import check_output
 from llmpy.errors import LlmpyError
 from llmpy.train.log import LOG_NAME, parse_log
 
@@ -14,7 +15,7 @@ from llmpy.train.log import LOG_NAME, parse_log
 def add_arguments(parser):
     parser.add_argument("runs", nargs="+", metavar="OUT_DIR", help="run directories holding main.log (or log files)")
     parser.add_argument("-o", "--output", default=None, help="PNG to write (default: OUT_DIR/loss.png of the first)")
-    parser.add_argument("--title", default=None)
+    parser.add_argument("--title", default=None, help="title of the loss panel (default: loss)")
 
 
 def _log_path(run):
@@ -34,6 +35,7 @@ def plot_runs(runs, output, title=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    output = check_output(output)  # before the work: a read-only or missing place is an error, not a traceback
     logs = [(Path(r).name or str(r), parse_log(_log_path(r))) for r in runs]
     if not any(log["trl"] or log["tel"] for _, log in logs):
         raise LlmpyError(f"no train or val losses in {', '.join(str(r) for r in runs)}: is the run empty?")
@@ -65,7 +67,7 @@ def plot_runs(runs, output, title=None):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)

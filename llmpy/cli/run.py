@@ -1,12 +1,19 @@
 """`llmpy run MODEL`: llama2.c's ./run (and ./runq for v2 int8 files) in Python.
 
+    llmpy run stories15M                                   # fetched once from the Hugging Face hub
     llmpy run stories15M.bin -t 0.8 -n 256 -i "One day, Lily met a Shoggoth"
     llmpy run llama2_7b_chat.bin -m chat -y "You are a helpful assistant."
     llmpy run stories15M.bin --batch 8 -i "Once upon a time"
 
-Flags and defaults are run.c's (temperature 1.0, top-p 0.9, 256 steps, seed from the clock when 0,
-tokenizer.bin); values run.c would silently replace are errors here. --batch N runs N streams
-(N samples of one prompt, or one per -i) sharing every weight read; stream i uses seed + i.
+MODEL is a llama2.c model file, or stories15M | stories42M | stories110M: llama2.c's models, downloaded
+from the hub repository karpathy/tinyllamas into the Hugging Face cache (HF_ENDPOINT, HF_HUB_OFFLINE and
+HF_HOME apply). The tokenizer is -z, else tokenizer.bin next to the model, else ./tokenizer.bin, else (for
+the 32000-token Llama 2 vocabulary) llama2.c's tokenizer.bin, downloaded once and sha256-checked.
+
+Flags and defaults are run.c's (temperature 1.0, top-p 0.9, 256 steps, seed from the clock when 0);
+values run.c would silently replace are errors here, -n beyond the model's seq_len included (when -n is
+not given, 256 is lowered to seq_len). --batch N runs N streams (N samples of one prompt, or one per -i)
+sharing every weight read; stream i uses seed + i.
 """
 
 import sys
@@ -16,27 +23,53 @@ from pathlib import Path
 from llmpy.errors import LlmpyError
 
 DEFAULT_TOKENIZER = "tokenizer.bin"
+DEFAULT_STEPS = 256  # run.c's
+LLAMA2_VOCAB_SIZE = 32000  # the vocabulary of llama2.c's tokenizer.bin
 
 
 def add_arguments(parser):
-    parser.add_argument("model", help="llama2.c model file (.bin, version 0, 1 or 2)")
-    parser.add_argument("-t", dest="temperature", type=float, default=1.0, help="temperature, >= 0 (0 = greedy)")
-    parser.add_argument("-p", dest="topp", type=float, default=0.9, help="top-p in [0, 1] (0 or 1 = off)")
-    parser.add_argument("-s", dest="seed", type=int, default=0, help="random seed (0 = from the clock)")
-    parser.add_argument("-n", dest="steps", type=int, default=256, help="steps to run (0 = seq_len)")
-    parser.add_argument("-i", dest="prompt", action="append", help="input prompt (repeat for --batch)")
-    parser.add_argument("-z", dest="tokenizer", default=None,
-                        help="tokenizer.bin (default: next to the model, else ./tokenizer.bin)")
-    parser.add_argument("-m", dest="mode", default="generate", choices=["generate", "chat"], help="mode")
-    parser.add_argument("-y", dest="system_prompt", default=None, help="system prompt in chat mode")
+    parser.add_argument("model", help="llama2.c model file (.bin, version 0, 1 or 2), or stories15M|stories42M|"
+                                      "stories110M (downloaded from the hub)")
+    parser.add_argument("-t", "--temperature", type=float, default=1.0, help="temperature, >= 0 (0 = greedy)")
+    parser.add_argument("-p", "--top-p", dest="top_p", type=float, default=0.9,
+                        help="top-p in [0, 1] (0 or 1 = off)")
+    parser.add_argument("-s", "--seed", type=int, default=0, help="random seed (0 = from the clock)")
+    parser.add_argument("-n", "--max-tokens", "--steps", dest="max_tokens", type=int, default=None,
+                        help=f"positions to run, prompt included (run.c's steps; 0 = the model's seq_len; "
+                             f"default {DEFAULT_STEPS} or seq_len if smaller)")
+    parser.add_argument("-i", "--prompt", action="append", help="input prompt (repeat for --batch)")
+    parser.add_argument("-z", "--tokenizer", default=None,
+                        help="tokenizer.bin (default: next to the model, else ./tokenizer.bin, else llama2.c's)")
+    parser.add_argument("-m", "--mode", default="generate", choices=["generate", "chat"], help="mode")
+    parser.add_argument("-y", "--system-prompt", default=None, help="system prompt in chat mode")
     parser.add_argument("--batch", type=int, default=1, help="streams generated at once (generate mode)")
 
 
-def _tokenizer_path(args):
+def model_path(spec):
+    """A model file, or one of llama2.c's names fetched from the hub (a file of that name wins)."""
+    from llmpy.hub import LLAMA2C_MODELS, llama2c_model
+
+    if spec in LLAMA2C_MODELS and not Path(spec).exists():
+        return llama2c_model(spec)
+    return Path(spec)
+
+
+def tokenizer_path(args, model, vocab_size):
     if args.tokenizer is not None:
         return Path(args.tokenizer)
-    beside = Path(args.model).with_name(DEFAULT_TOKENIZER)
-    return beside if beside.exists() else Path(DEFAULT_TOKENIZER)
+    for candidate in (model.with_name(DEFAULT_TOKENIZER), Path(DEFAULT_TOKENIZER)):
+        if candidate.exists():
+            return candidate
+    if vocab_size == LLAMA2_VOCAB_SIZE:
+        from llmpy.hub import llama2c_tokenizer
+
+        return llama2c_tokenizer()
+    return Path(DEFAULT_TOKENIZER)  # its load names the missing file and -z
+
+
+def steps_for(args, seq_len):
+    """-n as given (checked against seq_len by generate/chat), or run.c's 256 lowered to the model's seq_len."""
+    return min(DEFAULT_STEPS, seq_len) if args.max_tokens is None else args.max_tokens
 
 
 def run(args):
@@ -48,11 +81,12 @@ def run(args):
 
     tune_openmp_waiting()
     if args.seed < 0:
-        raise LlmpyError(f"-s: the seed must be >= 0 (0 = from the clock), got {args.seed}")
+        raise LlmpyError(f"--seed (-s) must be >= 0 (0 = from the clock), got {args.seed}")
     if args.batch < 1:
         raise LlmpyError(f"--batch must be >= 1, got {args.batch}")
-    if args.steps < 0:
-        raise LlmpyError(f"-n: steps must be >= 0 (0 = the model's seq_len), got {args.steps}")
+    if args.max_tokens is not None and args.max_tokens < 0:
+        raise LlmpyError(f"--max-tokens (-n, run.c's steps) must be >= 0 (0 = the model's seq_len), "
+                         f"got {args.max_tokens}")
     prompts = args.prompt or [""]
     batch = args.batch if args.batch > 1 or len(prompts) == 1 else len(prompts)
     if len(prompts) not in (1, batch):
@@ -60,23 +94,25 @@ def run(args):
     if args.mode == "chat" and (batch > 1 or len(prompts) > 1):
         raise LlmpyError("chat mode is one conversation: drop --batch and extra -i prompts")
     seed = args.seed if args.seed > 0 else int(time.time())
-    # sampler arguments are checked before the (possibly large) model is loaded
-    Sampler(1, args.temperature, args.topp, seed)
-    transformer = Transformer.from_file(args.model, n_streams=batch)
+    # sampler arguments are checked before the (possibly large) model is loaded or downloaded
+    Sampler(1, args.temperature, args.top_p, seed)
+    model = model_path(args.model)
+    transformer = Transformer.from_file(model, n_streams=batch)
     config = transformer.config
-    tokenizer = Llama2Tokenizer.load(_tokenizer_path(args), config.vocab_size)
+    steps = steps_for(args, config.seq_len)
+    tokenizer = Llama2Tokenizer.load(tokenizer_path(args, model, config.vocab_size), config.vocab_size)
     out = sys.stdout.buffer
     if args.mode == "chat":
-        sampler = Sampler(config.vocab_size, args.temperature, args.topp, seed)
-        chat(transformer, tokenizer, sampler, args.steps, sys.stdin, out, args.system_prompt, args.prompt and prompts[0])
+        sampler = Sampler(config.vocab_size, args.temperature, args.top_p, seed)
+        chat(transformer, tokenizer, sampler, steps, sys.stdin, out, args.system_prompt, args.prompt and prompts[0])
         return 0
     if batch == 1:
-        sampler = Sampler(config.vocab_size, args.temperature, args.topp, seed)
-        result = generate(transformer, tokenizer, sampler, prompts[0], args.steps, out=out)
+        sampler = Sampler(config.vocab_size, args.temperature, args.top_p, seed)
+        result = generate(transformer, tokenizer, sampler, prompts[0], steps, out=out)
         rate = result.tok_per_s
     else:
-        samplers = [Sampler(config.vocab_size, args.temperature, args.topp, seed + i) for i in range(batch)]
-        results = generate_batch(transformer, tokenizer, samplers, prompts * (batch // len(prompts)), args.steps)
+        samplers = [Sampler(config.vocab_size, args.temperature, args.top_p, seed + i) for i in range(batch)]
+        results = generate_batch(transformer, tokenizer, samplers, prompts * (batch // len(prompts)), steps)
         for i, r in enumerate(results):
             out.write(f"--- stream {i} ---\n".encode() + r.text + b"\n")
         out.flush()

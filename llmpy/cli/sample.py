@@ -3,8 +3,12 @@
 MODEL is an llm.c checkpoint (.bin), a training run directory (its newest complete checkpoint), a Hugging
 Face GPT-2 directory (model.safetensors), or OpenAI's gpt2|gpt2-medium|gpt2-large|gpt2-xl.
 
-    llmpy sample runs/default --prompt "The list type" --max-new-tokens 64 --temperature 0.8 --top-k 40
+    llmpy sample runs/default --prompt "The list type" --max-tokens 64 --temperature 0.8 --top-k 40
     llmpy sample gpt2_124M.bin --num-samples 3 --seed 7
+    llmpy sample gpt2 -i "The meaning of life is" -n 32 -t 0.8    # OpenAI's GPT-2 124M, fetched once
+
+Short flags are llama2.c's run letters (-i prompt, -n tokens, -t temperature, -p top-p, -s seed,
+-z tokenizer); --steps and --max-new-tokens are accepted for --max-tokens.
 
 The prompt is GPT-2 tokenized after <|endoftext|> (what llm.c's training samples start from); models
 with another vocabulary take --tokenizer FILE.model (sentencepiece) or print token ids.
@@ -21,14 +25,15 @@ U64 = 2**64
 
 def add_arguments(parser):
     parser.add_argument("model", help="checkpoint .bin, run directory, HF directory, or gpt2[-medium|-large|-xl]")
-    parser.add_argument("--prompt", default="", help="text to continue (default: start from <|endoftext|>)")
-    parser.add_argument("-n", "--max-new-tokens", type=int, default=128, help="tokens to generate per sample")
-    parser.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+    parser.add_argument("-i", "--prompt", default="", help="text to continue (default: start from <|endoftext|>)")
+    parser.add_argument("-n", "--max-tokens", "--steps", "--max-new-tokens", dest="max_tokens", type=int,
+                        default=128, help="tokens to generate per sample, after the prompt")
+    parser.add_argument("-t", "--temperature", type=float, default=1.0, help="0: greedy")
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: off)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1: off)")
-    parser.add_argument("--seed", type=int, default=1337, help="seed of the xorshift sampler (as llm.c's)")
+    parser.add_argument("-p", "--top-p", type=float, default=1.0, help="nucleus sampling threshold (1: off)")
+    parser.add_argument("-s", "--seed", type=int, default=1337, help="seed of the xorshift sampler (as llm.c's)")
     parser.add_argument("--num-samples", type=int, default=1, help="samples generated together as one batch")
-    parser.add_argument("--tokenizer", default=None, help="sentencepiece .model for a custom vocabulary")
+    parser.add_argument("-z", "--tokenizer", default=None, help="sentencepiece .model for a custom vocabulary")
 
 
 def load_model(spec):
@@ -39,6 +44,7 @@ def load_model(spec):
 
     path = Path(spec)
     if spec in hf.HF_REPOS and not path.exists():
+        fetch_gpt2(spec)
         config, params = hf.load_pretrained(spec)
         return config, params, f"OpenAI {spec}"
     if path.is_dir():
@@ -54,6 +60,21 @@ def load_model(spec):
         raise LlmpyError(f"{spec}: no such file or directory; give a checkpoint, a run directory or a GPT-2 name")
     config, params = load_checkpoint(path)
     return config, params, str(path)
+
+
+def fetch_gpt2(name):
+    """Bring OpenAI's `name` into the Hugging Face cache unless llmpy holds its converted copy already: offline,
+    this fails after one request with a message naming the caches (huggingface_hub would retry for 25 s)."""
+    from llmpy.gpt2 import hf
+    from llmpy.hub import hf_file
+
+    converted = hf.models_cache_dir() / hf.LLMC_NAMES[name]
+    if converted.is_file():
+        return
+    hint = (f"or give a local llm.c checkpoint such as {hf.LLMC_NAMES[name]} (llmpy keeps its converted copy "
+            f"at {converted})")
+    for filename in ("config.json", "model.safetensors"):
+        hf_file(hf.HF_REPOS[name], filename, hint)
 
 
 def make_codec(vocab_size, tokenizer_path):
@@ -79,8 +100,8 @@ def run(args):
     from llmpy.gpt2.generate import generate
     from llmpy.sampler import random_f32
 
-    if args.max_new_tokens < 1 or args.num_samples < 1:
-        raise LlmpyError("--max-new-tokens and --num-samples must be >= 1")
+    if args.max_tokens < 1 or args.num_samples < 1:
+        raise LlmpyError("--max-tokens (-n) and --num-samples must be >= 1")
     if not args.temperature >= 0 or args.top_k < 0 or not 0.0 < args.top_p <= 1.0:
         raise LlmpyError("need --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
     if not 0 < args.seed < U64:
@@ -94,7 +115,7 @@ def run(args):
         c, state[0] = random_f32(state[0])
         return c
     t0 = time.perf_counter()
-    seqs = generate(config, params, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, coin,
+    seqs = generate(config, params, prompt, args.max_tokens, args.temperature, args.top_k, args.top_p, coin,
                     num_samples=args.num_samples)
     dt = time.perf_counter() - t0
     seqs = [seqs] if args.num_samples == 1 else seqs
@@ -103,6 +124,6 @@ def run(args):
         print("---")
         print(args.prompt + decode(seq[len(prompt):]))
     print("---")
-    print(f"{args.num_samples * args.max_new_tokens / dt:.1f} tok/s ({args.num_samples} x {args.max_new_tokens} "
+    print(f"{args.num_samples * args.max_tokens / dt:.1f} tok/s ({args.num_samples} x {args.max_tokens} "
           f"tokens in {dt:.2f} s)")
     return 0

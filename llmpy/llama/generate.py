@@ -3,7 +3,7 @@
 generate: the prompt (with BOS) is forwarded as one batched prefill, then one token at a time;
 the printed text and the sampled tokens are those of run.c's loop (prompt pieces, then samples;
 stop after `steps` positions or when BOS is sampled). tok/s counts the tokens after the first
-forward, as run.c does.
+forward, as run.c does. Unlike run.c, steps beyond the model's seq_len are an error, not lowered.
 generate_batch: N streams share every forward call (each weight matrix is read once per step for
 all of them), each with its own prompt, KV cache and Sampler.
 """
@@ -25,10 +25,13 @@ class Generation:
 
 
 def resolve_steps(steps, seq_len):
-    """run.c's rule: 0 or more than seq_len means seq_len; negative is an error."""
+    """0 means seq_len (run.c's rule); negative or more than seq_len is an error (run.c lowers it silently)."""
     if steps < 0:
         raise LlmpyError(f"steps (-n) must be >= 0 (0 = the model's seq_len {seq_len}), got {steps}")
-    return seq_len if steps == 0 or steps > seq_len else steps
+    if steps > seq_len:
+        raise LlmpyError(f"steps (-n) {steps} is more than the model's context (seq_len) of {seq_len} tokens: "
+                         f"pass -n {seq_len} or less (-n 0 = all {seq_len})")
+    return seq_len if steps == 0 else steps
 
 
 def encode_prompt(tokenizer, prompt, seq_len):

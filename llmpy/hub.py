@@ -1,0 +1,108 @@
+"""Model files fetched once and cached: llama2.c's models from the Hugging Face hub, and its tokenizer.bin.
+
+    llama2c_model("stories15M")   # karpathy/tinyllamas stories15M.bin, kept in the Hugging Face cache
+    llama2c_tokenizer()           # llama2.c's tokenizer.bin (sha256-checked), kept in ~/.cache/llmpy/models
+    hf_file(repo, filename, hint) # any hub file, used by the two above and by `llmpy sample gpt2`
+
+The hub side goes through huggingface_hub, so its environment works as for every Hugging Face tool:
+HF_ENDPOINT (a mirror), HF_HUB_OFFLINE=1, HF_HOME / HF_HUB_CACHE (where files are kept). A file already
+in the cache is used without touching the network. When it is not there and the hub cannot be reached,
+the LlmpyError comes after one request (huggingface_hub alone retries for about 25 s) and names the cache
+directory and what to do.
+
+Not handled: private or gated repositories (tokens), revisions other than the default branch.
+"""
+
+import os
+from pathlib import Path
+
+from llmpy.errors import LlmpyError
+
+TINYLLAMAS_REPO = "karpathy/tinyllamas"
+# llama2.c's README models (Llama 2 architecture trained on TinyStories, 32000-token Llama 2 vocabulary)
+LLAMA2C_MODELS = {
+    "stories15M": "stories15M.bin",
+    "stories42M": "stories42M.bin",
+    "stories110M": "stories110M.bin",
+}
+TOKENIZER_URL = "https://raw.githubusercontent.com/karpathy/llama2.c/master/tokenizer.bin"
+TOKENIZER_SHA256 = "50a52ef822ee9e83de5ce9d0be0a025a773d019437f58b5ff9dcafb063ece361"
+TOKENIZER_NAME = "tokenizer.bin"
+PROBE_TIMEOUT_S = 10  # one metadata request, no retries: offline shows up within this
+INSTALL_HINT = "pip install huggingface_hub (or pip install 'llmpy[hf]')"
+
+
+def models_cache_dir():
+    """Where llmpy keeps model files it fetches or converts itself: $XDG_CACHE_HOME/llmpy/models."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base, "llmpy", "models")
+
+
+def _hub():
+    try:
+        import huggingface_hub
+    except ImportError as e:
+        raise LlmpyError(f"downloading from the Hugging Face hub needs huggingface_hub: {INSTALL_HINT}") from e
+    return huggingface_hub
+
+
+def hf_cached(repo, filename):
+    """The local path of repo/filename if the Hugging Face cache holds it, else None (no network)."""
+    hub = _hub()
+    try:
+        return Path(hub.hf_hub_download(repo, filename, local_files_only=True))
+    except (OSError, ValueError):  # not cached (LocalEntryNotFoundError is an OSError), or a bad cache entry
+        return None
+
+
+def _first_line(e):
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def hf_file(repo, filename, hint):
+    """Local path of `filename` in the hub repository `repo`: from the cache, else downloaded into it.
+
+    `hint` says what else the user can do (e.g. "or pass a local model.bin"); it ends every error message."""
+    cached = hf_cached(repo, filename)
+    if cached is not None:
+        return cached
+    hub = _hub()
+    from huggingface_hub import constants
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    where = f"the Hugging Face cache {constants.HF_HUB_CACHE}"
+    if constants.HF_HUB_OFFLINE:
+        raise LlmpyError(f"{repo}/{filename} is not in {where}, and HF_HUB_OFFLINE is set: run once with network "
+                         f"access (HF_HUB_OFFLINE unset) to cache it, {hint}")
+    url = hub.hf_hub_url(repo, filename)
+    try:
+        # one HEAD request without huggingface_hub's retry loop: tells "offline" apart quickly
+        hub.get_hf_file_metadata(url, timeout=PROBE_TIMEOUT_S)
+    except (RepositoryNotFoundError, EntryNotFoundError) as e:
+        raise LlmpyError(f"{url} does not exist ({_first_line(e)}); check the name, {hint}") from e
+    except Exception as e:  # no network, DNS, TLS, HTTP 5xx ...
+        raise LlmpyError(f"cannot reach {url} ({_first_line(e)}), and {filename} is not in {where}. Offline? "
+                         f"Connect once (or set HF_ENDPOINT to a mirror) to cache it, {hint}") from e
+    try:
+        return Path(hub.hf_hub_download(repo, filename))
+    except Exception as e:  # the connection broke during the download
+        raise LlmpyError(f"downloading {url} failed ({_first_line(e)}); run the command again, {hint}") from e
+
+
+def llama2c_model(name):
+    """Path of one of llama2.c's models (stories15M, stories42M, stories110M), fetched from the hub once."""
+    if name not in LLAMA2C_MODELS:
+        raise LlmpyError(f"unknown model {name!r}: choose one of {', '.join(LLAMA2C_MODELS)} or give a model file")
+    filename = LLAMA2C_MODELS[name]
+    return hf_file(TINYLLAMAS_REPO, filename, f"or download {filename} from https://huggingface.co/"
+                   f"{TINYLLAMAS_REPO} by hand and pass its path")
+
+
+def llama2c_tokenizer(url=TOKENIZER_URL, sha256=TOKENIZER_SHA256, cache_dir=None):
+    """Path of llama2.c's tokenizer.bin, downloaded once into cache_dir (default models_cache_dir()/llama2.c)
+    and checked against its sha256."""
+    from llmpy.data.download import download_file
+
+    path = Path(cache_dir or models_cache_dir() / "llama2.c") / TOKENIZER_NAME
+    return download_file(url, path, sha256=sha256, desc=TOKENIZER_NAME)
