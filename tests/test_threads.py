@@ -111,3 +111,40 @@ def test_a_busy_process_reads_as_one_busy_core():
         burner.kill()
         burner.wait()
     assert 0.7 <= others <= len(load.cpus), others
+
+
+def test_training_step_bits_do_not_depend_on_the_thread_count():
+    """The governor may change the thread count between training steps: loss, gradients and grad norm must come
+    out bit-identical on 1 and on all threads (BLAS splits no sums; the norm adds fixed parts in order)."""
+    import numba
+    import numpy as np
+
+    from llmpy.dist import set_blas_threads, set_numba_threads
+    from llmpy.gpt2.kernels import sum_of_squares
+    from llmpy.gpt2.model import GPT2, GPT2Config, init_params
+
+    n_max = numba.config.NUMBA_NUM_THREADS
+    if n_max < 2:
+        pytest.skip("needs 2+ threads")
+    rng = np.random.default_rng(0)
+    cfg = GPT2Config(32, 300, 320, 2, 4, 64)
+    p0 = init_params(cfg, rng)
+    x = rng.integers(0, 300, (4, 32)).astype(np.int32)
+    y = rng.integers(0, 300, (4, 32)).astype(np.int32)
+    out = []
+    try:
+        for n in (n_max, 1):
+            set_blas_threads(n)
+            set_numba_threads(n)
+            model = GPT2(cfg, p0.copy(), 4, 32)
+            model.zero_grad()
+            loss = model.forward(x, y)
+            model.backward()
+            out.append((loss, model.grads.copy(), sum_of_squares(model.grads)))
+    finally:
+        set_blas_threads(n_max)
+        set_numba_threads(n_max)
+    assert out[0][0] == out[1][0]
+    np.testing.assert_array_equal(out[0][1], out[1][1])
+    assert out[0][2] == out[1][2]
+    assert out[0][2] == pytest.approx(float(np.sum(out[0][1].astype(np.float64) ** 2)), rel=1e-12)

@@ -372,14 +372,23 @@ def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, bias_
                   f32(bias_correction1), f32(bias_correction2), f32(grad_scale), bool(zero_grads))
 
 
+SUM_PARTS = 64  # sum_of_squares adds this many partial sums, whatever the thread count: same bits on 1 or 16 threads
+
+
 def sum_of_squares(x):
+    """sum(x**2) in float64 over a 1-D float32 array; the result does not depend on the number of threads (the
+    parts are fixed, then added in order), so a run's grad-norm clipping is the same on a busy or an idle machine."""
     park_blas_threads()
-    return _sum_of_squares(x)
+    parts = np.zeros(SUM_PARTS, np.float64)
+    _sum_of_squares_parts(parts, x)
+    return float(parts.sum())
 
 
 @_jit(parallel=True)
-def _sum_of_squares(x):
-    total = 0.0  # float64 accumulator
-    for i in numba.prange(x.size):
-        total += np.float64(x[i]) * np.float64(x[i])
-    return total
+def _sum_of_squares_parts(parts, x):
+    P, N = parts.shape[0], x.size
+    for p in numba.prange(P):
+        total = 0.0  # float64 accumulator
+        for i in range(p * N // P, (p + 1) * N // P):
+            total += np.float64(x[i]) * np.float64(x[i])
+        parts[p] = total
