@@ -67,9 +67,9 @@ def prepare_hellaswag(out_dir=None, split="val", source=None, force=False, verbo
     return str(out)
 
 
-def load_examples(path_or_examples):
+def load_examples(path_or_examples, vocab_size=None):
     if isinstance(path_or_examples, (str, Path)):
-        return read_evalfile(path_or_examples)
+        return read_evalfile(path_or_examples, vocab_size)
     return list(path_or_examples)
 
 
@@ -112,18 +112,19 @@ def cross_entropy_losses(logits, targets):
     return logsumexp - picked
 
 
-def evaluate(examples, B, T, logits_fn=None, losses_fn=None, rank=0, world_size=1):
+def evaluate(examples, B, T, logits_fn=None, losses_fn=None, rank=0, world_size=1, vocab_size=None):
     """Score a model on HellaSwag examples (an eval file path or a list of example dicts).
 
     Give one of: logits_fn(inputs (B,T) int32) -> logits (B,T,V), or losses_fn(inputs, targets) -> per-token
     losses (B,T). B must be a multiple of 4. Returns {"acc", "acc_norm", "num_examples", "num_correct",
-    "num_correct_norm", "num_truncated"} for this rank's share of the examples.
+    "num_correct_norm", "num_truncated"} for this rank's share of the examples. vocab_size: the model's,
+    to refuse an eval file whose token ids fall outside it.
     """
     if (logits_fn is None) == (losses_fn is None):
         raise ValueError("give exactly one of logits_fn or losses_fn")
     if B < NUM_COMPLETIONS or B % NUM_COMPLETIONS:
         raise LlmpyError(f"HellaSwag packs 4 rows per example: B={B} must be a positive multiple of 4")
-    examples = load_examples(examples)
+    examples = load_examples(examples, vocab_size)
     per_rank = math.ceil(len(examples) / world_size)
     mine = examples[rank * per_rank:(rank + 1) * per_rank]
     per_batch = B // NUM_COMPLETIONS

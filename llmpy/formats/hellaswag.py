@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from llmpy.errors import LlmpyError
+from llmpy.formats import sniff
 from llmpy.formats.tokens import HEADER_BYTES, HEADER_INTS, atomic_write
 
 EVAL_MAGIC = 20240522
@@ -62,13 +63,18 @@ def write_evalfile(path, examples):
     atomic_write(path, [header.tobytes(), body.tobytes()])
 
 
-def read_evalfile(path):
-    """The examples of an eval file, as dicts with "index", "label", "ctx_tokens", "ending_tokens"."""
+def read_evalfile(path, vocab_size=None):
+    """The examples of an eval file, as dicts with "index", "label", "ctx_tokens", "ending_tokens".
+
+    Every example is checked as write_evalfile checks it (label 0..3, a non-empty context and endings) and,
+    given the model's vocab_size, every token id against it: a bad file is an LlmpyError, never scored.
+    """
     path = Path(path)
+    sniff.check_kind(path, ("evalfile",), "an llm.c eval file")
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise LlmpyError(f"cannot read the eval file {path}: {e}; {HINT}") from e
+        raise LlmpyError(f"cannot read the eval file {path}: {e.strerror or e}; {HINT}") from e
     if len(data) < HEADER_BYTES or (len(data) - HEADER_BYTES) % 2:
         raise LlmpyError(f"{path} is {len(data)} bytes: truncated or not an eval file; {HINT}")
     header = np.frombuffer(data[:HEADER_BYTES], dtype="<i4")
@@ -78,13 +84,19 @@ def read_evalfile(path):
     if int(header[1]) != EVAL_VERSION:
         raise LlmpyError(f"bad version {int(header[1])} in the eval file {path} (expected {EVAL_VERSION}); {HINT}")
     n = int(header[2])
+    if not 0 < n < UINT16_LIMIT:
+        raise LlmpyError(f"{path} says it holds {n} examples; an eval file holds 1..65535; {HINT}")
     s = np.frombuffer(data[HEADER_BYTES:], dtype="<u2")
     examples, pos = [], 0
     try:
         for i in range(n):
+            if pos + 6 > len(s):
+                raise ValueError(f"the file ends inside example {i}")
             start, nbytes, index, label, ncomp = (int(v) for v in s[pos:pos + 5])
             if start != EXAMPLE_START or index != i or ncomp != NUM_COMPLETIONS or nbytes % 2:
                 raise ValueError(f"example {i} is malformed")
+            if not 0 <= label < NUM_COMPLETIONS:
+                raise ValueError(f"example {i} has label {label}; labels are 0..3")
             end = pos + nbytes // 2
             p = pos + 5
             n_ctx = int(s[p])
@@ -92,15 +104,24 @@ def read_evalfile(path):
             p += 1 + n_ctx
             endings = []
             for _ in range(ncomp):
-                n_end = int(s[p])
+                n_end = int(s[p]) if p < len(s) else 0
                 endings.append(s[p + 1:p + 1 + n_end].tolist())
                 p += 1 + n_end
             if p != end or end > len(s):
                 raise ValueError(f"example {i} does not match its length field")
+            if not ctx or not all(endings):
+                raise ValueError(f"example {i} has an empty context or ending")
             examples.append({"index": index, "label": label, "ctx_tokens": ctx, "ending_tokens": endings})
             pos = end
     except (ValueError, IndexError) as e:
         raise LlmpyError(f"{path} is corrupt or truncated ({e}); {HINT}") from e
     if pos != len(s):
         raise LlmpyError(f"{path} has {len(s) - pos} uint16 values after its {n} examples; {HINT}")
+    if vocab_size is not None:
+        for ex in examples:
+            top = max(max(ex["ctx_tokens"]), *(max(e) for e in ex["ending_tokens"]))
+            if top >= vocab_size:
+                raise LlmpyError(f"{path}: example {ex['index']} has token id {top}, outside the model's vocabulary "
+                                 f"of {vocab_size}: the file was tokenized for another model; {HINT} with the "
+                                 "model's tokenizer")
     return examples

@@ -7,10 +7,16 @@ Both start with a header of 256 int32 (1024 bytes):
   then x and y int32 (B,T), the logits fp32 (B,T,V) unpadded, the loss fp32, and the gradients of
   all parameters fp32 in the same layout as the model (wte padded to Vp).
 
+Both are read into memory with np.fromfile, not memory-mapped: a file replaced or truncated later cannot
+disturb a run that loaded it. Every reader rejects, with an LlmpyError, a file of another kind (saying what
+it is, llmpy.formats.sniff), a directory, a header whose sizes do not match the file's length, and
+non-finite values (load_checkpoint(..., allow_nonfinite=True) loads them with a warning).
+
 What this module does not handle: the optimizer/loader state files of llm.c's CUDA trainer (see
 llmpy.formats.train_state), and versions 1, 2 and 4 of the checkpoint (never released by llm.c).
 """
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -18,7 +24,9 @@ import numpy as np
 
 from llmpy.errors import LlmpyError
 from llmpy.fileio import atomic_write
-from llmpy.gpt2.model import GPT2Config, num_parameters
+from llmpy.formats import sniff
+from llmpy.formats.finite import check_finite
+from llmpy.gpt2.model import GPT2Config, num_parameters, param_shapes
 
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -33,15 +41,18 @@ MODEL_HINT = ("write a valid one with `llmpy train` (it saves llm.c checkpoints)
 STATE_HINT = "write a valid one with llm.c's train_gpt2.py (gpt2_124M_debug_state.bin) or tests/reference"
 
 
-def _read_header(path, magic, what, hint):
+def _read_header(path, magic, kind, what, hint):
+    sniff.check_kind(path, (kind,), f"an llm.c {what}")
     try:
         size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_BYTES)
     except OSError as e:
         raise LlmpyError(f"cannot read {what} {path}: {e.strerror}") from None
     if size < HEADER_BYTES:
         raise LlmpyError(f"{path} is not an llm.c {what}: {size} bytes, shorter than the {HEADER_BYTES}-byte "
                          f"header. ---> HINT: {hint}")
-    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    header = np.frombuffer(raw, dtype="<i4")
     if header[0] != magic:
         raise LlmpyError(f"{path} is not an llm.c {what}: magic {header[0]}, expected {magic}. ---> HINT: {hint}")
     return header, size
@@ -90,9 +101,12 @@ def model_header(config, version):
     return header
 
 
-def load_checkpoint(path):
-    """Read an llm.c GPT-2 checkpoint: (GPT2Config, flat float32 params). bf16 files are widened."""
-    header, size = _read_header(path, MODEL_MAGIC, "model checkpoint", MODEL_HINT)
+def load_checkpoint(path, allow_nonfinite=False):
+    """Read an llm.c GPT-2 checkpoint: (GPT2Config, flat float32 params). bf16 files are widened.
+
+    The parameters are read into memory (not mapped), and must all be finite unless allow_nonfinite.
+    """
+    header, size = _read_header(path, MODEL_MAGIC, "llmc_model", "model checkpoint", MODEL_HINT)
     version = int(header[1])
     if version not in (MODEL_VERSION_FP32, MODEL_VERSION_BF16):
         raise LlmpyError(f"{path}: unsupported checkpoint version {version} (this reads {MODEL_VERSION_FP32} = fp32 "
@@ -105,7 +119,17 @@ def load_checkpoint(path):
         params = np.fromfile(path, dtype="<f4", count=n, offset=HEADER_BYTES).astype(np.float32, copy=False)
     else:
         params = bf16_to_fp32(np.fromfile(path, dtype="<u2", count=n, offset=HEADER_BYTES))
+    if params.size != n:  # the file shrank since its size was taken
+        raise LlmpyError(f"{path}: the checkpoint changed while it was read; read it again once it is written")
+    check_finite(path, named_tensors(config, params), allow_nonfinite, MODEL_HINT)
     return config, params
+
+
+def named_tensors(config, params):
+    """{name: view} of flat params, llm.c's 16 tensors (for messages that name the tensor)."""
+    shapes = param_shapes(config)
+    ends = np.cumsum([math.prod(s) for s in shapes.values()])
+    return {name: params[end - math.prod(shape):end].reshape(shape) for (name, shape), end in zip(shapes.items(), ends)}
 
 
 def save_checkpoint(path, config, params, dtype="float32"):
@@ -136,7 +160,7 @@ class DebugState:
 
 def load_debug_state(path, config):
     """Read llm.c's debug state for a model of `config` (the checkpoint's)."""
-    header, size = _read_header(path, STATE_MAGIC, "debug state", STATE_HINT)
+    header, size = _read_header(path, STATE_MAGIC, "llmc_state", "debug state", STATE_HINT)
     if int(header[1]) != STATE_VERSION:
         raise LlmpyError(f"{path}: unsupported debug state version {int(header[1])} (this reads {STATE_VERSION}). "
                          f"---> HINT: {STATE_HINT}")
@@ -150,6 +174,8 @@ def load_debug_state(path, config):
     expected = HEADER_BYTES + 4 * (2 * B * T + B * T * V + 1 + n)
     _check_size(path, size, expected, "the debug state (for this model's sizes)", STATE_HINT)
     data = np.fromfile(path, dtype="<i4", offset=HEADER_BYTES)
+    if data.size * 4 != expected - HEADER_BYTES:
+        raise LlmpyError(f"{path}: the debug state changed while it was read; read it again once it is written")
     x = data[:B * T].reshape(B, T).astype(np.int32)
     y = data[B * T:2 * B * T].reshape(B, T).astype(np.int32)
     floats = data[2 * B * T:].view("<f4").astype(np.float32)
@@ -160,4 +186,5 @@ def load_debug_state(path, config):
         if tokens.min() < 0 or tokens.max() >= V:
             raise LlmpyError(f"{path}: {name} has token ids outside [0, {V}): the state and the model do not "
                              "belong together")
+    check_finite(path, {"logits": logits, "loss": floats[B * T * V:B * T * V + 1], "grads": grads}, hint=STATE_HINT)
     return DebugState(x=x, y=y, logits=logits, loss=loss, grads=grads)

@@ -10,10 +10,16 @@ Layout:
 NumPy has no type for, come back widened to float32 unless raw_bf16=True (then uint16 bit patterns).
 `write_safetensors` writes through a temporary file and a rename.
 
+Every header field is checked (types, sizes, offsets inside the data section) and a bad one is an LlmpyError,
+as is a file of another kind (llmpy.formats.sniff). The arrays are views of a read-only memory map: a file
+modified in place while mapped can kill the process with SIGBUS; llmpy's loaders copy what they keep
+(llmpy.gpt2.hf.load_hf_dir converts into a new array), and llmpy's writers replace files atomically.
+
 Not handled: F8 types, big-endian hosts, files over 2**63 bytes.
 """
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -21,6 +27,7 @@ import numpy as np
 
 from llmpy.errors import LlmpyError
 from llmpy.fileio import atomic_write
+from llmpy.formats import sniff
 from llmpy.formats.llmc import bf16_to_fp32, fp32_to_bf16
 
 HEADER_SIZE_BYTES = 8
@@ -39,6 +46,7 @@ def _fail(path, what):
 def read_header(path):
     """(header dict without __metadata__, metadata dict, data start offset, file size)."""
     path = Path(path)
+    sniff.check_kind(path, ("safetensors",), "a safetensors file")
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -51,36 +59,57 @@ def read_header(path):
             raw = f.read(n)
     except OSError as e:
         raise LlmpyError(f"cannot read {path}: {e.strerror}") from e
+    if len(raw) != n:
+        raise _fail(path, "the file changed while it was read")
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise _fail(path, f"the header is not JSON ({e})") from e
+    except RecursionError:
+        raise _fail(path, "the header is JSON nested too deeply to be a safetensors header") from None
     if not isinstance(header, dict):
         raise _fail(path, "the header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _fail(path, "__metadata__ is not an object of strings")
     return header, metadata, HEADER_SIZE_BYTES + n, size
 
 
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _entry(path, name, info, data_size):
+    """(dtype name, shape, begin, end) of one header entry, every field checked."""
+    ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list)
+          and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
+          and all(_is_int(x) and x >= 0 for x in info["shape"] + info["data_offsets"]))
+    if not ok:
+        raise _fail(path, f"tensor {name!r} has a malformed entry {str(info)[:200]}: it needs a dtype string, a "
+                          "shape of non-negative integers and two integer data_offsets")
+    dtype_name, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype_name not in DTYPES:
+        raise LlmpyError(f"{path}: tensor {name!r} has dtype {dtype_name[:20]}, which this reader does not handle "
+                         f"(it reads {', '.join(DTYPES)})")
+    nbytes = math.prod(shape) * np.dtype(DTYPES[dtype_name]).itemsize  # Python ints: no overflow
+    if not begin <= end <= data_size or end - begin != nbytes:
+        raise _fail(path, f"tensor {name!r} ({dtype_name} {shape}) has data offsets [{begin}, {end}) that do "
+                          f"not match its size or the {data_size}-byte data section")
+    return dtype_name, shape, begin, end
+
+
 def read_safetensors(path, raw_bf16=False):
-    """({name: np.ndarray}, metadata) of a .safetensors file, memory-mapped (read-only)."""
+    """({name: np.ndarray}, metadata) of a .safetensors file, memory-mapped (read-only).
+
+    Values are not checked (a model loader checks that its weights are finite: llmpy.formats.finite).
+    """
     header, metadata, start, size = read_header(path)
     data = np.memmap(path, dtype=np.uint8, mode="r", offset=start, shape=(size - start,)) if size > start else \
         np.zeros(0, dtype=np.uint8)
     tensors = {}
     for name, info in header.items():
-        try:
-            dtype_name, shape, (begin, end) = info["dtype"], [int(s) for s in info["shape"]], info["data_offsets"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise _fail(path, f"tensor {name!r} has a malformed entry {info!r}") from e
-        if dtype_name not in DTYPES:
-            raise LlmpyError(f"{path}: tensor {name!r} has dtype {dtype_name}, which this reader does not handle "
-                             f"(it reads {', '.join(DTYPES)})")
-        dtype = np.dtype(DTYPES[dtype_name])
-        n = int(np.prod(shape, dtype=np.int64))
-        if not 0 <= begin <= end <= data.size or end - begin != n * dtype.itemsize:
-            raise _fail(path, f"tensor {name!r} ({dtype_name} {shape}) has data offsets [{begin}, {end}) that do "
-                              f"not match its size or the {data.size}-byte data section")
-        array = data[begin:end].view(dtype).reshape(shape)
+        dtype_name, shape, begin, end = _entry(path, name, info, data.size)
+        array = data[begin:end].view(DTYPES[dtype_name]).reshape(shape)
         if dtype_name == "BF16" and not raw_bf16:
             array = bf16_to_fp32(array)
         tensors[name] = array

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from llmpy.errors import LlmpyError
+from llmpy.formats import sniff
 from llmpy.formats.tokens import HEADER_BYTES, HEADER_INTS, atomic_write
 
 TOKENIZER_MAGIC = 20240328
@@ -100,10 +101,11 @@ class LlmcTokenizer:
 def read_tokenizer(path):
     """Read llm.c's tokenizer file into an LlmcTokenizer, checking magic, version and every length."""
     path = Path(path)
+    sniff.check_kind(path, ("llmc_tokenizer",), "an llm.c tokenizer file")
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise LlmpyError(f"cannot read the tokenizer file {path}: {e}; {WRITE_HINT}") from e
+        raise LlmpyError(f"cannot read the tokenizer file {path}: {e.strerror or e}; {WRITE_HINT}") from e
     if len(data) < HEADER_BYTES:
         raise LlmpyError(f"{path} is {len(data)} bytes, shorter than the tokenizer header; {WRITE_HINT}")
     header = np.frombuffer(data[:HEADER_BYTES], dtype="<i4")
@@ -120,6 +122,9 @@ def read_tokenizer(path):
         eot = int(header[3])
     else:
         raise LlmpyError(f"bad version {version} in the tokenizer file {path} (expected 1 or 2); {WRITE_HINT}")
+    if not 0 < vocab_size <= len(data) - HEADER_BYTES:  # every token takes at least 2 bytes
+        raise LlmpyError(f"{path}: vocab_size {vocab_size} in the header does not fit the file's {len(data)} bytes; "
+                         f"{WRITE_HINT}")
     table, pos = [], HEADER_BYTES
     for i in range(vocab_size):
         n = data[pos] if pos < len(data) else 0

@@ -11,7 +11,14 @@ Also read here, but only when the caller says so (a headerless file cannot be re
     raw_int32   llm.c's first release: the int32 tokens and nothing else
 
 Writes go to a temporary name in the same directory and are renamed into place, so an interrupted
-write never leaves a file that looks complete. Reads are memory-mapped by default.
+write never leaves a file that looks complete. Reads are memory-mapped by default, and read_shard checks
+what the training code relies on: the header against the size, and for uint32 shards that every id fits
+int32 (the dtype of tokens in memory; an id >= 2**31 would wrap negative and slip past a vocab check).
+
+Memory mapping (kept for shards, unlike model files: a training set can be far larger than memory): a
+mapped shard truncated or rewritten in place during training kills the process with SIGBUS when a batch
+touches the lost pages. Replace shards atomically (write a new file and rename it over the old one, as
+llmpy's writers do): a mapping keeps the old file alive and valid. Pass mmap=False to read into memory.
 """
 
 from pathlib import Path
@@ -20,6 +27,7 @@ import numpy as np
 
 from llmpy.errors import LlmpyError
 from llmpy.fileio import atomic_open, atomic_write, read_head
+from llmpy.formats import sniff
 
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -29,6 +37,8 @@ MAGIC_UINT32 = 20240801  # llm.c's "llama-3" shards
 VERSION_UINT32 = 7
 UINT16_VOCAB_LIMIT = 2**16  # uint16 holds token ids 0..65535
 MAX_TOKENS = 2**31 - 1  # the token count is an int32 in the header
+MAX_TOKEN_ID = 2**31 - 1  # tokens are int32 in memory
+ID_CHECK_CHUNK = 1 << 24  # tokens per max() when checking a uint32 shard's ids
 FORMATS = ("llmc", "raw_uint16", "raw_int32")
 _FORMAT_DTYPE = {"raw_uint16": np.uint16, "raw_int32": np.int32}
 _HEADER_KINDS = {MAGIC_UINT16: (VERSION_UINT16, np.uint16), MAGIC_UINT32: (VERSION_UINT32, np.uint32)}
@@ -78,6 +88,7 @@ def write_shard(path, tokens, vocab_size=None):
 def read_header(path):
     """(magic, version, ntok, dtype) of an llm.c shard, after checking magic, version and file size."""
     path = Path(path)
+    sniff.check_kind(path, ("shard",), "an llm.c token shard")
     raw, size = read_head(path, HEADER_BYTES, "token shard")
     if len(raw) < HEADER_BYTES:
         raise LlmpyError(f"{path} is {size} bytes, shorter than the 1024-byte llm.c shard header; "
@@ -116,12 +127,29 @@ def read_shard(path, mmap=True, fmt="llmc"):
         return np.zeros(0, dtype=dtype)
     dtype = np.dtype(dtype).newbyteorder("<")
     if mmap:
-        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(ntok,))
-    return np.fromfile(path, dtype=dtype, count=ntok, offset=offset)
+        tokens = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(ntok,))
+    else:
+        tokens = np.fromfile(path, dtype=dtype, count=ntok, offset=offset)
+        if tokens.size != ntok:
+            raise LlmpyError(f"{path} changed while it was read; read it again once it is written")
+    if dtype.itemsize == 4:
+        _check_int32_ids(path, tokens)
+    return tokens
+
+
+def _check_int32_ids(path, tokens):
+    """LlmpyError if a uint32 shard holds an id that int32 cannot hold (it would turn negative in memory)."""
+    for start in range(0, tokens.size, ID_CHECK_CHUNK):
+        top = int(tokens[start:start + ID_CHECK_CHUNK].max())
+        if top > MAX_TOKEN_ID:
+            raise LlmpyError(f"{path} holds token id {top:,} near position {start:,}, beyond any vocabulary "
+                             f"(ids are < 2**31): the shard is corrupt; {PREPRO_HINT}")
 
 
 def _read_raw(path, dtype, mmap):
     dtype = np.dtype(dtype).newbyteorder("<")
+    if path.is_dir():
+        raise LlmpyError(f"{path} is a directory, not a token file: give the file itself")
     try:
         size = path.stat().st_size
     except OSError as e:

@@ -23,7 +23,8 @@ import numpy as np
 
 from llmpy.errors import LlmpyError
 from llmpy.fileio import atomic_write
-from llmpy.formats.llmc import load_checkpoint, save_checkpoint
+from llmpy.formats.finite import check_finite
+from llmpy.formats.llmc import load_checkpoint, named_tensors, save_checkpoint
 from llmpy.formats.safetensors import read_safetensors, write_safetensors
 from llmpy.gpt2.model import (
     GPT2_PADDED_VOCAB_SIZE,
@@ -43,6 +44,7 @@ VOCAB_PAD = 128
 LAYERNORM_EPS = 1e-5
 EOT_TOKEN = 50256
 INSTALL_HINT = "pip install 'llmpy[hf]'"
+HF_SIZE_KEYS = ("n_head", "n_embd", "n_layer", "vocab_size", "n_positions")  # ints when present in config.json
 SKIPPED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 # llm.c name -> (HF name inside block l or at the top, transpose?)
 BLOCK_MAP = {"ln1w": ("ln_1.weight", False), "ln1b": ("ln_1.bias", False),
@@ -68,23 +70,31 @@ def hf_to_llmc(tensors, num_heads=None, source="the safetensors file"):
         t[name] = array
     if "wte.weight" not in t or "wpe.weight" not in t:
         raise LlmpyError(f"{source} has no wte.weight / wpe.weight: it is not a Hugging Face GPT-2 model")
+    if t["wte.weight"].ndim != 2 or t["wpe.weight"].ndim != 2:
+        raise LlmpyError(f"{source}: wte.weight {t['wte.weight'].shape} and wpe.weight {t['wpe.weight'].shape} must "
+                         "be matrices: it is not a Hugging Face GPT-2 model")
     V, C = t["wte.weight"].shape
     maxT = t["wpe.weight"].shape[0]
     L = len({n.split(".")[1] for n in t if n.startswith("h.")})
     NH = num_heads or HEADS_BY_CHANNELS.get(C)
     if NH is None:
         raise LlmpyError(f"{source}: cannot tell the number of heads for C={C}; keep its config.json beside it")
-    config = GPT2Config(maxT, V, padded_vocab(V), L, NH, C)
+    try:
+        config = GPT2Config(maxT, V, padded_vocab(V), L, NH, C)
+    except ValueError as e:
+        raise LlmpyError(f"{source}: the tensors do not describe a GPT-2 ({e})") from None
     params = np.zeros(num_parameters(config), dtype=np.float32)
     p = NamedViews(params, param_shapes(config))
 
     def take(name, shape):
         if name not in t:
             raise LlmpyError(f"{source} lacks tensor {name}: not a complete GPT-2 model")
-        a = np.asarray(t[name], dtype=np.float32)
+        a = t[name]
+        if a.dtype.kind != "f":
+            raise LlmpyError(f"{source}: {name} is {a.dtype}, not floating point: not a GPT-2 model's weights")
         if a.shape != shape:
             raise LlmpyError(f"{source}: {name} has shape {a.shape}, expected {shape} for L={L} C={C} V={V}")
-        return a
+        return a.astype(np.float32, copy=False)
 
     p.wte[:V] = take("wte.weight", (V, C))
     for ours, theirs in TOP_MAP.items():
@@ -132,18 +142,47 @@ def export_hf(out_dir, config, params):
     return out_dir
 
 
-def load_hf_dir(path):
-    """(config, params) from a directory (or file) holding model.safetensors [+ config.json]."""
+def read_hf_config(path):
+    """The dict in a Hugging Face config.json; LlmpyError if it is not JSON, not an object, or has ill-typed sizes."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise LlmpyError(f"cannot read {path}: {e.strerror or e}") from e
+    except (UnicodeDecodeError, ValueError) as e:
+        raise LlmpyError(f"{path} is not JSON ({e}): give the config.json that came with the model, or delete it "
+                         "(the sizes are then taken from the tensors)") from e
+    except RecursionError:
+        raise LlmpyError(f"{path} is JSON nested too deeply to be a model config") from None
+    if not isinstance(config, dict):
+        raise LlmpyError(f"{path} holds a JSON {type(config).__name__}, not an object: it is not a model config")
+    for key in HF_SIZE_KEYS:
+        value = config.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise LlmpyError(f"{path}: {key} is {str(value)[:40]!r}, not a positive integer: the config is corrupt")
+    return config
+
+
+def load_hf_dir(path, allow_nonfinite=False):
+    """(config, params) from a directory (or file) holding model.safetensors [+ config.json].
+
+    The parameters are converted into a new array (nothing stays memory-mapped) and must be finite unless
+    allow_nonfinite (then a warning)."""
     path = Path(path)
     st = path / "model.safetensors" if path.is_dir() else path
     if not st.is_file():
         raise LlmpyError(f"{st} not found: give a Hugging Face GPT-2 directory with model.safetensors")
-    num_heads = None
+    hf_config = {}
     cfg_file = st.parent / "config.json"
     if cfg_file.is_file():
-        num_heads = json.loads(cfg_file.read_text()).get("n_head")
+        hf_config = read_hf_config(cfg_file)
     tensors, _ = read_safetensors(st)
-    return hf_to_llmc(tensors, num_heads, str(st))
+    config, params = hf_to_llmc(tensors, hf_config.get("n_head"), str(st))
+    for key, ours in (("n_embd", config.channels), ("n_layer", config.num_layers), ("vocab_size", config.vocab_size)):
+        if hf_config.get(key, ours) != ours:
+            raise LlmpyError(f"{cfg_file} says {key}={hf_config[key]} but {st} holds {ours}: the two files do not "
+                             "belong together")
+    check_finite(st, named_tensors(config, params), allow_nonfinite, "download or convert the model again")
+    return config, params
 
 
 def models_cache_dir():

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from llmpy.errors import LlmpyError
 from llmpy.fileio import atomic_write
+from llmpy.formats import sniff
 
 BOS = 1
 EOS = 2
@@ -49,6 +50,7 @@ class Llama2Tokenizer:
     def load(cls, path, vocab_size):
         """Read tokenizer.bin for a model with vocab_size tokens; LlmpyError if the file does not fit."""
         path = Path(path)
+        sniff.check_kind(path, ("llama2c_tokenizer",), "a llama2.c tokenizer.bin (pass the model's tokenizer with -z)")
         try:
             data = path.read_bytes()
         except OSError as e:
@@ -56,6 +58,8 @@ class Llama2Tokenizer:
         if len(data) < 4:
             raise LlmpyError(f"{path}: too short to be a llama2.c tokenizer.bin")
         (max_token_length,) = struct.unpack_from("<i", data)
+        if max_token_length < 0:
+            raise LlmpyError(f"{path}: max_token_length {max_token_length} is negative: not a llama2.c tokenizer.bin")
         pos, vocab, scores = 4, [], []
         for i in range(vocab_size):
             if pos + 8 > len(data):
@@ -103,7 +107,12 @@ class Llama2Tokenizer:
             if i >= 0:
                 tokens.append(i)
             else:
-                tokens.extend(b + BYTE_FALLBACK_OFFSET for b in cp)
+                for b in cp:
+                    if b + BYTE_FALLBACK_OFFSET >= len(self.vocab):
+                        raise LlmpyError(f"byte 0x{b:02X} of the text has no token: this tokenizer's {len(self.vocab)} "
+                                         f"tokens end before the byte-fallback token {b + BYTE_FALLBACK_OFFSET}; use "
+                                         "the tokenizer.bin that belongs to the model (-z)")
+                    tokens.append(b + BYTE_FALLBACK_OFFSET)
             start = end
         # merge the best-scoring adjacent pair until no pair is in the vocabulary
         while True:
