@@ -69,7 +69,7 @@ def hf_file(repo, filename, hint):
         return cached
     hub = _hub()
     from huggingface_hub import constants
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.utils import EntryNotFoundError, RepositoryNotFoundError  # also in older versions
 
     where = f"the Hugging Face cache {constants.HF_HUB_CACHE}"
     if constants.HF_HUB_OFFLINE:
