@@ -471,7 +471,8 @@ class DataParallelAdamW:
 
     def load_state_dict(self, state, source="optimizer state"):
         """Load this rank's state; raises LlmpyError when it was saved with another world size, ZeRO
-        stage or model. Call dist.check_all(error) around it so a failure on one rank stops all."""
+        stage or model, or holds impossible values (AdamW.load_state_dict). Call dist.check_all(error)
+        around it so a failure on one rank stops all."""
         expect = {"zero_stage": self.zero_stage, "world_size": self.dist.world_size, "rank": self.dist.rank,
                   "num_params": self.num_params}
         for key, want in expect.items():
@@ -483,7 +484,10 @@ class DataParallelAdamW:
                         "rank": "each rank must load the state file written by the same rank",
                         "num_params": "the state belongs to a different model"}[key]
                 raise LlmpyError(f"{source} was saved with {key}={got}, this run has {key}={want}: {hint}")
-        self.adamw.load_state_dict({"m": np.asarray(state["m"]), "v": np.asarray(state["v"]), "t": state["t"]})
+        try:
+            self.adamw.load_state_dict({"m": np.asarray(state["m"]), "v": np.asarray(state["v"]), "t": state["t"]})
+        except (ValueError, TypeError, KeyError) as e:
+            raise LlmpyError(f"{source}: {e}") from e
 
 
 class Zero1AdamW(DataParallelAdamW):

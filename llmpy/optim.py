@@ -64,11 +64,21 @@ class AdamW:
         return {"m": self.m, "v": self.v, "t": self.t}
 
     def load_state_dict(self, state):
-        if state["m"].shape != self.m.shape or state["v"].shape != self.v.shape:
-            raise ValueError(f"optimizer state has {state['m'].size} parameters, the model has {self.m.size}")
-        self.m[...] = state["m"]
-        self.v[...] = state["v"]
-        self.t = int(state["t"])
+        """Restore a state_dict(); ValueError when it cannot be AdamW's state for these parameters: m and v
+        of the wrong shape or type, not finite, v (a mean of squares) negative, or t not a count >= 0."""
+        m, v, t = state["m"], state["v"], np.asarray(state["t"])
+        for name, a in (("m", m), ("v", v)):
+            if a.shape != self.m.shape or a.dtype != self.m.dtype:
+                raise ValueError(f"optimizer state {name} is {a.dtype} {a.shape}, this model needs "
+                                 f"{self.m.dtype} {self.m.shape}")
+        if t.shape != () or t.dtype.kind not in "iu" or int(t) < 0:
+            raise ValueError(f"optimizer step count t={t!r} is not an integer >= 0")
+        xp = get_array_module(m)
+        if not (bool(xp.isfinite(m).all()) and bool(xp.isfinite(v).all()) and bool((v >= 0).all())):
+            raise ValueError("optimizer state holds NaN or inf in m or v, or a negative v (a mean of squares)")
+        self.m[...] = m
+        self.v[...] = v
+        self.t = int(t)
 
 
 def adamw_update_plain(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale=1.0):

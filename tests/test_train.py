@@ -69,7 +69,7 @@ def _cli(tmp_path, *flags):
     (["-t", "64"], "exceeds the model's max_seq_len 32"),
     (["-d", "100"], "not a positive multiple of B*T*processes"),
     (["--vocab-size", "50"], "token id 63 but the model's vocabulary has 50"),
-    (["-y", "1"], "no complete checkpoint"),
+    ([], "no complete checkpoint: pass -y 1 to start the run there"),
     (["-k", "cosine", "-u", "5"], "warmup (5 steps) is longer than the run (2 steps)"),
     (["-h", "1"], "multiple of 4"),
 ])
@@ -77,7 +77,7 @@ def test_bad_input_is_rejected_before_any_work(tmp_path, capsys, flags, message)
     if flags == ["-h", "1"]:
         flags = ["-h", "1", "-b", "3"]
     before = []
-    if flags == ["-y", "1"]:  # a run directory whose only checkpoint is incomplete (no DONE marker)
+    if flags == []:  # a run directory whose only checkpoint is incomplete (no DONE marker)
         (tmp_path / "cli").mkdir()
         (tmp_path / "cli" / "model_00000002.bin").write_bytes(b"partial")
         before = ["model_00000002.bin"]
@@ -92,6 +92,25 @@ def test_resume_flag_on_a_new_directory_starts_a_run(tmp_path, capsys):
     assert rc == 0 and "nothing to resume" in capsys.readouterr().out
     rc, out = _cli(tmp_path, "-y", "1", "-x", "3")
     assert rc == 0 and ckpt.complete_steps(out) == [2, 3]
+
+
+def test_resume_flag_starts_a_run_where_no_checkpoint_is_complete(tmp_path, capsys):
+    # a first launch killed before its first checkpoint: main.log, a partial model, a temporary file
+    out = tmp_path / "cli"
+    out.mkdir()
+    (out / "main.log").write_text("s:0 tel:4.1589\ns:0 trl:4.1600 lr:0.000300 norm:1.00\n")
+    (out / "model_00000002.bin").write_bytes(b"partial")
+    (out / "state_00000002_00000.npz.k3_x9abc.tmp").write_bytes(b"PK half")
+    keep = out / "notes.tmp"   # not a file llmpy writes: left alone
+    keep.write_text("mine")
+    rc, _ = _cli(tmp_path)
+    assert rc == 2 and "pass -y 1 to start the run there" in capsys.readouterr().err
+    rc, _ = _cli(tmp_path, "-y", "1")
+    text = capsys.readouterr().out
+    assert rc == 0 and "no complete checkpoint" in text and "starting a new run" in text
+    assert "removed 1 temporary file(s)" in text
+    assert ckpt.complete_steps(out) == [2] and not list(out.glob("*.npz.*.tmp")) and keep.read_text() == "mine"
+    assert [s for s, _ in parse_log(out / "main.log")["trl"]] == [0, 1]
 
 
 def test_existing_run_needs_resume_or_overwrite(tmp_path, capsys):

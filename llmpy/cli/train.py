@@ -9,14 +9,22 @@
 
 `-h N` is llm.c's HellaSwag switch; use --help for this text. Flags left out take llm.c's defaults when -i
 is given; the offline default run (no -i) uses B=8 T=128 -x 200 -l 3e-3 -u 20 -q 0.1 -c 0.1 -v 50 -m 10.
+
+A run owns its -o directory (a second run there is refused while the first lives). -y 1 continues from the
+newest complete checkpoint, or starts the run when there is none. An update whose loss or grad norm is NaN
+or inf is skipped; after -sk (10) skipped in a row the run stops as diverged. Under mpirun, --progress auto
+prints step lines (rank 0 cannot tell a terminal from `> log` there). Exit status: 0 done, 2 bad input or
+a failed write (a message says what to do), 3 diverged, 130 interrupted (Ctrl-C; a checkpoint was written).
 """
 
 import argparse
+import sys
 
 from llmpy.train.config import OFFLINE_DEFAULTS, TrainConfig
 from llmpy.train.schedule import SCHEDULES
 
 BOOL = (0, 1)
+EXIT_INTERRUPTED = 130   # as a shell reports a process ended by Ctrl-C (128 + SIGINT)
 
 
 def add_arguments(parser):
@@ -63,6 +71,9 @@ def add_arguments(parser):
                    help="skip updates whose loss z-score exceeds this (0: off)")
     g.add_argument("-sg", "--skip-update-gradz", type=float, default=d.skip_update_gradz,
                    help="skip updates whose grad-norm z-score exceeds this (0: off)")
+    g.add_argument("-sk", "--max-skipped-updates", type=int, default=d.max_skipped_updates,
+                   help="stop the run as diverged after this many updates skipped in a row (0: never); an update is "
+                        "always skipped when the loss or grad norm is NaN or inf")
     g = parser.add_argument_group("evaluation and sampling")
     g.add_argument("-v", "--val-every", type=int, default=None, help="val loss every N steps")
     g.add_argument("-m", "--val-steps", dest="val_max_steps", type=int, default=None,
@@ -114,20 +125,30 @@ def run(args):
         return 0
     from llmpy.backend import limit_openmp_spinning
     from llmpy.dist import init_dist
-    from llmpy.train.loop import Trainer
+    from llmpy.train.loop import EXIT_DIVERGED, Trainer, TrainingDiverged
 
     limit_openmp_spinning()
     config = config_from_args(args)
     dist = init_dist()
     # an error on one rank alone (a bad state file, say) must end every rank, not leave the others
     # waiting in a collective: abort_on_error stops the whole job (single process: re-raises)
-    with dist.abort_on_error():
-        trainer = Trainer(config, dist)
-        summary = trainer.run()
+    try:
+        with dist.abort_on_error():
+            trainer = Trainer(config, dist)
+            summary = trainer.run()
+    except TrainingDiverged as e:   # rank 0; the other ranks exit with the same status
+        print(f"llmpy train: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
     if trainer.master:
-        vals = summary["val_losses"]
-        if vals:
-            step = max(vals)
-            print(f"final val loss {vals[step]:.4f} (step {step}); main.log, checkpoints and plot in "
-                  f"{summary['out_dir']}")
-    return 0
+        print(closing_line(summary))
+    return EXIT_INTERRUPTED if summary["interrupted"] else 0
+
+
+def closing_line(summary):
+    """The last line of a run: the step it reached, its newest val loss (and that loss's step), where it wrote."""
+    step, vals, out = summary["final_step"], summary["val_losses"], summary["out_dir"]
+    val = f"val loss {vals[max(vals)]:.4f} (step {max(vals)})" if vals else ""
+    if summary["interrupted"]:
+        return (f"interrupted at step {step}; {'last ' + val if val else 'no val loss'}; main.log and checkpoints "
+                f"in {out}; continue with -y 1")
+    return f"{'final ' + val if val else f'done at step {step}'}; main.log, checkpoints and plot in {out}"

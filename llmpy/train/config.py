@@ -53,6 +53,7 @@ class TrainConfig:
     zero_stage: int = 0                 # -z: 0 or 1 (ZeRO-1 shards the optimizer state over ranks)
     skip_update_lossz: float = 0.0      # -sl: skip an update whose loss z-score exceeds this (0 = off)
     skip_update_gradz: float = 0.0      # -sg: the same for the grad norm
+    max_skipped_updates: int = 10       # -sk: stop (diverged) after this many updates skipped in a row (0: never)
     overfit_single_batch: bool = False  # -a
     # evaluation and sampling
     val_every: int = 20                 # -v
@@ -101,7 +102,8 @@ class TrainConfig:
             raise LlmpyError(f"AdamW needs 0 <= beta1, beta2 < 1 and eps > 0; got {self.beta1}, {self.beta2}, {self.eps}")
         for what, value in (("-v", self.val_every), ("-m", self.val_max_steps), ("-s", self.sample_every),
                             ("-g", self.gen_tokens), ("-n", self.checkpoint_every), ("-nk", self.checkpoints_keep),
-                            ("-nm", self.major_checkpoint_every), ("top-k", self.top_k)):
+                            ("-nm", self.major_checkpoint_every), ("top-k", self.top_k),
+                            ("-sk", self.max_skipped_updates)):
             if value < 0:
                 raise LlmpyError(f"{what} must be >= 0, got {value}")
         if self.zero_stage not in (0, 1):

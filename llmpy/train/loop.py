@@ -7,13 +7,20 @@ One iteration of `run` at step s (0-based), as llm.c:
     val loss (s % -v == 0, the first step of a run and the last), HellaSwag (-h, same steps),
     a sample (s % -s == 0 and at the end), a checkpoint (s % -n == 0 and at the end), then training step s:
     grad_accum micro-batches forward + backward (loss scaled by 1/grad_accum), gradients averaged over ranks,
-    global grad norm, z-scores of loss and norm (skip the update when over -sl/-sg), clip, AdamW.
-The train loss and lr of step s are logged as `s:s trl:...`. Ctrl-C finishes the step, checkpoints, stops.
+    global grad norm, the UpdateGuard's verdict (skip the update when the loss or norm is not finite, or a
+    z-score is over -sl/-sg), clip, AdamW.
+The train loss and lr of step s are logged as `s:s trl:...`. Ctrl-C finishes the step, checkpoints, stops
+(summary["interrupted"]). After -sk updates skipped in a row the run has diverged: it raises TrainingDiverged
+without writing a checkpoint, and no checkpoint of non-finite parameters is ever written.
+
+The output directory belongs to one run at a time (checkpoint.RunLock, taken by rank 0 before it looks at
+the directory, released when run() ends or setup fails).
 
 Exact resume: the checkpoint holds the params (fp32), the optimizer (m, v, t), the data position, the
 outlier windows and the sampler's RNG, so a resumed run computes the same floats as one never stopped.
 """
 
+import contextlib
 import json
 import math
 import signal
@@ -26,6 +33,7 @@ import numpy as np
 
 from llmpy import dist as distmod
 from llmpy.data.dataloader import DataLoader
+from llmpy.dist import CollectiveError, RankExit
 from llmpy.errors import LlmpyError
 from llmpy.formats.llmc import load_checkpoint
 from llmpy.formats.tokens import read_shard
@@ -38,34 +46,27 @@ from llmpy.gpt2.model import (
     matrix_param_ranges,
     num_parameters,
 )
-from llmpy.optim import clip_scale
+from llmpy.optim import clip_scale, global_norm
 from llmpy.train import checkpoint as ckpt
 from llmpy.train.config import HF_NAMES, TrainConfig
 from llmpy.train.log import Console, Logger
-from llmpy.train.outlier import OutlierDetector
+from llmpy.train.outlier import UpdateGuard
+from llmpy.train.peak import SgemmPeak
 from llmpy.train.schedule import check_schedule, learning_rate
 
 VOCAB_PAD = 128                # a from-scratch model pads its vocab to a multiple of this (50257 -> 50304)
 SAMPLER_SEED = 1337            # llm.c's sampling RNG seed
 VOCAB_CHECK_TOKENS = 1 << 20   # tokens per shard scanned for ids beyond the model's vocab before training
-PEAK_N = 1024                  # sgemm size of the startup peak measurement
-PEAK_REPEATS = 3
+EXIT_DIVERGED = 3              # `llmpy train`'s exit status for a diverged run (2: bad input, 130: interrupted)
+
+
+class TrainingDiverged(CollectiveError):
+    """Every rank sees the same averaged loss and norm, so all stop together: rank 0 raises this with the
+    message, the others exit quietly (RankExit)."""
 
 
 def padded_vocab(V):
     return GPT2_PADDED_VOCAB_SIZE if V == GPT2_VOCAB_SIZE else -(-V // VOCAB_PAD) * VOCAB_PAD
-
-
-def sgemm_peak(n=PEAK_N, repeats=PEAK_REPEATS):
-    """FLOP/s of the best of a few n^3 float32 matmuls: the machine's measured matmul peak."""
-    rng = np.random.default_rng(0)
-    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n ** 3 / best
 
 
 def flops_per_token(config, T):
@@ -128,6 +129,7 @@ class Trainer:
         self.stream = stream or sys.stdout
         self.master = self.dist.is_master
         self.stop_requested = False
+        self.lock, self.console = None, None
         self.setup()
 
     def say(self, text):
@@ -140,24 +142,86 @@ class Trainer:
         cfg.check(dist.world_size)
         dist.check_same(json.dumps(asdict(cfg), sort_keys=True, default=str), "the training configuration")
         self.out_dir = Path(cfg.output_dir or dist.bcast(time.strftime("runs/%Y%m%d-%H%M%S")))
-        self.resume_step = None
-        fresh_dir = not self.out_dir.is_dir() or not (ckpt.existing_run_files(self.out_dir) or
-                                                       (self.out_dir / "main.log").exists())
-        if cfg.resume and fresh_dir:  # llm.c's recipes pass -y 1 from the first launch on
-            self.say(f"-y 1: nothing to resume in {self.out_dir} yet, starting a new run")
-        elif cfg.resume:
-            self.resume_step = ckpt.latest_complete(self.out_dir, dist.rank)
-            steps = dist.allgather(self.resume_step)
-            if self.resume_step is None or len(set(steps)) != 1:
-                raise LlmpyError(f"-y 1: {self.out_dir} holds no complete checkpoint (a DONE_* marker with its "
-                                 f"model_*.bin and state_*.npz files) for every rank; start without -y 1")
-            info = ckpt.read_done(self.out_dir, self.resume_step)
-            if info.get("world_size", 1) != dist.world_size:
-                raise LlmpyError(f"{self.out_dir} was written by {info['world_size']} processes; resume with "
+        created = self._lock_output_dir()
+        try:
+            self._setup()
+        except BaseException:
+            self.release()
+            if created:   # leave no trace of a run that never started
+                with contextlib.suppress(OSError):
+                    self.out_dir.rmdir()
+            raise
+        # every check passed: this run starts, so the temporary files a killed one left can go
+        removed = ckpt.remove_temp_files(self.out_dir, dist.rank)
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) a stopped run left in {self.out_dir}: "
+                  f"{', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''}", file=self.stream, flush=True)
+
+    def _lock_output_dir(self):
+        """Rank 0 creates the output directory and takes its lock; every rank stops when it cannot. Returns
+        whether this call created the directory."""
+        error, created = None, False
+        if self.master:
+            try:
+                created = not self.out_dir.is_dir()
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                self.lock = ckpt.RunLock(self.out_dir).acquire()
+            except OSError as e:
+                error = f"cannot create the output directory {self.out_dir}: {e.strerror or e}; choose another -o"
+            except LlmpyError as e:
+                error = str(e)
+        self.dist.check_all(error)
+        if self.lock is not None and self.lock.unsupported:
+            self.say(f"note: {self.out_dir}'s file system refuses locks ({self.lock.unsupported}): nothing stops "
+                     f"a second run from writing there")
+        return created
+
+    def release(self):
+        """Let another run use the output directory (run() does this when it ends)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _choose_start(self):
+        """Rank 0: the step to resume from (None: a new run), or an LlmpyError saying why this directory
+        cannot be used. -y 1 resumes the newest complete checkpoint and starts a run where there is none."""
+        cfg, out = self.cfg, self.out_dir
+        latest = ckpt.latest_complete(out)
+        leftovers = ckpt.existing_run_files(out) + [n for n in ("main.log",) if (out / n).exists()]
+        if cfg.resume and latest is not None:
+            info = ckpt.read_done(out, latest)
+            if info["world_size"] != self.dist.world_size:
+                raise LlmpyError(f"{out} was written by {info['world_size']} processes; resume with "
                                  f"mpirun -np {info['world_size']}")
-        elif self.out_dir.is_dir() and ckpt.existing_run_files(self.out_dir) and not cfg.overwrite:
-            raise LlmpyError(f"{self.out_dir} already holds a run's checkpoints: resume it with -y 1, choose "
-                             "another -o, or pass --overwrite to delete them")
+            return latest
+        if cfg.resume:  # llm.c's recipes pass -y 1 from the first launch on
+            what = f"no complete checkpoint in {out} ({', '.join(leftovers[:3])})" if leftovers else \
+                f"nothing to resume in {out} yet"
+            self.say(f"-y 1: {what}, starting a new run")
+        elif leftovers and not cfg.overwrite:
+            if latest is not None:
+                raise LlmpyError(f"{out} already holds a run's checkpoints (the newest at step {latest}): resume it "
+                                 f"with -y 1, choose another -o, or pass --overwrite to delete them")
+            raise LlmpyError(f"{out} holds an earlier run's files ({', '.join(leftovers[:3])}) but no complete "
+                             f"checkpoint: pass -y 1 to start the run there, choose another -o, or pass --overwrite "
+                             f"to delete them")
+        return None
+
+    def _setup(self):
+        cfg, dist = self.cfg, self.dist
+        error, start = None, None
+        if self.master:
+            try:
+                start = self._choose_start()
+            except LlmpyError as e:
+                error = str(e)
+        dist.check_all(error)
+        self.resume_step = dist.bcast(start)
+        if self.resume_step is not None:
+            path = ckpt.state_path(self.out_dir, self.resume_step, dist.rank)
+            dist.check_all(None if path.exists() else f"{path} is missing: the checkpoint of step {self.resume_step} "
+                                                      f"is incomplete; delete {ckpt.done_path(self.out_dir, self.resume_step)} "
+                                                      f"to resume from the previous one")
         # data
         train_pattern, val_pattern = cfg.train_data, cfg.val_data
         if not train_pattern:
@@ -198,19 +262,25 @@ class Trainer:
         self.hellaswag_path = None
         if cfg.hellaswag:
             self.hellaswag_path = self._find_hellaswag()
-        # model, optimizer, detectors, sampler
+        # model, optimizer, update guard, sampler
         self.model = GPT2(mc, params, B, T)
         self.model.zero_grad()
         self.opt = distmod.make_optimizer(dist, cfg.zero_stage, num_parameters(mc), lr=cfg.lr, beta1=cfg.beta1,
                                           beta2=cfg.beta2, eps=cfg.eps, weight_decay=cfg.weight_decay,
                                           decay_ranges=matrix_param_ranges(mc))
-        self.loss_detector, self.norm_detector = OutlierDetector(), OutlierDetector()
+        self.guard = UpdateGuard(cfg.skip_update_lossz, cfg.skip_update_gradz, cfg.max_skipped_updates, mc.vocab_size)
+        self.warned_exploding = False
         self.sampler_state = SAMPLER_SEED
         self.step = 0
         self.overfit_batches = None
         if self.resume_step is not None:
-            self._load_state()
-        self.peak = sgemm_peak()
+            error = None
+            try:
+                self._load_state()
+            except LlmpyError as e:
+                error = str(e)
+            dist.check_all(error)   # a damaged file on one rank stops every rank, with one message
+        self.peak = SgemmPeak()
         self.flops_per_step = flops_per_token(mc, T) * B * T * self.grad_accum  # this rank's share
 
     def _find_hellaswag(self):
@@ -225,16 +295,16 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------------
     def _state_meta(self):
-        return {"step": self.step, "loader": self.train_loader.state_dict(),
-                "loss_detector": self.loss_detector.state_dict(), "norm_detector": self.norm_detector.state_dict(),
+        return {"step": self.step, "loader": self.train_loader.state_dict(), **self.guard.state_dict(),
                 "sampler_state": str(self.sampler_state), "tokens_per_step": self.tokens_per_step,
                 "grad_accum": self.grad_accum, "overfit": self.overfit_batches is not None}
 
     def save(self):
         dist, out, step = self.dist, self.out_dir, self.step
+        if not math.isfinite(global_norm(self.model.params)):   # the same params on every rank
+            self._stop_diverged("the parameters are not finite")
         with dist.abort_on_error():
             if self.master:
-                out.mkdir(parents=True, exist_ok=True)
                 ckpt.save_model(out, step, self.model_config, self.model.params, self.cfg.save_dtype)
             dist.barrier()
             arrays = {f"opt.{k}": v for k, v in self.opt.state_dict().items()}
@@ -244,27 +314,34 @@ class Trainer:
             ckpt.save_state(out, step, dist.rank, arrays, self._state_meta())
             dist.barrier()
             if self.master:
-                ckpt.mark_done(out, step, {"step": step, "world_size": dist.world_size, "time": time.time()})
+                info = ckpt.done_info(step, dist.world_size, self.guard.last_loss, self.guard.healthy())
+                ckpt.mark_done(out, step, dict(info, time=time.time()))
                 deleted = ckpt.prune(out, self.cfg.checkpoints_keep, self.cfg.major_checkpoint_every)
-                self.say(f"saved checkpoint {ckpt.model_path(out, step)}"
-                         + (f" (deleted steps {deleted})" if deleted else ""))
+                self.console.print(f"saved checkpoint {ckpt.model_path(out, step)}"
+                                   + (f" (deleted steps {deleted})" if deleted else ""))
 
     def _load_state(self):
-        arrays, meta = ckpt.load_state(self.out_dir, self.resume_step, self.dist.rank)
+        out, step, rank = self.out_dir, self.resume_step, self.dist.rank
+        path = ckpt.state_path(out, step, rank)
+        arrays, meta = ckpt.load_state(out, step, rank)
         if meta["tokens_per_step"] != self.tokens_per_step or meta["grad_accum"] != self.grad_accum:
             raise LlmpyError(f"the checkpoint was trained with {meta['tokens_per_step']} tokens per step "
                              f"({meta['grad_accum']} micro-batches); resume with the same -b, -t and -d")
-        opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}
-        self.opt.load_state_dict(opt_state, source=str(ckpt.state_path(self.out_dir, self.resume_step,
-                                                                       self.dist.rank)))
-        self.train_loader.load_state_dict(meta["loader"])
-        self.loss_detector.load_state_dict(meta["loss_detector"])
-        self.norm_detector.load_state_dict(meta["norm_detector"])
-        self.sampler_state = int(meta["sampler_state"])
-        if meta.get("overfit"):
-            n = sum(1 for k in arrays if k.startswith("overfit.x"))
-            self.overfit_batches = [(arrays[f"overfit.x{i}"], arrays[f"overfit.y{i}"]) for i in range(n)]
-        self.step = int(meta["step"])
+        try:
+            self.opt.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}, source=str(path))
+            if not 0 <= self.opt.t <= step:
+                raise ValueError(f"the optimizer took {self.opt.t} steps by step {step}")
+            self.train_loader.load_state_dict(meta["loader"])
+            self.guard.load_state_dict(meta)
+            self.sampler_state = ckpt.sampler_state(meta["sampler_state"])
+            if meta["overfit"]:
+                self.overfit_batches = ckpt.overfit_batches(arrays, self.grad_accum, self.cfg.batch_size,
+                                                            self.cfg.seq_len, self.model_config.vocab_size)
+        except LlmpyError as e:   # a mismatch the message explains (another -z, other data)
+            raise LlmpyError(f"resuming from {path}: {e}") from e
+        except (ValueError, TypeError, KeyError) as e:
+            raise ckpt.damaged(path, out, step, f"{type(e).__name__}: {e}") from e
+        self.step = step
 
     # -- evaluation ---------------------------------------------------------------------------------
     def val_loss(self):
@@ -310,10 +387,34 @@ class Trainer:
         if self.stop_requested:
             raise KeyboardInterrupt
         self.stop_requested = True
-        print("\ninterrupt: finishing this step, then writing a checkpoint (Ctrl-C again to abort)",
-              file=sys.stderr, flush=True)
+        self.console.warn("interrupt: finishing this step, then writing a checkpoint (Ctrl-C again to abort)")
+
+    def _log_disk_error(self, path, e):
+        return ckpt.disk_error("the training log", path, e, ckpt.latest_complete(self.out_dir))
+
+    def _stop_diverged(self, why):
+        """Stop every rank (they all see the same loss, norm and params) without writing a checkpoint."""
+        if not self.master:
+            raise RankExit(EXIT_DIVERGED)
+        out = self.out_dir
+        steps, good = ckpt.complete_steps(out), ckpt.newest_healthy(out)
+        if good is None:
+            where = "no complete checkpoint of this run is healthy"
+        else:
+            newer = [ckpt.done_path(out, s).name for s in steps if s > good]
+            where = f"the newest healthy checkpoint is step {good} ({ckpt.model_path(out, good)}); " + \
+                (f"delete {', '.join(newer)} and " if newer else "") + "resume it with -y 1 and a lower -l"
+        raise TrainingDiverged(f"training diverged at step {self.step}: {why}. No checkpoint of this state was "
+                               f"written; {where}")
 
     def run(self):
+        """Train to the last step (or Ctrl-C); returns a summary. The output directory's lock is released at the end."""
+        try:
+            return self._run()
+        finally:
+            self.release()
+
+    def _run(self):
         cfg, dist = self.cfg, self.dist
         mc, first = self.model_config, self.step
         self.say(f"model: {self.model_desc}: L={mc.num_layers} C={mc.channels} NH={mc.num_heads} V={mc.vocab_size} "
@@ -323,18 +424,16 @@ class Trainer:
         self.say(f"batch: B={cfg.batch_size} T={cfg.seq_len} x {self.grad_accum} micro-batches x {dist.world_size} "
                  f"process(es) = {self.tokens_per_step:,} tokens/step; {self.max_steps} steps, lr {cfg.lr} "
                  f"{cfg.lr_schedule} (warmup {cfg.warmup_steps}, final x{cfg.final_lr_frac}); output {self.out_dir}")
-        self.say(f"sgemm peak measured: {self.peak / 1e9:.1f} GFLOP/s")
-        if self.master:
-            try:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise LlmpyError(f"cannot create the output directory {self.out_dir}: {e.strerror}") from e
-            if not cfg.resume and cfg.overwrite:
-                for name in ckpt.existing_run_files(self.out_dir):
-                    (self.out_dir / name).unlink()
+        self.say(f"sgemm peak measured: {self.peak.flops / 1e9:.1f} GFLOP/s")
+        if self.master and not cfg.resume and cfg.overwrite:
+            for name in ckpt.existing_run_files(self.out_dir):
+                (self.out_dir / name).unlink()
         dist.barrier()
-        self.logger = Logger(self.out_dir if self.master else None, self.resume_step)
-        console = Console(cfg.progress, self.max_steps, first, quiet=not self.master, stream=self.stream)
+        self.logger = Logger(self.out_dir if self.master else None, self.resume_step, self._log_disk_error)
+        # only a real terminal outside an MPI launcher gets a bar (see llmpy.train.log)
+        under_mpi = dist.world_size > 1 or distmod.launched_by_mpi() is not None
+        self.console = console = Console(cfg.progress, self.max_steps, first, quiet=not self.master,
+                                         stream=self.stream, under_mpi=under_mpi)
         old_handler = None
         try:
             old_handler = signal.signal(signal.SIGINT, self._on_sigint)
@@ -386,9 +485,16 @@ class Trainer:
             summary["step_ms"][step] = ms
             self.logger.log_train(step, loss, lr, norm)
             tok_s = self.tokens_per_step / (ms / 1e3)
-            mfu = self.flops_per_step / (ms / 1e3) / self.peak
-            console.step(step, self.max_steps, loss, self.zloss, norm, self.zgrad, lr, ms, tok_s, mfu,
-                         note=f" | {skipped}" if skipped else "")
+            mfu, peak_note = self.peak.fraction(self.flops_per_step / (ms / 1e3)) if self.master else (0.0, "")
+            console.step(step, self.max_steps, loss, self.guard.zloss, norm, self.guard.zgrad, lr, ms, tok_s, mfu,
+                         note=f" | skipped the update: {skipped}" if skipped else "")
+            if peak_note:
+                console.print(peak_note)
+            self._warn_exploding(step, loss)
+            if self.guard.diverged:
+                self.step = step + 1
+                self._stop_diverged(f"{self.guard.skipped_in_row} updates in a row were skipped (-sk "
+                                    f"{cfg.max_skipped_updates}), the last because {skipped}")
             stop = dist.allreduce_scalar(float(self.stop_requested), "max") > 0
             if stop and step + 1 < self.max_steps:
                 self.step = step + 1
@@ -399,6 +505,15 @@ class Trainer:
         summary["sample"] = last_sample
         summary["final_step"] = self.step
         summary["params"] = model.params
+
+    def _warn_exploding(self, step, loss):
+        """One warning each time the loss climbs far above uniform guessing (a finite loss is still applied)."""
+        exploding = self.guard.exploding(loss)
+        if exploding and not self.warned_exploding:
+            self.console.warn(f"warning: step {step + 1}: the loss {loss:.4g} is over {self.guard.exploding_above:.2f}, "
+                              f"twice that of guessing uniformly among {self.model_config.vocab_size} tokens: the run "
+                              f"is diverging (lower -l {self.cfg.lr}); checkpoints from here are marked unhealthy")
+        self.warned_exploding = exploding
 
     def train_step(self, step):
         cfg, model, opt = self.cfg, self.model, self.opt
@@ -411,15 +526,7 @@ class Trainer:
         opt.reduce_gradients(model.grads)
         norm = opt.global_grad_norm(model.grads)
         lr = learning_rate(cfg.lr_schedule, step, cfg.lr, cfg.warmup_steps, self.max_steps, cfg.final_lr_frac)
-        self.zloss = self.loss_detector.update(loss)
-        self.zgrad = self.norm_detector.update(norm)
-        skipped = ""
-        if math.isfinite(self.zloss) and cfg.skip_update_lossz and self.zloss > cfg.skip_update_lossz:
-            skipped = f"skipped the update: loss z-score {self.zloss:.2f}"
-        elif math.isfinite(self.zgrad) and cfg.skip_update_gradz and self.zgrad > cfg.skip_update_gradz:
-            skipped = f"skipped the update: grad norm z-score {self.zgrad:.2f}"
-        elif not math.isfinite(norm):
-            skipped = "skipped the update: the gradient norm is not finite"
+        skipped = self.guard.check(loss, norm)   # the same verdict on every rank: loss and norm are averaged
         if skipped:
             model.zero_grad()
         else:
