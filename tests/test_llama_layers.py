@@ -369,3 +369,45 @@ def test_inference_kernels_match_plain_layers():
     np.testing.assert_allclose(got, want[0], rtol=1e-5, atol=2e-6)
     np.testing.assert_allclose(key_cache[0, :, :T2], k[0].reshape(T2, NKV, hs).transpose(1, 0, 2), atol=1e-6)
     np.testing.assert_allclose(rows[:, :C2], q[0], atol=1e-6)  # q rotated in place, as layers.rope_forward
+
+
+# --- the fused training kernels hold to the plain layers they accelerate -----------------------------
+
+KERNEL_CASES = {  # case -> the layers functions llmpy.llama.train_kernels replaces in it
+    "embedding": ("embedding_backward",),
+    "rmsnorm": ("rmsnorm_forward", "rmsnorm_backward"),
+    "rope": ("rope_forward", "rope_backward"),
+    "attention_4q_4kv": ("attention_forward", "attention_backward"),
+    "attention_6q_2kv": ("attention_forward", "attention_backward"),
+    "attention_4q_1kv": ("attention_forward", "attention_backward"),
+    "swiglu": ("swiglu_forward", "swiglu_backward"),
+}
+
+
+@pytest.mark.parametrize("name", list(KERNEL_CASES))
+def test_train_kernels_match_plain_layers(name, monkeypatch):
+    """Each case run through the kernels in float32 against the plain layers in float64 on the same numbers."""
+    pytest.importorskip("numba")
+    from llmpy.llama import train_kernels
+
+    case = _case(name)
+    rng = np.random.default_rng(8)
+    inputs32 = case.make(rng, np.float32)
+    inputs64 = {k: (v.astype(np.float64) if v.dtype == np.float32 else v) for k, v in inputs32.items()}
+    outputs64 = case.forward(inputs64)
+    douts = {k: rng.standard_normal(outputs64[k].shape) for k in case.diff_outputs}
+    prefill = {k: rng.standard_normal(inputs64[k].shape) for k in case.diff_inputs}
+    grads64 = {k: v.copy() for k, v in prefill.items()}
+    case.backward(inputs64, outputs64, douts, grads64)
+    for fn in KERNEL_CASES[name]:
+        monkeypatch.setattr(layers, fn, getattr(train_kernels, fn))
+    outputs32 = case.forward(inputs32)
+    grads32 = {k: v.astype(np.float32) for k, v in prefill.items()}
+    case.backward(inputs32, outputs32, {k: v.astype(np.float32) for k, v in douts.items()}, grads32)
+    for k, v in outputs32.items():
+        assert v.dtype == np.float32, f"{name}: output {k} is {v.dtype}"
+        np.testing.assert_allclose(v, outputs64[k], rtol=1e-5, atol=1e-5, err_msg=f"{name}: {k}")
+    for k, v in grads32.items():
+        assert v.dtype == np.float32, f"{name}: gradient d{k} is {v.dtype}"
+        scale = max(1.0, float(np.abs(grads64[k]).max()))
+        np.testing.assert_allclose(v, grads64[k], rtol=0, atol=1e-5 * scale, err_msg=f"{name}: d{k}")

@@ -108,7 +108,7 @@ def test_fused_and_plain_paths_agree_and_gradients_accumulate():
     plain.backward()
     fused.zero_grad()
     fused.backward()
-    np.testing.assert_allclose(fused.grads, plain.grads, rtol=0, atol=1e-6 * np.abs(plain.grads).max())
+    np.testing.assert_allclose(fused.grads, plain.grads, rtol=0, atol=1e-5 * np.abs(plain.grads).max())
     # two micro-batches at loss_scale 1/2 each add up to one batch at scale 1
     half = Llama(config, params, fused=False)
     half.zero_grad()
@@ -143,7 +143,7 @@ def test_adamw_steps_match_torch():
         _, loss = ref.forward(config, w, inputs, targets)
         loss.backward()
         topt.step()
-        theirs.append(float(loss))
+        theirs.append(loss.item())
     assert ours[-1] < ours[0] - 0.1  # it trains
     np.testing.assert_allclose(ours, theirs, rtol=2e-5)
     for name, view in model.p.items():

@@ -24,20 +24,7 @@ import numpy as np
 from llmpy.backend import get_array_module, matmul_acc
 from llmpy.gpt2.model import NamedViews
 from llmpy.llama import layers
-from llmpy.llama.layers import (
-    attention_backward,
-    attention_forward,
-    embedding_backward,
-    embedding_forward,
-    linear_backward,
-    linear_forward,
-    rmsnorm_backward,
-    rmsnorm_forward,
-    rope_backward,
-    rope_forward,
-    swiglu_backward,
-    swiglu_forward,
-)
+from llmpy.llama.layers import embedding_forward, linear_backward, linear_forward
 from llmpy.llama.model import LlamaConfig, weight_shapes
 
 INIT_STD = 0.02
@@ -152,6 +139,7 @@ def grad_activation_shapes(config, B, T):
         "dq": (B, T, C), "dk": (B, T, KV), "dv": (B, T, KV),
         "dhb": (B, T, H), "dh1": (B, T, H), "dh3": (B, T, H),
         "datt": (B, config.n_heads, T, T),
+        "heads": (B, T, C),       # fused path only: train_kernels.attention_backward's head-major copies
         "dlogits": (B, T, config.vocab_size),  # plain path only
     }
 
@@ -171,9 +159,10 @@ def _flat(x):
 class Llama:
     """The model: parameters, gradients and activations, each a flat or preallocated buffer.
 
-    `fused=True` (the default for float32 NumPy arrays when Numba is installed) runs the softmax + cross-entropy
-    through llmpy/gpt2/kernels.py and keeps one (B,T,V) buffer for logits and dlogits; `fused=False` runs the
-    plain layers only, which read like the math and work on any array module.
+    `fused=True` (the default for float32 NumPy arrays when Numba is installed) runs the memory-bound layers
+    through llmpy/llama/train_kernels.py and the softmax + cross-entropy through llmpy/gpt2/kernels.py, keeping
+    one (B,T,V) buffer for logits and dlogits; `fused=False` runs the plain layers of llmpy/llama/layers.py,
+    which read like the math and work on any array module.
     """
 
     def __init__(self, config, params, B=None, T=None, fused=None):
@@ -212,7 +201,7 @@ class Llama:
         dtype = self.params.dtype
         skip = ("probs",) if self.fused else ("lse",)
         self.acts = _alloc(activation_shapes(self.config, B, T), self.xp, dtype, skip)
-        dskip = ("dlogits",) if self.fused else ()
+        dskip = ("dlogits",) if self.fused else ("heads",)
         self.dacts = _alloc(grad_activation_shapes(self.config, B, T), self.xp, dtype, dskip)
         self.B, self.T = B, T
 
@@ -248,6 +237,9 @@ class Llama:
         p, a = self.p, self.acts
         NH, eps = cfg.n_heads, cfg.norm_eps
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        rmsnorm_forward, rope_forward, swiglu_forward = self._kernels("rmsnorm_forward", "rope_forward",
+                                                                      "swiglu_forward")
+        attention_forward, = self._kernels("attention_forward")
 
         embedding_forward(a["encoded"], inputs, p.tok_emb)
         for l in range(cfg.n_layers):
@@ -294,6 +286,10 @@ class Llama:
         cfg, p, g, a, d = self.config, self.p, self.g, self.acts, self.dacts
         B, T, V, NH = self.B, self.T, cfg.vocab_size, cfg.n_heads
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        rmsnorm_backward, rope_backward, swiglu_backward = self._kernels("rmsnorm_backward", "rope_backward",
+                                                                         "swiglu_backward")
+        attention_backward, embedding_backward = self._kernels("attention_backward", "embedding_backward")
+        heads = {"heads": d["heads"]} if self.fused else {}  # the kernel's scratch for grouped heads
         dloss = loss_scale / (B * T)  # the loss is a mean over all B*T positions
 
         # softmax + cross-entropy, then the classifier
@@ -327,7 +323,7 @@ class Llama:
             # attention block
             linear_backward(d["datty"], g.wo[l], dres, a["atty"][l], p.wo[l], accumulate=False)
             attention_backward(d["dq"], d["dk"], d["dv"], d["datty"], a["q"][l], a["k"][l], a["v"][l], a["att"][l],
-                               NH, scratch=d["datt"], accumulate=False)
+                               NH, scratch=d["datt"], accumulate=False, **heads)
             rope_backward(d["dq"], d["dq"], cos, sin, accumulate=False)  # in place: d(rotated) -> d(wq x)
             rope_backward(d["dk"], d["dk"], cos, sin, accumulate=False)
             linear_backward(dln, g.wq[l], d["dq"], a["ln1"][l], p.wq[l], accumulate=False)
@@ -342,6 +338,13 @@ class Llama:
     def logits(self):
         """The logits (B,T,V) of the last forward, before any backward."""
         return self.acts["logits"]
+
+    def _kernels(self, *names):
+        # the fused kernels (train_kernels) or the plain layers, by name: the same signatures
+        if self.fused:
+            from llmpy.llama import train_kernels
+            return [getattr(train_kernels, name) for name in names]
+        return [getattr(layers, name) for name in names]
 
     def _wcls(self, views):
         # the classifier's weight (or gradient) view: the embedding table itself when shared
