@@ -8,8 +8,8 @@ scheduler runs some of our threads late, and every barrier then waits for the sl
 41.5 tok/s on 1. So the default is not "all threads" but "the threads the other processes leave free":
 
     governor = ThreadGovernor(max_threads)
-    n = governor.threads()        # cheap: looks at the machine at most every CHECK_SECONDS
-    ... run the step on n threads ...
+    governor.apply()        # cheap: looks at the machine at most every CHECK_SECONDS, sets Numba's and BLAS's count
+    ... run the step ...
 
 `CpuLoad` measures the cores that other processes keep busy over the last interval, from the kernel's
 per-CPU counters (/proc/stat, only the CPUs this process may run on) minus this process's own CPU time
@@ -127,6 +127,24 @@ class ThreadGovernor:
             n = int(free + UP_MARGIN)
         self.current = max(1, min(n, self.max_threads))
         return self.current
+
+    def apply(self):
+        """Run the calling thread's next Numba kernels and BLAS calls on threads(); returns that count."""
+        n = self.threads()
+        use_threads(n)
+        return n
+
+
+def use_threads(n):
+    """Numba's thread count for the calling thread (numba keeps one per thread) and OpenBLAS's, when n differs."""
+    import numba
+
+    n = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+    if n != numba.get_num_threads():
+        from llmpy.dist import set_blas_threads
+
+        numba.set_num_threads(n)
+        set_blas_threads(n)
 
 
 def user_threads():

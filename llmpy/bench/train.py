@@ -6,6 +6,11 @@ median step time, a per-layer breakdown, the step's FLOPs, the time of the same 
 (same shapes and layouts, back to back), the sgemm peak on large square matrices, the peak
 resident memory of our step, and, when torch is installed, the same step in PyTorch eager with
 AdamW. Targets (issue 2): step <= 1.15x matmuls alone, peak RSS <= 2.6 GB.
+
+--contended: the step on the default threads (picked before every step by llmpy/threads.py from the cores
+other processes leave free, as `llmpy train` does) against one fixed thread, in alternating rounds, on the
+idle machine and then with one CPU-burning process per core started by the bench (bench/contend.py).
+Target: under contention the default >= 1.0x one thread (step time ratio one thread / default), idle unchanged.
 """
 
 import resource
@@ -37,6 +42,9 @@ def add_arguments(parser):
                         help="timed rounds of one step and its matmuls alone; medians are reported (default 15)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--contended", action="store_true",
+                        help="instead: the default threads against one thread, idle and with a CPU-burning process "
+                             "per core (started by the bench), in the same run")
 
 
 def peak_rss_gb():
@@ -152,6 +160,37 @@ class Profiler:
         self.saved.clear()
 
 
+def contended(args, train_step):
+    """Step times on the default threads (the governor) and on one thread, idle and busy, alternating."""
+    import contextlib
+
+    import numba
+
+    from llmpy.bench.contend import busy_cpus
+    from llmpy.threads import ThreadGovernor, use_threads
+
+    n_max = numba.config.NUMBA_NUM_THREADS
+    rows = []
+    for busy in (False, True):
+        governor = ThreadGovernor(n_max)  # as a run's setup makes it, before its first step
+        with busy_cpus() if busy else contextlib.nullcontext():
+            default, one = [], []
+            for _ in range(args.steps):
+                governor.apply()
+                default.append(time_median(train_step, 1, warmup=0))
+                use_threads(1)
+                one.append(time_median(train_step, 1, warmup=0))
+            use_threads(n_max)
+            rows.append(("busy" if busy else "idle", statistics.median(default), statistics.median(one),
+                         statistics.median(o / d for o, d in zip(one, default)), governor.current))
+    print(f"step time, median of {args.steps} alternated rounds; busy = one CPU-burning process per core; "
+          f"ratio = one thread / default (median of rounds; >= 1.0: the default is no slower)")
+    for what, d, o, r, n in rows:
+        print(f"  {what}: default {d * 1e3:8.1f} ms ({n} thread(s) at the end), one thread {o * 1e3:8.1f} ms, "
+              f"ratio {r:.2f}x")
+    return 0
+
+
 def run(args):
     limit_openmp_spinning()
     from llmpy.gpt2.model import GPT2, GPT2Config, init_params, num_parameters
@@ -184,6 +223,8 @@ def run(args):
 
     for _ in range(2):
         train_step()
+    if args.contended:
+        return contended(args, train_step)
     rss = peak_rss_gb()  # before the matmuls-alone program allocates its own operands
 
     # the step and its matmuls alone, alternated, so that both see the same machine (a shared or

@@ -230,22 +230,12 @@ class Transformer:
             rows = self._row0 if B == 1 else np.nonzero(np.append(streams[1:] != streams[:-1], True))[0]
             out = self.logits[:len(rows)] if len(rows) <= self.logits.shape[0] else np.empty((len(rows), c.vocab_size),
                                                                                             np.float32)
-        self._use_threads(self.governor.threads())
+        self.governor.apply()
         if B <= SMALL_BATCH and self.fused:
             self._forward_fused(out, rows, tokens, streams, positions)
         else:
             self._forward_layers(out, rows, tokens, streams, positions)
         return out
-
-    @staticmethod
-    def _use_threads(n):
-        """Run the next kernels on n threads (numba's count is per calling thread; OpenBLAS's for prefill)."""
-        n = min(n, numba.config.NUMBA_NUM_THREADS)
-        if n != numba.get_num_threads():
-            from llmpy.dist import set_blas_threads
-
-            numba.set_num_threads(n)
-            set_blas_threads(n)
 
     def _forward_fused(self, out, rows, tokens, streams, positions):
         c = self.config
