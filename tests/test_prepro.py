@@ -4,6 +4,7 @@
 import functools
 import glob
 import gzip
+import hashlib
 import http.server
 import io
 import json
@@ -18,11 +19,13 @@ import pytest
 from llmpy.cli import main
 from llmpy.data import fineweb, prepro, tinystories
 from llmpy.errors import LlmpyError
+from llmpy.formats import tokenizer_file
 from llmpy.formats.tokens import read_shard
 from llmpy.tokenizers.gpt2 import get_gpt2_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHAKESPEARE = SHARED / "tinyshakespeare" / "input.txt"
+LLAMA2_TOKENIZER = SHARED / "llama2" / "tokenizer.bin"
 EOT = 50256
 
 
@@ -59,14 +62,39 @@ def test_tinyshakespeare_matches_llmc(tmp_path, serve, enc):
     # a local source file gives the same, without any server
     train2, _ = prepro.prepare_tinyshakespeare(tmp_path / "ts2", source=SHAKESPEARE, verbose=False)
     np.testing.assert_array_equal(read_shard(train2), t)
+    # llm.c's C train_gpt2 needs gpt2_tokenizer.bin beside the shards: the same bytes the API writes
+    tokenizer_file.write_tokenizer(tmp_path / "ref.bin", enc)
+    assert (tmp_path / "ts" / "gpt2_tokenizer.bin").read_bytes() == (tmp_path / "ref.bin").read_bytes()
 
 
-def test_tinyshakespeare_bad_checksum(tmp_path, serve):
+def test_tinyshakespeare_bad_download(tmp_path, serve):
     root, url = serve
     (root / "input.txt").write_text("not shakespeare\n\nat all")
+    with pytest.raises(LlmpyError, match="but the file is 1,115,394 bytes"):
+        prepro.prepare_tinyshakespeare(tmp_path / "ts", url=f"{url}/input.txt", verbose=False)
+    (root / "input.txt").write_bytes(b"x" * 1115394)  # the right size, other bytes
     with pytest.raises(LlmpyError, match="checksum mismatch"):
         prepro.prepare_tinyshakespeare(tmp_path / "ts", url=f"{url}/input.txt", verbose=False)
-    assert not list((tmp_path / "ts").glob("*.bin")) and not list((tmp_path / "ts").glob("*.txt"))
+    assert list((tmp_path / "ts").iterdir()) == []
+    # no network: the message names the offline route
+    with pytest.raises(LlmpyError, match="no network.*--input FILE"):
+        prepro.prepare_tinyshakespeare(tmp_path / "ts", url="http://127.0.0.1:9/input.txt", verbose=False)
+
+
+def test_tinyshakespeare_input_offline(tmp_path, capsys):
+    # llm.c's quick start without a network: a local input.txt; one that is not the published file warns
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n" * 400
+    mine = tmp_path / "input.txt"
+    mine.write_text(text)
+    out = tmp_path / "ts"
+    assert main(["prepro", "tinyshakespeare", "--input", str(mine), "--out-dir", str(out), "--quiet"]) != 0
+    captured = capsys.readouterr()
+    assert "warning: " in captured.err and "is not the published tiny_shakespeare.txt" in captured.err
+    assert "only" in captured.err  # too few tokens for llm.c's 32,768-token val split: a clear error
+    mine.write_text(text * 30)
+    assert main(["prepro", "tinyshakespeare", "--input", str(mine), "--out-dir", str(out), "--quiet", "--force"]) == 0
+    assert (out / "tiny_shakespeare.txt").read_text() == text * 30
+    assert f"tokenizer: {out / 'gpt2_tokenizer.bin'}" in capsys.readouterr().out
 
 
 def test_default_corpus_offline(tmp_path, enc, capsys):
@@ -117,6 +145,7 @@ def test_text_undecodable_and_empty(tmp_path):
 def test_custom_vocab(tmp_path):
     from llmpy.formats.tokenizer_file import read_tokenizer
     from llmpy.tokenizers.bpe_train import SentencePieceTokenizer
+    from llmpy.tokenizers.llama2 import Llama2Tokenizer
 
     corpus = tmp_path / "corpus.txt"
     words = ["the cat sat on the mat", "a dog ran far away", "birds sing in the morning", "naïve café 42"]
@@ -135,10 +164,26 @@ def test_custom_vocab(tmp_path):
     texts = prepro.tinyshakespeare_sections(corpus.read_text())
     assert len(docs) == len(texts)
     assert [tok.decode(d[1:].tolist()) for d in docs[:20]] == [t for t in texts[:20]]
-    llmc = read_tokenizer(tmp_path / "out" / "tokenizer.bin")
+    llmc = read_tokenizer(tmp_path / "out" / "tok300_llmc.bin")
     assert llmc.decode(docs[3][1:].tolist()).lstrip() == texts[3]
+    # tok300.bin is llama2.c's format, what `llmpy run -z` loads: it encodes as sentencepiece does
+    llama = Llama2Tokenizer.load(tmp_path / "out" / "tok300.bin", 300)
+    assert llama.encode(texts[3].strip(), bos=True) == [1] + tok.encode(texts[3].strip())
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "prepro.json", "text_train.bin", "text_val.bin", "tok300.bin", "tok300.model", "tok300.vocab",
+        "tok300_llmc.bin"]
     with pytest.raises(LlmpyError, match="vocabulary"):
         prepro.prepare_text([corpus], tmp_path / "o2", vocab_size=50, verbose=False)
+
+
+@pytest.mark.skipif(not LLAMA2_TOKENIZER.with_suffix(".model").exists() or not LLAMA2_TOKENIZER.exists(),
+                    reason="../shared/data/llama2 is absent")
+def test_llama2c_tokenizer_bin_from_sentencepiece(tmp_path):
+    # llama2.c's tokenizer.py turned Llama 2's tokenizer.model into its tokenizer.bin: the same bytes here
+    from llmpy.tokenizers.bpe_train import llama2c_tokenizer
+
+    llama2c_tokenizer(LLAMA2_TOKENIZER.with_suffix(".model")).save(tmp_path / "tokenizer.bin")
+    assert (tmp_path / "tokenizer.bin").read_bytes() == LLAMA2_TOKENIZER.read_bytes()
 
 
 def test_write_sharded(tmp_path):
@@ -180,16 +225,19 @@ def test_fineweb_pipeline_on_local_server(tmp_path, serve, monkeypatch, enc):
     root, url = serve
     tree = root / "api" / "datasets" / "HuggingFaceFW" / "fineweb" / "tree" / "main" / "sample"
     tree.mkdir(parents=True)
-    listing = [{"type": "file", "path": f"sample/10BT/{i:03d}_00000.parquet"} for i in (1, 0)]
-    (tree / "10BT").write_text(json.dumps(listing + [{"type": "directory", "path": "sample/10BT/x"}]))
     data = root / "datasets" / "HuggingFaceFW" / "fineweb" / "resolve" / "main" / "sample" / "10BT"
     data.mkdir(parents=True)
     texts = {0: [f"web page {j}" for j in range(20)], 1: [f"other page {j}!" for j in range(20)]}
+    listing = [{"type": "directory", "path": "sample/10BT/x"}]
     for i, lines in texts.items():
-        (data / f"{i:03d}_00000.parquet").write_bytes(gzip.compress("\n".join(lines).encode()))
+        # stand-ins for parquet files: gzipped lines of text between parquet's magic
+        raw = b"PAR1" + gzip.compress("\n".join(lines).encode()) + b"PAR1"
+        (data / f"{i:03d}_00000.parquet").write_bytes(raw)
+        lfs = {"oid": hashlib.sha256(raw).hexdigest(), "size": len(raw), "pointerSize": 134}
+        listing.insert(0, {"type": "file", "path": f"sample/10BT/{i:03d}_00000.parquet", "size": len(raw), "lfs": lfs})
+    (tree / "10BT").write_text(json.dumps(listing))
     monkeypatch.setattr(fineweb, "HF", url)
-    # stand-in for pyarrow: the test "parquet" files are gzipped lines of text
-    monkeypatch.setattr(fineweb, "parquet_texts", lambda p: gzip.decompress(Path(p).read_bytes()).decode().split("\n"))
+    monkeypatch.setattr(fineweb, "parquet_texts", lambda p: gzip.decompress(Path(p).read_bytes()[4:-4]).decode().split("\n"))
     train, val = fineweb.prepare_fineweb(tmp_path / "fw", shard_size=64, num_workers=2, verbose=False)
     shards = sorted(Path(tmp_path / "fw").glob("fineweb_*.bin"), key=lambda p: p.name[-10:])
     assert shards[0].name == "fineweb_val_000000.bin" and len(shards) > 2
@@ -197,3 +245,28 @@ def test_fineweb_pipeline_on_local_server(tmp_path, serve, monkeypatch, enc):
     want = [t for text in texts[0] + texts[1] for t in [EOT] + enc.encode_ordinary(text)]
     assert got == want
     assert val.endswith("fineweb_val_*.bin") and train.endswith("fineweb_train_*.bin")
+    assert (tmp_path / "fw" / "gpt2_tokenizer.bin").is_file()
+    # a file that is not what the listing says (another sha256) is refused and deleted
+    changed = bytearray((data / "000_00000.parquet").read_bytes())
+    changed[10] ^= 1  # same size, same magic, one bit off
+    (data / "000_00000.parquet").write_bytes(bytes(changed))
+    with pytest.raises(LlmpyError, match="checksum mismatch"):
+        fineweb.prepare_fineweb(tmp_path / "fw2", shard_size=64, num_workers=1, verbose=False)
+    assert not list((tmp_path / "fw2" / "parquet").glob("000_*"))
+
+
+def test_local_inputs_are_checked(tmp_path):
+    from llmpy.data.hellaswag import prepare_hellaswag
+
+    bad = tmp_path / "hellaswag_val.jsonl"
+    bad.write_text('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 0}\n{"ctx": "no endings"}\n')
+    with pytest.raises(LlmpyError, match=r"is not the expected hellaswag_val.jsonl: line 2 lacks the keys \['endings'"):
+        prepare_hellaswag(tmp_path / "hs", source=bad, verbose=False)
+    page = tmp_path / "TinyStories_all_data.tar.gz"
+    page.write_text("<!DOCTYPE html><html><body>404</body></html>")
+    with pytest.raises(LlmpyError, match="HTML page"):
+        tinystories.prepare_tinystories(tmp_path / "st", source=page, verbose=False)
+    page.write_bytes(gzip.compress(b"not a tar archive" * 100))
+    with pytest.raises(LlmpyError, match="not a readable tar.gz"):
+        tinystories.prepare_tinystories(tmp_path / "st", source=page, verbose=False)
+    assert not list((tmp_path / "st").glob("*.tar.gz")) and not list((tmp_path / "hs").glob("*.jsonl"))

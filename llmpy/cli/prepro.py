@@ -1,14 +1,22 @@
 """`llmpy prepro NAME`: download and tokenize a dataset into llm.c token shards (llm.c's dev/data/*.py).
 
 Output goes to --out-dir, by default $XDG_CACHE_HOME/llmpy/data/NAME (~/.cache/llmpy/data/NAME);
-finished work is skipped unless --force. Prints the token counts and the train/val globs to pass to
-`llmpy train`.
+finished work is skipped unless --force. Prints the token counts, the train/val globs to pass to
+`llmpy train`, and the tokenizer files written beside them: gpt2_tokenizer.bin (llm.c's) for GPT-2
+datasets; for `text --vocab-size V` tok{V}.model (sentencepiece), tok{V}.bin (llama2.c's format, for
+`llmpy run -z`) and tok{V}_llmc.bin (llm.c's format).
 """
 
 import os
+from pathlib import Path
 
 from llmpy.errors import LlmpyError
 
+RAW_FILES = {  # what --input takes
+    "tinyshakespeare": "char-rnn's tinyshakespeare input.txt",
+    "tinystories": "TinyStories_all_data.tar.gz",
+    "hellaswag": "hellaswag_{split}.jsonl",
+}
 DATASETS = {
     "default": "offline corpus: the standard library's pydoc_data help texts (no network needed)",
     "tinyshakespeare": "llm.c's tinyshakespeare: 32,768 val and 305,260 train GPT-2 tokens",
@@ -31,7 +39,8 @@ def add_arguments(parser):
         p.add_argument("--force", action="store_true", help="redo the tokenization even if the output exists")
         p.add_argument("--quiet", action="store_true", help="no progress output")
         if name in ("tinyshakespeare", "tinystories", "hellaswag"):
-            p.add_argument("--input", default=None, help="use this local copy of the raw file instead of downloading")
+            p.add_argument("--input", default=None, metavar="FILE",
+                           help=f"use this local copy of {RAW_FILES[name]} instead of downloading (offline)")
         if name in ("tinystories", "fineweb", "edu_fineweb", "text"):
             p.add_argument("--workers", type=int, default=None if name != "text" else 1,
                            help="tokenizer processes (default: all cores; text: 1)")
@@ -87,4 +96,8 @@ def run(args):
     info = prepro.read_done(os.path.dirname(train)) or {"files": {}}
     total = sum(info["files"].values())
     print(f"{total:,} tokens in {len(info['files'])} shards\ntrain: {train}\nval:   {val}")
+    out_dir = Path(train).parent
+    for path in [out_dir / prepro.GPT2_TOKENIZER_FILE] + sorted(out_dir.glob("tok*.bin")):
+        if path.is_file():
+            print(f"tokenizer: {path}")
     return 0

@@ -50,6 +50,8 @@ HTML_STARTS = (b"<!doctype html", b"<html")
 SNIFF_BYTES = 512
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"  # at the start and at the very end of every parquet file
+HF = "https://huggingface.co"
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256_of(path):
@@ -127,6 +129,29 @@ def verify(path, url, sha256=None, validate=None):
         os.unlink(path)
         raise LlmpyError(f"the download of {url} is not the expected file: {e}; it was deleted, run the "
                          "command again (or check the URL)") from e
+
+
+def hf_files(repo, folder="", base=HF):
+    """{path: (size, sha256 or None)} of the files under `folder` of a Hugging Face dataset repo (one API request).
+
+    For files kept in Git LFS (every large data file) the listing carries the content's sha256 (`lfs.oid`)
+    and size, which is what lets downloads from the Hub be checked. LlmpyError when the listing fails.
+    """
+    url = f"{base}/api/datasets/{repo}/tree/main/{folder}".rstrip("/")
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": USER_AGENT}),
+                                    timeout=TIMEOUT_S) as response:
+            entries = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise LlmpyError(f"cannot list {url} ({getattr(e, 'reason', e)}): no network?") from e
+    files = {}
+    for e in entries:
+        if not isinstance(e, dict) or e.get("type") != "file" or "path" not in e:
+            continue
+        lfs = e.get("lfs") or {}
+        sha = lfs.get("oid")
+        files[e["path"]] = (lfs.get("size", e.get("size")), sha if SHA256_HEX.fullmatch(str(sha)) else None)
+    return files
 
 
 # ---------------------------------------------------------------------------------------------------------

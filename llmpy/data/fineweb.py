@@ -2,19 +2,16 @@
 
 The "sample-10BT" (or "sample-100BT") parquet files of HuggingFaceFW/fineweb or HuggingFaceFW/fineweb-edu
 are listed through the Hugging Face API, downloaded one at a time into the cache (resumable, with a
-progress bar), and their "text" column tokenized as [EOT] + GPT-2 tokens by a process pool. Shards of
-`shard_size` tokens (default 10^8) are named {fineweb,edu_fineweb}_{val,train}_{index:06d}.bin; shard 0 is
-val, as in llm.c. `max_shards` stops early, for a small sample.
+progress bar; each checked against the size and sha256 of the listing and for parquet's magic), and their
+"text" column tokenized as [EOT] + GPT-2 tokens by a process pool. Shards of `shard_size` tokens (default
+10^8) are named {fineweb,edu_fineweb}_{val,train}_{index:06d}.bin; shard 0 is val, as in llm.c; llm.c's
+gpt2_tokenizer.bin is written beside them. `max_shards` stops early, for a small sample.
 
 Needs pyarrow to read parquet (`pip install pyarrow`); the `datasets` library is not used. Not handled:
 other FineWeb subsets or dumps.
 """
 
-import json
-import urllib.error
-import urllib.request
-
-from llmpy.data.download import TIMEOUT_S, download_file
+from llmpy.data.download import check_parquet, download_file, hf_files
 from llmpy.data.prepro import SHARD_SIZE, encode_documents, mark_done, prepare_out_dir, skip_if_done, write_sharded
 from llmpy.errors import LlmpyError
 from llmpy.tokenizers.gpt2 import N_VOCAB
@@ -26,14 +23,15 @@ BATCH_ROWS = 1024
 
 
 def list_parquet_files(repo, folder):
-    """The parquet paths under `folder` of a Hugging Face dataset repo, sorted (one API request)."""
-    url = f"{HF}/api/datasets/{repo}/tree/main/{folder}"
+    """[(path, size, sha256)] of the parquet files under `folder` of a Hugging Face dataset repo, sorted by path.
+
+    The size and sha256 come from the Hub's listing (Git LFS keeps both), so every download is checked.
+    """
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-            entries = json.load(response)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise LlmpyError(f"cannot list {url} ({getattr(e, 'reason', e)}): fineweb needs the network") from e
-    return sorted(e["path"] for e in entries if e.get("type") == "file" and e["path"].endswith(".parquet"))
+        files = hf_files(repo, folder, base=HF)
+    except LlmpyError as e:
+        raise LlmpyError(f"{e} fineweb needs the network") from e
+    return sorted((path, size, sha) for path, (size, sha) in files.items() if path.endswith(".parquet"))
 
 
 def parquet_texts(path):
@@ -50,9 +48,10 @@ def parquet_texts(path):
 
 
 def fineweb_documents(repo, folder, out_dir, verbose):
-    for rel in list_parquet_files(repo, folder):
+    for rel, size, sha256 in list_parquet_files(repo, folder):
         local = out_dir / "parquet" / rel.replace("/", "_")
-        download_file(f"{HF}/datasets/{repo}/resolve/main/{rel}", local, progress=verbose)
+        download_file(f"{HF}/datasets/{repo}/resolve/main/{rel}", local, sha256=sha256, size=size,
+                      validate=check_parquet, progress=verbose)
         yield from parquet_texts(local)
 
 
@@ -70,5 +69,5 @@ def prepare_fineweb(out_dir=None, version="10B", edu=False, shard_size=SHARD_SIZ
     tokens = encode_documents(docs, num_workers=num_workers, chunksize=64)
     written = write_sharded(tokens, out_dir, name, shard_size, N_VOCAB, verbose, max_shards=max_shards)
     train, val = f"{name}_train_*.bin", f"{name}_val_*.bin"
-    mark_done(out_dir, train, val, written)
+    mark_done(out_dir, train, val, written, verbose)
     return str(out_dir / train), str(out_dir / val)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmpy.data.download import check_jsonl
 from llmpy.data.prepro import fetch, prepare_out_dir, say
 from llmpy.errors import LlmpyError
 from llmpy.formats.hellaswag import NUM_COMPLETIONS, read_evalfile, write_evalfile
@@ -28,6 +29,7 @@ HELLASWAG_URLS = {
     for split in ("train", "val", "test")
 }
 VAL_EXAMPLES = 10042  # the size of HellaSwag's validation split
+EXAMPLE_KEYS = ("ctx", "endings", "label")  # what render_example reads from each line
 
 
 def render_example(example, tok):
@@ -50,7 +52,9 @@ def prepare_hellaswag(out_dir=None, split="val", source=None, force=False, verbo
     if out.exists() and not force:
         say(verbose, f"{out} already exists, skipping (pass --force to redo)")
         return str(out)
-    path = fetch(HELLASWAG_URLS[split], out_dir, f"hellaswag_{split}.jsonl", None, source, verbose)
+    # no published checksum: the file must be JSON lines holding the keys an example needs
+    path = fetch(HELLASWAG_URLS[split], out_dir, f"hellaswag_{split}.jsonl", None, source, verbose,
+                 validate=check_jsonl(EXAMPLE_KEYS))
     tok = get_gpt2_tokenizer(vocab_dir)
     examples = []
     with open(path, encoding="utf-8") as f:

@@ -1,10 +1,13 @@
 """Dataset preparation (llm.c's dev/data/*.py): raw text -> documents -> tokens -> llm.c shards.
 
-Every dataset follows the same recipe: fetch the text into a cache directory (skipped when present,
-sha256-checked when a sum is known), cut it into documents, tokenize each as [EOT] + tokens (EOT, GPT-2's
-<|endoftext|>, separates documents), and write llm.c shards with a val/train split. A `prepro.json` in the
-output directory records what was written; when it is present and its shards still exist the work is
-skipped. Every `prepare_*` returns (train_pattern, val_pattern), globs for llmpy.data.dataloader.
+Every dataset follows the same recipe: fetch the text into a cache directory (skipped when present; the
+download checked for size, sha256 when a sum is known, and format), or copy a local file given instead (a
+dataset's --input), cut it into documents, tokenize each as [EOT] + tokens (EOT, GPT-2's <|endoftext|>,
+separates documents), and write llm.c shards with a val/train split. GPT-2 datasets also get llm.c's
+`gpt2_tokenizer.bin` beside the shards (llm.c's C train_gpt2 reads it). A `prepro.json` in the output
+directory records what was written; when it is present and its shards still exist the work is skipped.
+Every file is written atomically (llmpy.fileio). Every `prepare_*` returns (train_pattern, val_pattern),
+globs for llmpy.data.dataloader.
 
 Here: the offline `default` corpus (the standard library's pydoc_data topics, English text every Python
 carries), `tinyshakespeare` (llm.c's exact split: 32,768 val and 305,260 train tokens) and `text` (your
@@ -15,25 +18,31 @@ Not handled: llama-3 tokenization (llm.c's uint32 "llama-3" shards can be read, 
 llama-3's tokenizer here).
 """
 
+import filecmp
 import json
 import multiprocessing
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from llmpy.data.download import download_file, sha256_of
+from llmpy.data.download import CHUNK_BYTES, check_not_html, download_file, sha256_of
 from llmpy.errors import LlmpyError
+from llmpy.fileio import atomic_write_text, atomic_write_with
 from llmpy.formats.tokens import UINT16_VOCAB_LIMIT, ShardWriter, read_header, write_shard
 from llmpy.tokenizers.gpt2 import N_VOCAB as GPT2_VOCAB
 
 CACHE_SUBDIR = ("llmpy", "data")
 MARKER = "prepro.json"
+GPT2_TOKENIZER_FILE = "gpt2_tokenizer.bin"  # llm.c's tokenizer file, which its C train_gpt2 loads for samples
+INPUT_HINT = ", or pass a local copy with --input FILE"
 SHARD_SIZE = 10**8  # tokens per shard for sharded datasets (llm.c's fineweb default)
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+TINYSHAKESPEARE_BYTES = 1115394
 TINYSHAKESPEARE_VAL_TOKENS = 32768  # llm.c: the first 32,768 tokens (~10%) are the val split
 DEFAULT_VAL_TOKENS = 16384  # the default corpus is ~115k tokens: the first 16,384 are val
 TEXT_VAL_FRACTION = 0.1
@@ -125,6 +134,23 @@ def say(verbose, message):
         print(message, flush=True)
 
 
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def write_gpt2_tokenizer_file(out_dir, verbose):
+    """llm.c's gpt2_tokenizer.bin in out_dir (when absent): what llm.c's C trainers read to print samples."""
+    path = Path(out_dir) / GPT2_TOKENIZER_FILE
+    if path.exists():
+        return path
+    from llmpy.formats.tokenizer_file import write_tokenizer
+    from llmpy.tokenizers.gpt2 import get_gpt2_tokenizer
+
+    write_tokenizer(path, get_gpt2_tokenizer())
+    say(verbose, f"writing llm.c's tokenizer file {path}")
+    return path
+
+
 def write_split(path, tokens, vocab_size, verbose):
     n = write_shard(path, tokens, vocab_size=vocab_size)
     say(verbose, f"writing {n:,} tokens to {path}")
@@ -190,9 +216,13 @@ def read_done(out_dir):
     return info
 
 
-def mark_done(out_dir, train_pattern, val_pattern, files, **extra):
+def mark_done(out_dir, train_pattern, val_pattern, files, verbose=False, **extra):
+    """Record a finished prepro in out_dir/prepro.json; GPT-2 data (no other `tokenizer` in extra) first gets
+    llm.c's gpt2_tokenizer.bin beside it."""
+    if extra.get("tokenizer", "gpt2") == "gpt2":
+        write_gpt2_tokenizer_file(out_dir, verbose)
     info = {"train": train_pattern, "val": val_pattern, "files": {Path(p).name: int(n) for p, n in files}, **extra}
-    (Path(out_dir) / MARKER).write_text(json.dumps(info, indent=1))
+    atomic_write_text(Path(out_dir) / MARKER, json.dumps(info, indent=1))
     return info
 
 
@@ -200,6 +230,8 @@ def skip_if_done(out_dir, verbose):
     info = read_done(out_dir)
     if info is None:
         return None
+    if info.get("tokenizer", "gpt2") == "gpt2":
+        write_gpt2_tokenizer_file(out_dir, verbose)  # made by an older llmpy without it
     total = sum(info["files"].values())
     say(verbose, f"{out_dir} already holds {total:,} tokens in {len(info['files'])} shards, skipping "
                  f"(delete {Path(out_dir) / MARKER} or pass --force to redo)")
@@ -214,7 +246,8 @@ def split_and_write(tokens, out_dir, name, val_tokens, vocab_size, verbose, **ex
     val_path, train_path = Path(out_dir) / f"{name}_val.bin", Path(out_dir) / f"{name}_train.bin"
     n_val = write_split(val_path, tokens[:val_tokens], vocab_size, verbose)
     n_train = write_split(train_path, tokens[val_tokens:], vocab_size, verbose)
-    mark_done(out_dir, train_path.name, val_path.name, [(val_path, n_val), (train_path, n_train)], **extra)
+    mark_done(out_dir, train_path.name, val_path.name, [(val_path, n_val), (train_path, n_train)], verbose,
+              **extra)
     return str(train_path), str(val_path)
 
 
@@ -256,35 +289,52 @@ def tinyshakespeare_sections(text):
     return [p + SECTION_SEP for p in parts[:-1]] + [parts[-1]]
 
 
-def fetch(url, out_dir, filename, sha256=None, source=None, verbose=True):
-    """The raw file of a dataset in `out_dir`: copied from a local `source` if given, else downloaded."""
+def fetch(url, out_dir, filename, sha256=None, source=None, verbose=True, size=None, validate=None,
+          source_mismatch="error"):
+    """The raw file of a dataset in `out_dir`: copied from a local `source` if given, else downloaded.
+
+    Downloads are checked as llmpy.data.download does (sizes, sha256, not HTML, `validate`). A `source` gets
+    the same content checks; a sha256 mismatch is an error, or only a warning with source_mismatch="warn".
+    """
     path = Path(out_dir) / filename
-    if source is not None and not path.exists():
+    if source is not None:
         source = Path(source)
         if not source.is_file():
             raise LlmpyError(f"{source} does not exist; give the path of the downloaded {filename}")
-        if sha256 is not None and sha256_of(source) != sha256:
-            raise LlmpyError(f"{source} is not the expected file (sha256 mismatch, expected {sha256})")
-        tmp = path.with_name(path.name + ".part")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, path)
+        try:
+            check_not_html(source)
+            if validate is not None:
+                validate(source)
+        except (LlmpyError, UnicodeDecodeError) as e:
+            raise LlmpyError(f"{source} is not the expected {filename}: {e}") from e
+        if sha256 is not None and (got := sha256_of(source)) != sha256:
+            message = f"{source} is not the published {filename} (sha256 {got}, expected {sha256})"
+            if source_mismatch != "warn":
+                raise LlmpyError(message)
+            warn(f"{message}; using it anyway, so the token counts will differ from llm.c's")
+        if path.exists() and filecmp.cmp(source, path, shallow=False):
+            return path
+        with open(source, "rb") as src:
+            atomic_write_with(path, lambda f: shutil.copyfileobj(src, f, CHUNK_BYTES))
         say(verbose, f"copied {source} to {path}")
         return path
     if path.exists():
         say(verbose, f"{path} already exists, skipping download")
-    return download_file(url, path, sha256=sha256, progress=verbose)
+    return download_file(url, path, sha256=sha256, size=size, validate=validate, progress=verbose, hint=INPUT_HINT)
 
 
 def prepare_tinyshakespeare(out_dir=None, source=None, url=TINYSHAKESPEARE_URL, force=False, verbose=True):
     """llm.c's tinyshakespeare: 32,768 val and 305,260 train GPT-2 tokens (tiny_shakespeare_{val,train}.bin).
 
-    source: a local copy of input.txt to use instead of downloading (checked against the known sha256).
+    source: a local copy of input.txt to use instead of downloading (llm.c's quick start offline); one that
+    is not the published file (sha256) is used with a warning.
     """
     out_dir = prepare_out_dir("tinyshakespeare", out_dir, force)
     done = skip_if_done(out_dir, verbose)
     if done:
         return done
-    path = fetch(url, out_dir, "tiny_shakespeare.txt", TINYSHAKESPEARE_SHA256, source, verbose)
+    path = fetch(url, out_dir, "tiny_shakespeare.txt", TINYSHAKESPEARE_SHA256, source, verbose,
+                 size=TINYSHAKESPEARE_BYTES, source_mismatch="warn")
     text = read_text(path)
     tokens = np.concatenate(list(encode_documents(tinyshakespeare_sections(text))))
     return split_and_write(tokens, out_dir, "tiny_shakespeare", TINYSHAKESPEARE_VAL_TOKENS, GPT2_VOCAB, verbose)
@@ -329,8 +379,9 @@ def prepare_text(files, out_dir=None, name="text", val_fraction=TEXT_VAL_FRACTIO
                  verbose=True):
     """Your own corpus: {name}_val.bin (the first val_fraction of the tokens) and {name}_train*.bin.
 
-    vocab_size: train a custom sentencepiece BPE vocabulary of that size on the files first (saved as
-    tok{vocab_size}.model plus llm.c's tokenizer.bin in out_dir) and tokenize with it; default GPT-2.
+    vocab_size: train a custom sentencepiece BPE vocabulary of V tokens on the files first and tokenize with
+    it; out_dir gets tok{V}.model (sentencepiece), tok{V}.bin (llama2.c's tokenizer.bin format, for
+    `llmpy run -z`) and tok{V}_llmc.bin (llm.c's tokenizer file). Default: GPT-2, with gpt2_tokenizer.bin.
     """
     files = [Path(f) for f in files]
     if not files:
@@ -364,6 +415,6 @@ def prepare_text(files, out_dir=None, name="text", val_fraction=TEXT_VAL_FRACTIO
         for i, start in enumerate(range(0, len(train), shard_size)):
             path = out_dir / f"{name}_train_{i:06d}.bin"
             files_written.append((path, write_split(path, train[start:start + shard_size], n_vocab, verbose)))
-    mark_done(out_dir, f"{name}_train*.bin", val_path.name, files_written, tokenizer=spec.kind,
+    mark_done(out_dir, f"{name}_train*.bin", val_path.name, files_written, verbose, tokenizer=spec.kind,
               vocab_size=vocab_size)
     return str(out_dir / f"{name}_train*.bin"), str(val_path)

@@ -4,7 +4,11 @@ The archive (TinyStories_all_data.tar.gz, ~1.5 GB) holds 50 JSON files of storie
 split, the other 49 train. As in llm.c, the stories of each JSON file are shuffled with
 random.Random(1337 + its index within the split), stripped, and written as [EOT] + GPT-2 tokens, giving
 19,043,638 val and 925,653,391 train tokens. Unlike llm.c, shards are written in file order, not in the
-order worker processes finish, so the output is the same on every run.
+order worker processes finish, so the output is the same on every run. llm.c's gpt2_tokenizer.bin is
+written beside them.
+
+The download is checked against the size and sha256 the Hugging Face listing gives for the archive (when
+the listing answers) and must be a tar.gz that opens; a local archive (--input) must open too.
 """
 
 import json
@@ -12,17 +16,29 @@ import os
 import random
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
-from llmpy.data.prepro import encode_documents, fetch, mark_done, prepare_out_dir, say, skip_if_done
+from llmpy.data.download import HF, check_tar_gz, hf_files
+from llmpy.data.prepro import (
+    encode_documents,
+    fetch,
+    mark_done,
+    prepare_out_dir,
+    say,
+    skip_if_done,
+)
 from llmpy.errors import LlmpyError
+from llmpy.fileio import current_umask
 from llmpy.formats.tokens import ShardWriter
 from llmpy.tokenizers.gpt2 import N_VOCAB
 
-TINYSTORIES_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories_all_data.tar.gz"
+HF_REPO = "roneneldan/TinyStories"
 ARCHIVE = "TinyStories_all_data.tar.gz"
+TINYSTORIES_URL = f"{HF}/datasets/{HF_REPO}/resolve/main/{ARCHIVE}"
 EXTRACTED = "TinyStories_all_data"
 SHUFFLE_SEED = 1337
+DIR_MODE = 0o777
 
 
 def extract(archive, out_dir, verbose=True):
@@ -30,19 +46,31 @@ def extract(archive, out_dir, verbose=True):
     target = Path(out_dir) / EXTRACTED
     if not target.exists():
         say(verbose, f"unpacking {archive} ...")
-        tmp = target.with_name(EXTRACTED + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = tempfile.mkdtemp(dir=out_dir, prefix=f".{EXTRACTED}.")  # a fresh, unpredictable name
         try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter="data")  # the "data" filter refuses absolute paths and links out
-        except (tarfile.TarError, OSError, EOFError) as e:
+            try:
+                with tarfile.open(archive) as tar:
+                    tar.extractall(tmp, filter="data")  # the "data" filter refuses absolute paths and links out
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise LlmpyError(f"{archive} is not a readable tar.gz ({e}); delete it to download it again") from e
+            os.chmod(tmp, DIR_MODE & ~current_umask())  # mkdtemp's 0700 -> what mkdir would have made
+            os.replace(tmp, target)
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise LlmpyError(f"{archive} is not a readable tar.gz ({e}); delete it to download it again") from e
-        os.replace(tmp, target)
+            raise
     files = sorted(target.glob("*.json"))
     if not files:
         raise LlmpyError(f"no .json story files in {target}; delete it and {archive} to start over")
     return files
+
+
+def published_archive(verbose):
+    """(size, sha256) of the archive from the Hugging Face listing, or (None, None) when it does not answer."""
+    try:
+        return hf_files(HF_REPO).get(ARCHIVE, (None, None))
+    except LlmpyError as e:
+        say(verbose, f"{e}; the download is checked only for being a whole tar.gz")
+        return None, None
 
 
 def split_stories(files):
@@ -66,7 +94,10 @@ def prepare_tinystories(out_dir=None, source=None, num_workers=None, force=False
     done = skip_if_done(out_dir, verbose)
     if done:
         return done
-    archive = fetch(TINYSTORIES_URL, out_dir, ARCHIVE, None, source, verbose)
+    size = sha256 = None
+    if source is None and not (out_dir / ARCHIVE).exists():
+        size, sha256 = published_archive(verbose)
+    archive = fetch(TINYSTORIES_URL, out_dir, ARCHIVE, sha256, source, verbose, size=size, validate=check_tar_gz)
     files = extract(archive, out_dir, verbose)
     say(verbose, f"number of story files: {len(files)}")
     written = []
@@ -77,5 +108,5 @@ def prepare_tinystories(out_dir=None, source=None, num_workers=None, force=False
                 writer.write(toks)
         say(verbose, f"writing {writer.ntok:,} tokens to {path}")
         written.append((path, writer.ntok))
-    mark_done(out_dir, "TinyStories_train.bin", "TinyStories_val.bin", written)
+    mark_done(out_dir, "TinyStories_train.bin", "TinyStories_val.bin", written, verbose)
     return str(out_dir / "TinyStories_train.bin"), str(out_dir / "TinyStories_val.bin")
