@@ -374,7 +374,7 @@ def test_inference_kernels_match_plain_layers():
 # --- the fused training kernels hold to the plain layers they accelerate -----------------------------
 
 KERNEL_CASES = {  # case -> the layers functions llmpy.llama.train_kernels replaces in it
-    "embedding": ("embedding_backward",),
+    "embedding": ("embedding_forward", "embedding_backward"),
     "rmsnorm": ("rmsnorm_forward", "rmsnorm_backward"),
     "rope": ("rope_forward", "rope_backward"),
     "attention_4q_4kv": ("attention_forward", "attention_backward"),

@@ -221,3 +221,26 @@ def test_bad_input_is_refused():
         Llama(config, np.zeros(num_parameters(config) + 1, np.float32))
     with pytest.raises(ValueError, match="rope_theta"):
         make_config(dim=32, n_layers=1, n_heads=4, vocab_size=10, max_seq_len=8, rope_theta=0.0)
+
+
+@pytest.mark.parametrize("n_kv_heads", [6, 2])
+def test_fused_training_step_allocates_no_large_arrays(n_kv_heads):
+    """Activations are preallocated: a fused forward + backward makes no NumPy temporary of even a quarter
+    of one (B,T,C) activation (tracemalloc sees NumPy's allocations)."""
+    import tracemalloc
+
+    pytest.importorskip("numba")
+    config = make_config(dim=96, n_layers=2, n_heads=6, n_kv_heads=n_kv_heads, vocab_size=301, max_seq_len=64)
+    model = Llama(config, init_params(config, np.random.default_rng(11)), fused=True)
+    tokens = np.random.default_rng(12).integers(0, config.vocab_size, (4, 64)).astype(np.int32)
+    model.forward(tokens, tokens)  # the first step allocates the activations and gradients
+    model.zero_grad()
+    model.backward()
+    tracemalloc.start()
+    try:
+        model.forward(tokens, tokens)
+        model.backward()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 64 * 96 * 4 // 4, f"a step allocated {peak} bytes"

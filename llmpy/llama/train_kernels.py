@@ -3,6 +3,7 @@
 Each function has the signature of the plain layer it accelerates in llmpy/llama/layers.py, does in one pass
 over memory what that layer does in several NumPy passes with temporaries, and is tested against it
 (tests/test_llama_layers.py):
+    embedding_forward   -> layers.embedding_forward    (a row copy, without np.take's buffer)
     embedding_backward  -> layers.embedding_backward   (a scatter-add loop; np.add.at is slow)
     rmsnorm_forward     -> layers.rmsnorm_forward
     rmsnorm_backward    -> layers.rmsnorm_backward
@@ -42,7 +43,22 @@ def _rows(x):
 
 
 # ----------------------------------------------------------------------------
-# token embedding backward
+# token embedding: a row copy forward (np.take with out= buffers a copy of out when it checks the ids; the
+# model checks them once per batch), a scatter-add backward
+
+@_jit()
+def _embedding_forward(out, inp, wte):
+    N, C = out.shape
+    for i in range(N):
+        row = wte[inp[i]]
+        for c in range(C):
+            out[i, c] = row[c]
+
+
+def embedding_forward(out, inp, wte):
+    # out is (B,T,C), inp is (B,T) int32 token ids in [0, V) (not checked here), wte is (V,C)
+    _embedding_forward(_rows(out), inp.reshape(-1), wte)
+
 
 @_jit()
 def _embedding_backward(dwte, dout, inp):

@@ -24,7 +24,7 @@ import numpy as np
 from llmpy.backend import get_array_module, matmul_acc
 from llmpy.gpt2.model import NamedViews
 from llmpy.llama import layers
-from llmpy.llama.layers import embedding_forward, linear_backward, linear_forward
+from llmpy.llama.layers import linear_backward, linear_forward
 from llmpy.llama.model import LlamaConfig, weight_shapes
 
 INIT_STD = 0.02
@@ -48,7 +48,7 @@ def make_config(dim, n_layers, n_heads, vocab_size, max_seq_len, n_kv_heads=None
     n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
     hidden_dim = hidden_dim_for(dim, multiple_of) if hidden_dim is None else hidden_dim
     config = LlamaConfig(dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, max_seq_len,
-                         shared_classifier, float(rope_theta), float(norm_eps))
+                         shared_classifier, rope_theta=float(rope_theta), norm_eps=float(norm_eps))
     check_config(config)
     return config
 
@@ -239,7 +239,7 @@ class Llama:
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         rmsnorm_forward, rope_forward, swiglu_forward = self._kernels("rmsnorm_forward", "rope_forward",
                                                                       "swiglu_forward")
-        attention_forward, = self._kernels("attention_forward")
+        attention_forward, embedding_forward = self._kernels("attention_forward", "embedding_forward")
 
         embedding_forward(a["encoded"], inputs, p.tok_emb)
         for l in range(cfg.n_layers):
