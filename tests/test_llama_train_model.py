@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import import_reference
 
-from llmpy.formats.llama2c import write_llama2c
+from llmpy.formats.llama2c import read_llama2c, write_llama2c
 from llmpy.gpt2.model import NamedViews
 from llmpy.llama.inference import Transformer
 from llmpy.llama.train_model import (
@@ -20,6 +20,7 @@ from llmpy.llama.train_model import (
     matrix_param_ranges,
     num_parameters,
     param_shapes,
+    params_from_weights,
 )
 from llmpy.optim import AdamW
 
@@ -172,6 +173,10 @@ def test_llama2c_file_gives_the_inference_transformer_the_same_logits(tmp_path, 
     np.testing.assert_allclose(last, model.logits()[0, -1], rtol=0, atol=1e-5 * np.abs(last).max())
     every = Transformer.from_file(path).prefill(inputs[1], logits="all")
     np.testing.assert_allclose(every, model.logits()[1], rtol=0, atol=1e-5 * np.abs(every).max())
+    # and back: the file's weights into a flat buffer give the same parameters and config
+    read_config, weights, _, _ = read_llama2c(path)
+    assert read_config == config
+    np.testing.assert_array_equal(params_from_weights(read_config, weights), model.params)
 
 
 def test_init_follows_llama2c_intent():
