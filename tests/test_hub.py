@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from conftest import import_reference
 
 from llmpy.cli import main
 from llmpy.errors import LlmpyError
@@ -23,8 +24,6 @@ from llmpy.formats.llama2c import write_llama2c
 from llmpy.hub import TINYLLAMAS_REPO, llama2c_tokenizer
 from llmpy.llama.model import LlamaConfig, random_weights
 from llmpy.tokenizers.llama2 import Llama2Tokenizer
-
-from conftest import import_reference
 
 pytest.importorskip("huggingface_hub")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # the repository revision the stand-in reports
