@@ -7,11 +7,17 @@ r*B*T ... (r+1)*B*T: the ranks see disjoint inputs and together cover the data o
 llm.c. A shard therefore holds (ntok - 1) // (world_size*B*T) samples; the tail is skipped.
 
 Shuffling (training): each epoch visits the shards in a random order and the samples of each shard in a
-random order. Unlike llm.c (one mt19937 stream per rank, seeded 42 + rank) every permutation here comes
-from its own generator seeded by (seed, epoch) or (seed, epoch, shard position), the same on every rank.
-So the position (epoch, shard, sample) is the whole state: `state_dict()` is a few plain ints that
-np.savez or JSON store without pickle, and a restored loader yields exactly the batches an uninterrupted
-one would have. Without shuffling (validation) the shards and samples are read in order.
+random order. Two orders:
+- shuffle=True: every permutation comes from its own NumPy generator seeded by (seed, epoch) or (seed,
+  epoch, shard position), the same on every rank;
+- shuffle="llmc": llm.c's own order (llmc/dataloader.h): one mt19937 stream per rank seeded 42 + rank,
+  shard order permuted again each epoch, a fresh sample permutation per shard (llmpy.data.llmc_rand),
+  so training with llm.c's settings sees the batches of llm.c's train_gpt2.c step for step. `seed` is
+  not used in this mode.
+Either way the position (epoch, shard, sample) is the whole state (the llm.c stream is replayed from its
+seed): `state_dict()` is a few plain ints that np.savez or JSON store without pickle, and a restored loader
+yields exactly the batches an uninterrupted one would have. Without shuffling (validation) the shards and
+samples are read in order.
 
 Not handled: shards that change while a loader reads them, documents aligned to batch rows (batches cut
 across EOT tokens, as in llm.c).
@@ -21,10 +27,12 @@ import glob
 
 import numpy as np
 
+from llmpy.data.llmc_rand import LLMC_SHUFFLE_SEED, LlmcShuffle
 from llmpy.errors import LlmpyError
 from llmpy.formats.tokens import read_shard
 
 STATE_VERSION = 1
+SHUFFLE_MODES = {False: 0, True: 1, "llmc": 2}  # what `shuffle` takes -> its code in state_dict()
 STATE_KEYS = ("version", "B", "T", "rank", "world_size", "shuffle", "seed", "num_shards", "num_tokens",
               "epoch", "shard_pos", "sample_pos")
 
@@ -34,8 +42,9 @@ class DataLoader:
 
     pattern: a glob (or a list of paths); B, T: batch size and sequence length;
     rank, world_size: this process and the number of data-parallel processes;
-    shuffle, seed: training order (see the module docstring); vocab_size: if given, every batch is checked
-    to hold token ids < vocab_size; fmt: "llmc" shards, or "raw_uint16" / "raw_int32" headerless files.
+    shuffle: False (in order), True (seeded by `seed`) or "llmc" (llm.c's mt19937 order, seeded 42 + rank),
+    see the module docstring; vocab_size: if given, every batch is checked to hold token ids < vocab_size;
+    fmt: "llmc" shards, or "raw_uint16" / "raw_int32" headerless files.
     """
 
     def __init__(self, pattern, B, T, rank=0, world_size=1, shuffle=False, seed=1337, vocab_size=None, fmt="llmc"):
@@ -45,7 +54,10 @@ class DataLoader:
             raise LlmpyError(f"rank {rank} must be in [0, world_size={world_size})")
         self.B, self.T = int(B), int(T)
         self.rank, self.world_size = int(rank), int(world_size)
-        self.shuffle, self.seed = bool(shuffle), int(seed)
+        if isinstance(shuffle, str) and shuffle not in SHUFFLE_MODES:
+            raise LlmpyError(f"shuffle={shuffle!r} is not one of False, True or 'llmc'")
+        self.shuffle = SHUFFLE_MODES[shuffle if isinstance(shuffle, str) else bool(shuffle)]
+        self.seed = LLMC_SHUFFLE_SEED + self.rank if shuffle == "llmc" else int(seed)
         self.vocab_size = vocab_size
         if isinstance(pattern, (list, tuple)):
             self.files = sorted(str(p) for p in pattern)
@@ -63,7 +75,13 @@ class DataLoader:
                                  "make bigger shards")
             self.samples_per_shard.append(n)
         self.num_tokens = int(sum(len(s) for s in self.shards))
+        self.llmc_order = self._llmc_order()
         self.reset()
+
+    def _llmc_order(self):
+        if self.shuffle != SHUFFLE_MODES["llmc"]:
+            return None
+        return LlmcShuffle(self.samples_per_shard, self.seed)
 
     @property
     def global_batch_tokens(self):
@@ -79,23 +97,22 @@ class DataLoader:
         return int(sum(self.samples_per_shard))
 
     # ---- order ---------------------------------------------------------------------------------------
-    def _shard_order(self, epoch):
+    def _orders(self, epoch, shard_pos):
+        """(the shard order of `epoch`, the sample order of the shard at `shard_pos` in it)."""
+        if self.llmc_order is not None:
+            return self.llmc_order.orders(epoch, shard_pos)
         if not self.shuffle:
-            return np.arange(self.num_shards)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_shards)
-
-    def _sample_order(self, epoch, shard_pos, shard):
-        n = self.samples_per_shard[shard]
-        if not self.shuffle:
-            return np.arange(n)
-        return np.random.default_rng([self.seed, epoch, shard_pos]).permutation(n)
+            shard_order = np.arange(self.num_shards)
+            return shard_order, np.arange(self.samples_per_shard[shard_pos])
+        shard_order = np.random.default_rng([self.seed, epoch]).permutation(self.num_shards)
+        n = self.samples_per_shard[shard_order[shard_pos]]
+        return shard_order, np.random.default_rng([self.seed, epoch, shard_pos]).permutation(n)
 
     def _enter(self, epoch, shard_pos, sample_pos):
         """Move to (epoch, shard position, sample position) and build the orders it needs."""
         self.epoch, self.shard_pos, self.sample_pos = epoch, shard_pos, sample_pos
-        self.shard_order = self._shard_order(epoch)
+        self.shard_order, self.sample_order = self._orders(epoch, shard_pos)
         self.current_shard = int(self.shard_order[shard_pos])
-        self.sample_order = self._sample_order(epoch, shard_pos, self.current_shard)
 
     def reset(self):
         """Back to the first batch of the first epoch (for each validation pass)."""
@@ -130,7 +147,7 @@ class DataLoader:
         """The position as plain ints: saveable with np.savez or JSON; the orders follow from seed + position."""
         return {
             "version": STATE_VERSION, "B": self.B, "T": self.T, "rank": self.rank, "world_size": self.world_size,
-            "shuffle": int(self.shuffle), "seed": self.seed, "num_shards": self.num_shards,
+            "shuffle": self.shuffle, "seed": self.seed, "num_shards": self.num_shards,
             "num_tokens": self.num_tokens, "epoch": self.epoch, "shard_pos": self.shard_pos,
             "sample_pos": self.sample_pos,
         }
@@ -149,6 +166,7 @@ class DataLoader:
                 raise LlmpyError(f"dataloader state was saved with {k}={s[k]} but this loader has {k}={mine[k]}; "
                                  "resume with the same data, batch size, sequence length and process count")
         self.seed = s["seed"]
+        self.llmc_order = self._llmc_order()
         if not 0 <= s["shard_pos"] < self.num_shards or s["epoch"] < 0:
             raise LlmpyError(f"dataloader state position {s} is outside the {self.num_shards} shards")
         self._enter(s["epoch"], s["shard_pos"], 0)
