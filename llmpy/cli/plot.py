@@ -9,6 +9,7 @@ from pathlib import Path
 
 from llmpy.cli import check_output
 from llmpy.errors import LlmpyError
+from llmpy.fileio import atomic_write_with
 from llmpy.train.log import LOG_NAME, parse_log
 
 
@@ -68,10 +69,8 @@ def plot_runs(runs, output, title=None):
         ax.legend()
     fig.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_write_with(output, lambda f: fig.savefig(f, dpi=100, format="png"))
     plt.close(fig)
-    tmp.replace(output)
     return output
 
 
