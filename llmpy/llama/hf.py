@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmpy.fileio import atomic_write_text
 from llmpy.formats.llama2c import ROPE_THETA, _fp32
 from llmpy.formats.safetensors import write_safetensors
 from llmpy.llama.inference import RMS_EPS
@@ -68,4 +69,4 @@ def write_hf(out_dir, config, weights):
     }
     tensors = {name: np.asarray(a, dtype=np.float32) for name, a in hf_state_dict(config, weights).items()}
     write_safetensors(out_dir / "model.safetensors", tensors)
-    (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    atomic_write_text(out_dir / "config.json", json.dumps(hf_config, indent=2) + "\n")
