@@ -338,7 +338,7 @@ class Trainer:
                 self.overfit_batches = ckpt.overfit_batches(arrays, self.grad_accum, self.cfg.batch_size,
                                                             self.cfg.seq_len, self.model_config.vocab_size)
         except LlmpyError as e:   # a mismatch the message explains (another -z, other data)
-            raise LlmpyError(f"resuming from {path}: {e}") from e
+            raise (e if str(path) in str(e) else LlmpyError(f"resuming from {path}: {e}")) from e
         except (ValueError, TypeError, KeyError) as e:
             raise ckpt.damaged(path, out, step, f"{type(e).__name__}: {e}") from e
         self.step = step
@@ -392,8 +392,9 @@ class Trainer:
     def _log_disk_error(self, path, e):
         return ckpt.disk_error("the training log", path, e, ckpt.latest_complete(self.out_dir))
 
-    def _stop_diverged(self, why):
-        """Stop every rank (they all see the same loss, norm and params) without writing a checkpoint."""
+    def _stop_diverged(self, why, saved=False):
+        """Stop every rank (they all see the same loss, norm and params); `saved`: this state's checkpoint was
+        written (finite parameters, marked unhealthy), else none was."""
         if not self.master:
             raise RankExit(EXIT_DIVERGED)
         out = self.out_dir
@@ -404,8 +405,8 @@ class Trainer:
             newer = [ckpt.done_path(out, s).name for s in steps if s > good]
             where = f"the newest healthy checkpoint is step {good} ({ckpt.model_path(out, good)}); " + \
                 (f"delete {', '.join(newer)} and " if newer else "") + "resume it with -y 1 and a lower -l"
-        raise TrainingDiverged(f"training diverged at step {self.step}: {why}. No checkpoint of this state was "
-                               f"written; {where}")
+        written = "Its checkpoint is marked unhealthy" if saved else "No checkpoint of this state was written"
+        raise TrainingDiverged(f"training diverged at step {self.step}: {why}. {written}; {where}")
 
     def run(self):
         """Train to the last step (or Ctrl-C); returns a summary. The output directory's lock is released at the end."""
@@ -478,6 +479,8 @@ class Trainer:
                 console.print(f"generating:\n---\n{last_sample}\n---")
             if step > first and (last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
                 self.save()
+            if last and step > first and not (self.guard.healthy() and math.isfinite(summary["val_losses"].get(step, 0))):
+                self._stop_diverged(f"it ended with the train loss {self.guard.last_loss:.4g}", saved=True)
             if last:
                 break
             loss, norm, lr, ms, skipped = self.train_step(step)

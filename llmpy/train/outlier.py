@@ -9,7 +9,8 @@ Python floats (double), as llm.c.
 not finite (always, whatever the windows hold: NaN and inf never enter them, they would poison the mean and
 std), or when a z-score exceeds -sl / -sg. After -sk updates skipped in a row the run has diverged and
 `check` says so. A finite loss far above that of guessing uniformly (2 ln V) is "exploding": the update
-is applied, but the loop warns, and checkpoints written meanwhile are marked unhealthy for pruning.
+is applied, but the loop warns. A checkpoint written after a step with a non-finite loss or norm, or an
+exploding loss, is marked unhealthy, and pruning keeps the newest healthy one.
 
 Not handled: NaN inside the parameters themselves (the loop checks them before writing a checkpoint).
 """
@@ -91,11 +92,11 @@ class UpdateGuard:
         self.loss_detector, self.norm_detector = OutlierDetector(window), OutlierDetector(window)
         self.skipped_in_row = 0
         self.zloss = self.zgrad = math.nan   # z-scores of the last check (NaN: window filling, or not finite)
-        self.last_loss = math.nan
+        self.last_loss = self.last_norm = math.nan
 
     def check(self, loss, norm):
         """'' when the update of a step with this loss and grad norm is applied, else the reason it is skipped."""
-        self.last_loss = loss
+        self.last_loss, self.last_norm = loss, norm
         self.zloss = self.loss_detector.update(loss) if math.isfinite(loss) else math.nan
         self.zgrad = self.norm_detector.update(norm) if math.isfinite(norm) else math.nan
         if not math.isfinite(loss):
@@ -120,8 +121,9 @@ class UpdateGuard:
         return math.isfinite(loss) and loss > self.exploding_above
 
     def healthy(self):
-        """Whether the last step's loss was finite and not exploding: a checkpoint worth keeping."""
-        return math.isfinite(self.last_loss) and not self.exploding(self.last_loss)
+        """Whether the last step's loss and grad norm were finite and the loss not exploding: a checkpoint
+        written now is one worth keeping."""
+        return math.isfinite(self.last_loss) and math.isfinite(self.last_norm) and not self.exploding(self.last_loss)
 
     def state_dict(self):
         return {"loss_detector": self.loss_detector.state_dict(), "norm_detector": self.norm_detector.state_dict(),
