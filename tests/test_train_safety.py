@@ -124,6 +124,7 @@ def test_prune_never_deletes_the_newest_healthy_checkpoint(tmp_path):
     assert ckpt.newest_healthy(tmp_path) == 4
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")   # the forward of inf parameters
 def test_non_finite_parameters_are_never_saved(tmp_path):
     trainer = loop.Trainer(tiny_config(tmp_path, max_steps=4, checkpoint_every=2), stream=io.StringIO())
     real_step = trainer.train_step
@@ -271,7 +272,7 @@ def test_truncated_and_bit_flipped_states_are_llmpy_errors(saved_run):
     data = ckpt.state_path(out, 2, 0).read_bytes()
     rng = np.random.default_rng(0)
     cuts = [0, 1, 4, 30, len(data) // 2, len(data) - 22, len(data) - 1]
-    flips = sorted(rng.choice(len(data) * 8, 40, replace=False))
+    flips = sorted(rng.choice(len(data) * 8, 200, replace=False))
     outcomes = {"error": 0, "loaded": 0}
     for cut in cuts:
         with pytest.raises(LlmpyError, match=r"cannot resume from .*state_00000002_00000.npz.*DONE_00000002"):
@@ -284,7 +285,7 @@ def test_truncated_and_bit_flipped_states_are_llmpy_errors(saved_run):
             outcomes["loaded"] += 1
         except LlmpyError:
             outcomes["error"] += 1
-    assert outcomes["error"] >= 30, outcomes
+    assert outcomes["error"] >= 180, outcomes   # CRC-32 guards every member's bytes
 
 
 @pytest.mark.parametrize("change, message", [

@@ -51,7 +51,7 @@ from llmpy.train import checkpoint as ckpt
 from llmpy.train.config import HF_NAMES, TrainConfig
 from llmpy.train.log import Console, Logger
 from llmpy.train.outlier import UpdateGuard
-from llmpy.train.peak import SgemmPeak
+from llmpy.train.peak import SgemmPeak, flops_per_token
 from llmpy.train.schedule import check_schedule, learning_rate
 
 VOCAB_PAD = 128                # a from-scratch model pads its vocab to a multiple of this (50257 -> 50304)
@@ -67,11 +67,6 @@ class TrainingDiverged(CollectiveError):
 
 def padded_vocab(V):
     return GPT2_PADDED_VOCAB_SIZE if V == GPT2_VOCAB_SIZE else -(-V // VOCAB_PAD) * VOCAB_PAD
-
-
-def flops_per_token(config, T):
-    """llm.c's estimate: 6 N for the weights' forward + backward, 6 L C T for attention."""
-    return 6 * num_parameters(config) + 6 * config.num_layers * config.channels * T
 
 
 def check_data_vocab(files, V):
@@ -154,8 +149,8 @@ class Trainer:
         # every check passed: this run starts, so the temporary files a killed one left can go
         removed = ckpt.remove_temp_files(self.out_dir, dist.rank)
         if removed:
-            print(f"removed {len(removed)} temporary file(s) a stopped run left in {self.out_dir}: "
-                  f"{', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''}", file=self.stream, flush=True)
+            self.say(f"removed {len(removed)} temporary file(s) a stopped run left in {self.out_dir}: "
+                     f"{', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''}")
 
     def _lock_output_dir(self):
         """Rank 0 creates the output directory and takes its lock; every rank stops when it cannot. Returns
