@@ -280,6 +280,30 @@ def test_uint32_shard_ids_beyond_int32(tmp_path, mmap):
         tokens.read_shard(path, mmap=mmap)
 
 
+def test_shard_reader_survives_truncation(tmp_path):
+    path = tmp_path / "s.bin"
+    ids = np.arange(1000) * 7 % 50257
+    tokens.write_shard(path, ids)
+    reader = tokens.ShardReader(path)
+    assert len(reader) == 1000 and reader[10:20].tolist() == ids[10:20].tolist() and reader[990:2000].size == 10
+    tokens.write_shard(path, ids[::-1])  # replaced atomically: the open reader still reads the old file
+    assert reader[0:5].tolist() == ids[:5].tolist()
+    reader = tokens.ShardReader(path)
+    with open(path, "r+b") as f:  # truncated in place under the reader: an error, not SIGBUS
+        f.truncate(1024 + 2 * 500)
+    assert reader[0:500].tolist() == ids[::-1][:500].tolist()
+    with pytest.raises(LlmpyError, match="shorter than when it was opened"):
+        reader[400:600]
+    tokens.write_shard(path, [1, 2**31, 3])
+    reader = tokens.ShardReader(path)
+    assert reader[0:1].tolist() == [1]
+    with pytest.raises(LlmpyError, match="token id 2,147,483,648 at position 1,"):
+        reader[0:3]
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(np.arange(6, dtype="<u2").tobytes())
+    assert tokens.ShardReader(raw, fmt="raw_uint16")[2:4].tolist() == [2, 3]
+
+
 def test_llama2_tokenizer_byte_fallback_outside_vocab(tmp_path):
     path = tmp_path / "tok.bin"
     small = llama2c_tokenizer(n_bytes=100)  # <0x00>..<0x63>: 'é' (0xC3 0xA9) has no byte token

@@ -155,6 +155,8 @@ def load_token_shard(path):
     for mmap in (True, False):
         t = tokens.read_shard(path, mmap=mmap)
         assert t.size == 0 or int(t.max()) < 2**31
+    reader = tokens.ShardReader(path)
+    assert len(reader) == t.size and (t.size == 0 or int(reader[0:len(reader)].max()) < 2**31)
 
 
 def load_llmc_tokenizer(path):

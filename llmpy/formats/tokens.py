@@ -18,9 +18,11 @@ int32 (the dtype of tokens in memory; an id >= 2**31 would wrap negative and sli
 Memory mapping (kept for shards, unlike model files: a training set can be far larger than memory): a
 mapped shard truncated or rewritten in place during training kills the process with SIGBUS when a batch
 touches the lost pages. Replace shards atomically (write a new file and rename it over the old one, as
-llmpy's writers do): a mapping keeps the old file alive and valid. Pass mmap=False to read into memory.
+llmpy's writers do): a mapping keeps the old file alive and valid. Pass mmap=False to read into memory,
+or use ShardReader (reads each slice with os.pread: a truncated shard is an LlmpyError, never SIGBUS).
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -110,10 +112,11 @@ def read_header(path):
     return magic, version, ntok, dtype
 
 
-def read_shard(path, mmap=True, fmt="llmc"):
+def read_shard(path, mmap=True, fmt="llmc", check_ids=True):
     """The tokens of a shard as a 1-D array (uint16, uint32 or int32), memory-mapped unless mmap=False.
 
     fmt: "llmc" (the header is required and checked), or "raw_uint16" / "raw_int32" for headerless files.
+    check_ids: scan a uint32 shard for ids >= 2**31 now (one pass over the file; ShardReader checks per read).
     """
     path = Path(path)
     if fmt not in FORMATS:
@@ -132,18 +135,69 @@ def read_shard(path, mmap=True, fmt="llmc"):
         tokens = np.fromfile(path, dtype=dtype, count=ntok, offset=offset)
         if tokens.size != ntok:
             raise LlmpyError(f"{path} changed while it was read; read it again once it is written")
-    if dtype.itemsize == 4:
+    if dtype.itemsize == 4 and check_ids:
         _check_int32_ids(path, tokens)
     return tokens
 
 
-def _check_int32_ids(path, tokens):
+def _check_int32_ids(path, tokens, first=0):
     """LlmpyError if a uint32 shard holds an id that int32 cannot hold (it would turn negative in memory)."""
     for start in range(0, tokens.size, ID_CHECK_CHUNK):
-        top = int(tokens[start:start + ID_CHECK_CHUNK].max())
-        if top > MAX_TOKEN_ID:
-            raise LlmpyError(f"{path} holds token id {top:,} near position {start:,}, beyond any vocabulary "
-                             f"(ids are < 2**31): the shard is corrupt; {PREPRO_HINT}")
+        chunk = tokens[start:start + ID_CHECK_CHUNK]
+        i = int(chunk.argmax())
+        if int(chunk[i]) > MAX_TOKEN_ID:
+            raise LlmpyError(f"{path} holds token id {int(chunk[i]):,} at position {first + start + i:,}, beyond any "
+                             f"vocabulary (ids are < 2**31): the shard is corrupt; {PREPRO_HINT}")
+
+
+class ShardReader:
+    """A shard's tokens read on demand (os.pread), for a long run: `len(r)` and `r[a:b]` (a new array) as
+    with read_shard's memory map, but a shard truncated under a running job gives an LlmpyError at the next
+    read instead of SIGBUS. The file stays open, so an atomic replacement does not change what is read.
+    uint32 ids are checked per read (no pass over the whole file at open). fmt as read_shard's.
+    """
+
+    def __init__(self, path, fmt="llmc"):
+        self.path, self.fd = Path(path), None
+        if fmt not in FORMATS:
+            raise LlmpyError(f"unknown token file format {fmt!r}; use one of {', '.join(FORMATS)}")
+        if fmt == "llmc":
+            _, _, self.ntok, dtype = read_header(self.path)
+            self.offset = HEADER_BYTES
+        else:
+            dtype = _FORMAT_DTYPE[fmt]
+            self.ntok, self.offset = len(_read_raw(self.path, dtype, mmap=True)), 0
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY)
+        except OSError as e:
+            raise LlmpyError(f"cannot read token shard {self.path}: {e.strerror or e}") from e
+
+    def __len__(self):
+        return self.ntok
+
+    def __getitem__(self, key):
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("a ShardReader is read in contiguous slices: reader[a:b]")
+        start, stop, _ = key.indices(self.ntok)
+        n = max(0, stop - start)
+        size = self.dtype.itemsize
+        data = os.pread(self.fd, n * size, self.offset + start * size) if n else b""
+        if len(data) != n * size:
+            raise LlmpyError(f"{self.path} is shorter than when it was opened (tokens {start:,}..{stop:,} are gone): "
+                             "it was truncated or rewritten in place; replace shards atomically, then restart")
+        tokens = np.frombuffer(data, dtype=self.dtype)
+        if size == 4 and n:
+            _check_int32_ids(self.path, tokens, start)
+        return tokens
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __del__(self):
+        self.close()
 
 
 def _read_raw(path, dtype, mmap):
