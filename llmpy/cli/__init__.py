@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "train": ("llmpy.cli.train", "train a GPT-2 (llm.c's train_gpt2 main loop)"),
     "sample": ("llmpy.cli.sample", "generate text from a GPT-2 checkpoint"),
     "test-gpt2": ("llmpy.cli.test_gpt2", "check the engine against a PyTorch debug state (llm.c's test_gpt2)"),
+    "test-llama": ("llmpy.cli.test_llama", "check the Llama engine against a PyTorch debug state (test-gpt2's twin)"),
     "prepro": ("llmpy.cli.prepro", "download and tokenize a dataset into llm.c token shards"),
     "run": ("llmpy.cli.run", "Llama 2 inference on a llama2.c model.bin (run.c / runq.c)"),
     "export": ("llmpy.cli.export", "convert model files between llm.c, llama2.c and Hugging Face formats"),

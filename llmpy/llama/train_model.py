@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from llmpy.backend import get_array_module, matmul_acc
+from llmpy.errors import LlmpyError
 from llmpy.gpt2.model import NamedViews
 from llmpy.llama import layers
 from llmpy.llama.layers import linear_backward, linear_forward
@@ -54,9 +55,23 @@ def make_config(dim, n_layers, n_heads, vocab_size, max_seq_len, n_kv_heads=None
 
 
 def check_config(config):
+    """LlmpyError (a ValueError) naming the fix when the sizes cannot make a Llama's heads."""
+    C, NH, NKV = config.dim, config.n_heads, config.n_kv_heads
+    if NH > 0 and NKV > 0 and C > 0:
+        if NH % NKV:
+            raise LlmpyError(f"Llama config: n_heads={NH} is not a multiple of n_kv_heads={NKV} (each key/value "
+                             "head serves a whole group of query heads): choose n_kv_heads among the divisors of "
+                             f"{NH}: {', '.join(str(d) for d in range(1, NH + 1) if NH % d == 0)}")
+        if C % NH:
+            raise LlmpyError(f"Llama config: dim={C} is not divisible by n_heads={NH}: choose a dim that is a "
+                             f"multiple of {NH} (e.g. {NH * max(2, 2 * round(C / NH / 2))}) or another n_heads")
+        if (C // NH) % 2:
+            raise LlmpyError(f"Llama config: head size dim/n_heads = {C // NH} is odd, and RoPE turns pairs of "
+                             f"values: choose dim and n_heads with an even dim/n_heads (e.g. dim={NH * (C // NH + 1)})")
     config.validate("Llama config")
     if not (config.rope_theta > 0 and config.norm_eps > 0):
-        raise ValueError(f"rope_theta ({config.rope_theta}) and norm_eps ({config.norm_eps}) must be positive")
+        raise LlmpyError(f"Llama config: rope_theta ({config.rope_theta}) and norm_eps ({config.norm_eps}) must be "
+                         "positive (llama2.c uses 10000 and 1e-5)")
 
 
 def param_shapes(config):
