@@ -142,6 +142,7 @@ def test_sizes_announced_and_known(server, tmp_path):
     # the source says the file has another size than the server announces
     with pytest.raises(LlmpyError, match="announces 1,024,000 bytes but the file is 1,000 bytes"):
         download_file(f"{server}/file", tmp_path / "a.bin", size=1000, progress=False)
+    assert list(tmp_path.iterdir()) == []
     # no Content-Length: the known size decides; 1,000 bytes arrive where 2,000 were expected
     with pytest.raises(LlmpyError, match="ended at 1,000 of 2,000 bytes"):
         download_file(f"{server}/nolength", tmp_path / "b.bin", size=2000, progress=False)

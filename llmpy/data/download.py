@@ -174,7 +174,13 @@ def open_part(part):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
                 raise LlmpyError(f"another process is downloading into {part}; wait for it to finish") from e
-        yield f
+        try:
+            yield f
+        except BaseException:
+            if os.fstat(fd).st_size == 0:  # nothing worth resuming: leave no trace
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(part)
+            raise
 
 
 def open_url(url, path, have, hint):
@@ -233,12 +239,7 @@ def download_file(url, path, sha256=None, size=None, validate=None, progress=Tru
         have = os.fstat(f.fileno()).st_size
         if size is not None and have > size:
             have = 0  # longer than the file can be
-        try:
-            response, have, total = open_url(url, path, have, hint)
-        except LlmpyError:
-            if os.fstat(f.fileno()).st_size == 0:
-                os.unlink(part)  # made by this call, holds nothing: leave no trace
-            raise
+        response, have, total = open_url(url, path, have, hint)
         if size is not None and total is not None and total != size:
             if response is not None:
                 response.close()
