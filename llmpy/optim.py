@@ -65,7 +65,8 @@ class AdamW:
 
     def load_state_dict(self, state):
         """Restore a state_dict(); ValueError when it cannot be AdamW's state for these parameters: m and v
-        of the wrong shape or type, not finite, v (a mean of squares) negative, or t not a count >= 0."""
+        of the wrong shape or type, not finite, v (a mean of squares) negative, t not a count >= 0, or t=0
+        (no update yet) with moments that are not zero."""
         m, v, t = state["m"], state["v"], np.asarray(state["t"])
         for name, a in (("m", m), ("v", v)):
             if a.shape != self.m.shape or a.dtype != self.m.dtype:
@@ -76,6 +77,8 @@ class AdamW:
         xp = get_array_module(m)
         if not (bool(xp.isfinite(m).all()) and bool(xp.isfinite(v).all()) and bool((v >= 0).all())):
             raise ValueError("optimizer state holds NaN or inf in m or v, or a negative v (a mean of squares)")
+        if int(t) == 0 and (bool(m.any()) or bool(v.any())):
+            raise ValueError("optimizer state says t=0 (no update yet) but its m or v is not zero")
         self.m[...] = m
         self.v[...] = v
         self.t = int(t)

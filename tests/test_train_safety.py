@@ -295,6 +295,8 @@ def test_truncated_and_bit_flipped_states_are_llmpy_errors(saved_run):
     (lambda a, m: a.update({"opt.m": a["opt.m"].astype(np.float64)}), "m is float64"),
     (lambda a, m: a.update({"opt.t": np.array(-1)}), r"t=array\(-1\) is not an integer >= 0"),
     (lambda a, m: a.update({"opt.t": np.array(5)}), "the optimizer took 5 steps by step 2"),
+    (lambda a, m: a.update({"opt.t": np.array(0)}), "t=0 .* m or v is not zero"),
+    (lambda a, m: a.update({"opt.t": np.array(1.5)}), "is not an integer"),
     (lambda a, m: a.pop("opt.t"), "lacks the array 'opt.t'"),
     (lambda a, m: m.update(step=-2), "it says step -2"),
     (lambda a, m: m.pop("loader"), "lacks 'loader'"),
@@ -332,6 +334,15 @@ def test_damaged_done_markers_are_llmpy_errors(saved_run, content):
             loop.Trainer(cfg, stream=io.StringIO())
     finally:
         done.write_bytes(original)
+
+
+def test_resume_drops_later_and_torn_log_lines(tmp_path):
+    from llmpy.train.log import Logger
+    (tmp_path / "main.log").write_text("s:0 tel:4.1000\ns:0 trl:4.2000 lr:0.001000 norm:1.00\n"
+                                       "s:1 trl:4.0000 lr:0.001000 norm:1.00\ns:2 trl:3.9")   # killed mid-line
+    Logger(tmp_path, resume_step=1).log_train(1, 3.5, 1e-3, 0.5)
+    assert (tmp_path / "main.log").read_text() == ("s:0 tel:4.1000\ns:0 trl:4.2000 lr:0.001000 norm:1.00\n"
+                                                   "s:1 trl:3.5000 lr:0.001000 norm:0.50\n")
 
 
 def test_a_non_utf8_main_log_is_an_llmpy_error(saved_run):
