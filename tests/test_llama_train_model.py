@@ -235,6 +235,24 @@ def test_bad_input_is_refused():
         make_config(dim=32, n_layers=1, n_heads=4, vocab_size=10, max_seq_len=8, rope_theta=0.0)
 
 
+@pytest.mark.parametrize(("sizes", "fix"), [
+    ({"dim": 48, "n_heads": 6, "n_kv_heads": 4}, "choose n_kv_heads among the divisors of 6: 1, 2, 3, 6"),
+    ({"dim": 50, "n_heads": 6}, "choose a dim that is a multiple of 6 (e.g. 48)"),
+    ({"dim": 54, "n_heads": 6}, "head size dim/n_heads = 9 is odd, and RoPE turns pairs"),
+])
+def test_heads_that_do_not_divide_name_the_fix(sizes, fix):
+    from llmpy.errors import LlmpyError
+
+    with pytest.raises(LlmpyError) as e:
+        make_config(n_layers=1, vocab_size=10, max_seq_len=8, **sizes)
+    assert fix in str(e.value)
+    config = make_config(dim=48, n_layers=1, n_heads=6, n_kv_heads=2, vocab_size=10, max_seq_len=8)
+    config.n_kv_heads = sizes.get("n_kv_heads", 2)
+    config.dim = sizes["dim"]
+    with pytest.raises(LlmpyError, match="Llama config"):
+        Llama(config, np.zeros(1, np.float32))
+
+
 @pytest.mark.parametrize("n_kv_heads", [6, 2])
 def test_fused_training_step_allocates_no_large_arrays(n_kv_heads):
     """Activations are preallocated: a fused forward + backward makes no NumPy temporary of even a quarter
