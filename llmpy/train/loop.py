@@ -212,11 +212,10 @@ class Trainer:
                 error = str(e)
         dist.check_all(error)
         self.resume_step = dist.bcast(start)
-        if self.resume_step is not None:
+        if self.resume_step is not None:   # every rank needs its own state file of that step
             path = ckpt.state_path(self.out_dir, self.resume_step, dist.rank)
-            dist.check_all(None if path.exists() else f"{path} is missing: the checkpoint of step {self.resume_step} "
-                                                      f"is incomplete; delete {ckpt.done_path(self.out_dir, self.resume_step)} "
-                                                      f"to resume from the previous one")
+            missing = ckpt.damaged(path, self.out_dir, self.resume_step, "the file is missing")
+            dist.check_all(None if path.exists() else missing)
         # data
         train_pattern, val_pattern = cfg.train_data, cfg.val_data
         if not train_pattern:
@@ -475,6 +474,7 @@ class Trainer:
             if step > first and (last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
                 self.save()
             if last and step > first and not (self.guard.healthy() and math.isfinite(summary["val_losses"].get(step, 0))):
+                # the run got to its end, but with a broken model: a script must not take it for a success
                 self._stop_diverged(f"it ended with the train loss {self.guard.last_loss:.4g}", saved=True)
             if last:
                 break
