@@ -100,7 +100,8 @@ def add_arguments(parser):
     g.add_argument("--save-dtype", choices=("float32", "bfloat16"), default=d.save_dtype)
     g.add_argument("--no-plot", dest="plot", action="store_false", help="do not draw loss.png at the end")
     g.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default=d.progress,
-                   help="a progress bar (auto: on a terminal) or llm.c's step lines")
+                   help="a progress bar or llm.c's step lines (auto: a bar on a terminal, lines under mpirun "
+                        "or when redirected)")
     parser.set_defaults(_parser=parser)
     del a
 
