@@ -42,8 +42,8 @@ def check_finite(path, tensors, allow_nonfinite=False, hint="the file is corrupt
         a = np.asarray(a)
         where = np.unravel_index(i, a.shape) if a.ndim else ()
         value = a.reshape(-1)[i]
-        message = (f"{path}: tensor {name} holds a non-finite value ({value} at index {tuple(int(x) for x in where)}); "
-                   f"a model with NaN or inf weights computes only NaN. {hint}")
+        message = (f"{path}: tensor {name} holds a non-finite value ({value} at index {tuple(int(x) for x in where)}): "
+                   f"a model with NaN or inf weights computes only NaN; {hint}")
         if not allow_nonfinite:
             raise LlmpyError(message + " (to load it anyway, pass allow_nonfinite=True)")
         warnings.warn(message, RuntimeWarning, stacklevel=3)
