@@ -10,6 +10,10 @@ fit in the context (steps), the chat stops with a message instead of running pas
 
 Differences from run.c: the turn is forwarded as one prefill; the piece run.c prints right after EOS
 is not printed; overlong input is not cut at 512 bytes; the context limit is checked.
+
+encode_messages renders a whole conversation (the server's /v1/chat/completions is stateless): earlier
+assistant answers are encoded as text after their turn and closed with EOS, as Meta's reference chat
+code does; a one-turn conversation gives exactly the tokens `chat` forwards for its first turn.
 """
 
 from llmpy.llama.generate import resolve_steps
@@ -25,6 +29,20 @@ def render_turn(user, system=""):
     if system:
         return SYSTEM_TEMPLATE.format(system=system, user=user)
     return USER_TEMPLATE.format(user=user)
+
+
+def encode_messages(tokenizer, system, turns):
+    """Tokens of a conversation: turns is [(user, answer)], answer None for the last turn (to be generated).
+
+    Each turn: BOS + render_turn(user) (+ " " + answer + EOS when answered); system only in the first turn."""
+    tokens = []
+    for i, (user, answer) in enumerate(turns):
+        text = render_turn(user, system if i == 0 else "")
+        if answer is None:
+            tokens += tokenizer.encode(text, bos=True, eos=False)
+        else:
+            tokens += tokenizer.encode(f"{text} {answer.strip()}", bos=True, eos=True)
+    return tokens
 
 
 def _read_line(prompt, inp, out):

@@ -1,0 +1,240 @@
+"""Continuous batching: one engine thread owns the model and runs every request's tokens in shared forwards.
+
+    engine = Engine(model, queue_size=64)     # model: a family object (model.py), one KV-cache stream per slot
+    engine.start()
+    req = Request(tokens, max_tokens=64, sampler=Sampler(V, 1.0, 0.9, seed), stop_ids={BOS}, stop=("\\n\\n",))
+    engine.submit(req)                         # QueueFull when the queue is full (the server answers 503)
+    while (event := req.events.get())[0] == "text": ...   # ("text", str) ..., then ("done", reason) or ("error", msg)
+
+Each step is ONE forward: a row (last token, position, slot) for every slot that is decoding, then chunks
+of the prompts of slots still prefilling, up to model.step_rows rows in all (at least MIN_PREFILL_ROWS of
+prefill, so a full house of decoders cannot starve a newcomer). A long prompt is thus prefilled over
+several steps while the other slots keep decoding. Each slot samples the logits of its last row with its
+own Sampler (its own seed and coins), so a request's tokens do not depend on what else is running: the
+same prompt, seed and parameters give the same text served alone, among others, or by `llmpy run`.
+
+A request ends on a stop token (stop_ids), a stop string (the text before it is returned, the stop string
+is not), or max_tokens; its slot is free for the next step. A request cancelled by its client (cancel(),
+e.g. a closed connection) is dropped at the next step, queued or running. shutdown() ends every request
+with an ("error", ...) event and stops the thread.
+
+Not handled: prefix caching, preemption (a slot is held until its request ends), several choices per request.
+"""
+
+import codecs
+import collections
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+MIN_PREFILL_ROWS = 8  # prefill rows per step even when every other slot is decoding
+IDLE_WAIT_S = 0.5  # how long the idle engine sleeps before looking again (submit wakes it at once)
+
+
+class QueueFull(Exception):
+    """The engine's queue holds queue_size waiting requests already."""
+
+
+class TextStream:
+    """Bytes pieces -> text to send, with stop strings: text that could be the start of a stop string is held
+    back until the next piece decides; UTF-8 split across pieces is joined (invalid bytes become U+FFFD)."""
+
+    def __init__(self, stop=()):
+        self.stop = tuple(stop)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = ""  # decoded text not sent yet
+
+    def feed(self, piece):
+        """(text to send now, whether a stop string was found)."""
+        self.pending += self.decoder.decode(piece)
+        hits = [i for i in (self.pending.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            text, self.pending = self.pending[:min(hits)], ""
+            return text, True
+        hold = 0  # the longest tail of pending that begins a stop string
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(self.pending)), hold, -1):
+                if self.pending.endswith(s[:n]):
+                    hold = n
+                    break
+        cut = len(self.pending) - hold
+        text, self.pending = self.pending[:cut], self.pending[cut:]
+        return text, False
+
+    def flush(self):
+        """The text held back, at the end of a reply not ended by a stop string."""
+        text = self.pending + self.decoder.decode(b"", final=True)
+        self.pending = ""
+        return text
+
+
+@dataclass(eq=False)
+class Request:
+    tokens: list  # the prompt's token ids, BOS included
+    max_tokens: int  # new tokens at most
+    sampler: object  # llmpy.sampler.Sampler: its seed and coins are this request's own
+    stop_ids: frozenset  # sampled tokens that end the reply (not part of it)
+    stop: tuple = ()  # stop strings
+    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    cancelled: bool = False
+    n_generated: int = 0  # tokens of the reply (a stop token not counted)
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def cancel(self):
+        """Called from the client's thread: the engine drops the request at its next step."""
+        self.cancelled = True
+
+
+class Slot:
+    """A request in one KV-cache stream: prefilled up to `done` prompt tokens, then decoding at `pos`."""
+
+    def __init__(self, index, request):
+        self.index = index
+        self.request = request
+        self.done = 0  # prompt tokens forwarded
+        self.pos = 0  # tokens in this slot's KV cache
+        self.last = None  # the token to forward next (decoding)
+        self.text = TextStream(request.stop)
+
+    @property
+    def decoding(self):
+        return self.done == len(self.request.tokens)
+
+
+class Engine:
+    """The thread that owns the model: a queue of requests, model.n_slots slots, one forward per step."""
+
+    def __init__(self, model, queue_size=64):
+        self.model = model
+        self.queue_size = queue_size
+        self.waiting = collections.deque()
+        self.slots = [None] * model.n_slots
+        self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._loop, name="llmpy-engine", daemon=True)
+        self.steps = 0  # forwards run (tests and the benchmark read it)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def alive(self):
+        return self.thread.is_alive() and not self.stopping
+
+    def counts(self):
+        """(active slots, queued requests)."""
+        with self.lock:
+            return sum(s is not None for s in self.slots), len(self.waiting)
+
+    def submit(self, request):
+        with self.lock:
+            if self.stopping:
+                raise QueueFull("the server is shutting down")
+            if len(self.waiting) >= self.queue_size:
+                raise QueueFull(f"{len(self.waiting)} requests are waiting already (--queue {self.queue_size})")
+            self.waiting.append(request)
+            self.wake.notify()
+
+    def shutdown(self, timeout=10.0):
+        """End every queued and running request with an error event, then stop the thread."""
+        with self.lock:
+            self.stopping = True
+            self.wake.notify()
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.thread.join(timeout)
+
+    # -------------------------------------------------------------------------
+    # the engine thread
+
+    def _loop(self):
+        while True:
+            with self.lock:
+                if self.stopping:
+                    break
+                self._admit()
+                if all(s is None for s in self.slots):
+                    self.wake.wait(IDLE_WAIT_S)
+                    continue
+            try:
+                self._step()
+            except Exception as e:  # a failed forward ends the requests it carried, not the server
+                print(f"llmpy serve: engine step failed: {e!r}", file=sys.stderr)
+                for slot in self.slots:
+                    if slot is not None:
+                        self._finish(slot, "error", f"the model failed: {e}")
+        with self.lock:
+            ended = [s.request for s in self.slots if s is not None] + list(self.waiting)
+            self.slots = [None] * len(self.slots)
+            self.waiting.clear()
+        for request in ended:
+            request.events.put(("error", "the server is shutting down"))
+
+    def _admit(self):
+        """Move waiting requests into free slots (lock held); drop the cancelled ones."""
+        for i, slot in enumerate(self.slots):
+            if slot is not None and slot.request.cancelled:
+                self.slots[i] = None
+        self.waiting = collections.deque(r for r in self.waiting if not r.cancelled)
+        for i in range(len(self.slots)):
+            if self.slots[i] is None and self.waiting:
+                self.slots[i] = Slot(i, self.waiting.popleft())
+
+    def _step(self):
+        """One forward: a row for every decoding slot, then prefill chunks; then each finished slot samples."""
+        tokens, positions, streams = [], [], []
+        groups = []  # (slot, whether its last row's logits are sampled), in row order
+        active = [s for s in self.slots if s is not None]
+        for slot in active:
+            if slot.decoding:
+                tokens.append(slot.last)
+                positions.append(slot.pos)
+                streams.append(slot.index)
+                groups.append((slot, True))
+        budget = max(self.model.step_rows - len(tokens), MIN_PREFILL_ROWS)
+        for slot in sorted((s for s in active if not s.decoding), key=lambda s: s.request.submitted):
+            if budget == 0:
+                break
+            prompt = slot.request.tokens
+            n = min(budget, len(prompt) - slot.done)
+            tokens += prompt[slot.done:slot.done + n]
+            positions += range(slot.done, slot.done + n)
+            streams += [slot.index] * n
+            slot.done += n
+            budget -= n
+            groups.append((slot, slot.decoding))
+        logits = self.model.forward(tokens, positions, streams)  # (distinct slots, V): valid until the next forward
+        self.steps += 1
+        for row, (slot, sample) in enumerate(groups):
+            if slot.decoding and slot.last is not None:
+                slot.pos += 1  # the decode row just forwarded
+            if sample:
+                if slot.last is None:  # the prompt's last token was just forwarded
+                    slot.pos, slot.last = slot.done, slot.request.tokens[-1]
+                self._accept(slot, slot.request.sampler.sample(logits[row]))
+
+    def _accept(self, slot, token):
+        """A sampled token: the end of the reply, or a piece of text (and the next row to forward)."""
+        request = slot.request
+        if token in request.stop_ids:
+            return self._finish(slot, "stop")
+        request.n_generated += 1
+        text, stopped = slot.text.feed(self.model.piece(slot.last, token))
+        if text:
+            request.events.put(("text", text))
+        slot.last = token
+        if stopped:
+            return self._finish(slot, "stop", flush=False)
+        if request.n_generated >= request.max_tokens or slot.pos >= self.model.ctx:
+            return self._finish(slot, "length")
+
+    def _finish(self, slot, reason, message=None, flush=True):
+        if flush and reason != "error":
+            text = slot.text.flush()
+            if text:
+                slot.request.events.put(("text", text))
+        slot.request.events.put(("error", message) if reason == "error" else ("done", reason))
+        with self.lock:
+            self.slots[slot.index] = None

@@ -1,0 +1,228 @@
+"""The HTTP layer of `llmpy serve`: the standard library's ThreadingHTTPServer, one thread per connection.
+
+Why the standard library (mlx-lm's server does the same) rather than starlette + uvicorn (vLLM's): no
+dependency, and the HTTP layer is not the bottleneck: the engine makes one token per slot per forward
+(milliseconds to tens of milliseconds on a CPU), while a thread per connection answers far faster.
+Measured on the shared 2-core box (other processes running, so rough): see MEASURED below.
+What it must do, it does: a stream is written chunk by chunk to the unbuffered socket (wbufsize 0,
+TCP_NODELAY) as the engine produces text; a closed connection is found when a write fails or, while the
+client waits, when its socket reads end-of-file (polled every POLL_S), and the request is cancelled.
+
+Endpoints: GET / (the chat page), GET /health, GET /v1/models, POST /v1/completions, POST
+/v1/chat/completions. Bodies need a Content-Length of at most MAX_BODY_BYTES: a larger one is refused
+(413) before a byte of it is read. Streams use HTTP/1.1 chunked transfer encoding, so connections stay
+reusable. Every error is OpenAI's {"error": {...}} body.
+"""
+
+import json
+import queue
+import select
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from llmpy.serve import api
+from llmpy.serve.engine import QueueFull
+
+MEASURED = """stdlib ThreadingHTTPServer vs uvicorn+starlette: see README (llmpy serve)"""
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a request body larger than this is refused unread
+POLL_S = 0.05  # how often a waiting handler checks whether its client is still there
+CHAT_PAGE = Path(__file__).with_name("static") / "chat.html"
+
+
+class Server(ThreadingHTTPServer):
+    """The server: the model (for names and encoding) and the engine; tracks its connections for shutdown."""
+
+    daemon_threads = False  # server_close() joins the handler threads: none is left behind
+    block_on_close = True
+
+    def __init__(self, address, model, engine):
+        self.model = model
+        self.engine = engine
+        self.created = int(time.time())
+        self.connections = set()
+        self.connections_lock = threading.Lock()
+        self.stopping = False
+        self.serving = False
+        super().__init__(address, Handler)
+
+    def serve_forever(self, poll_interval=0.1):
+        self.serving = True
+        super().serve_forever(poll_interval)
+
+    def process_request(self, request, client_address):
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def stop(self):
+        """Stop accepting, end every request (engine.shutdown sends each an error), wake idle keep-alive
+        connections (their reads end), and join every handler thread."""
+        self.stopping = True
+        self.engine.shutdown()
+        if self.serving:
+            self.shutdown()  # serve_forever returns (shutdown() would wait forever if it never ran)
+        with self.connections_lock:
+            for conn in list(self.connections):
+                try:
+                    conn.shutdown(socket.SHUT_RD)  # a handler blocked reading the next request sees end-of-file
+                except OSError:
+                    pass
+        self.server_close()
+
+
+class ClientGone(Exception):
+    pass
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # each stream chunk leaves at once
+    server_version = "llmpy"
+
+    def log_message(self, format, *args):  # quiet: one line per request would drown the server's own messages
+        pass
+
+    # -------------------------------------------------------------------------
+    # writing
+
+    def _send(self, status, body, content_type="application/json", headers=()):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers:
+            self.send_header(k, v)
+        if self.server.stopping:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, e, close=False):
+        if close:
+            self.close_connection = True
+        self._send(e.status, e.body(), headers=[("Connection", "close")] if close else ())
+
+    def _write_chunk(self, payload):
+        """One Server-Sent Event as one HTTP chunk; ClientGone when the connection is closed."""
+        data = b"data: " + (payload if isinstance(payload, bytes) else json.dumps(payload).encode()) + b"\n\n"
+        try:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        except OSError:  # BrokenPipeError, ConnectionResetError
+            raise ClientGone() from None
+
+    def _client_gone(self):
+        """Whether the client closed its connection (its socket reads end-of-file) while we were busy."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def _next_event(self, request):
+        """The engine's next event for request; ClientGone (and the request cancelled) if the client leaves."""
+        while True:
+            try:
+                return request.events.get(timeout=POLL_S)
+            except queue.Empty:
+                if self._client_gone():
+                    request.cancel()
+                    raise ClientGone() from None
+
+    # -------------------------------------------------------------------------
+    # endpoints
+
+    def do_GET(self):
+        path = self.path.split("?", 1)[0]
+        if path == "/health":
+            active, queued = self.server.engine.counts()
+            ok = self.server.engine.alive()
+            self._send(200 if ok else 503, {"status": "ok" if ok else "stopped", "slots": len(
+                self.server.engine.slots), "active": active, "queued": queued})
+        elif path == "/v1/models":
+            self._send(200, api.models_list(self.server.model.name, self.server.created))
+        elif path in ("/", "/index.html"):
+            self._send(200, CHAT_PAGE.read_bytes(), "text/html; charset=utf-8")
+        else:
+            self._error(api.ApiError(404, f"no such endpoint: GET {path}", code="not_found"))
+
+    def do_POST(self):
+        path = self.path.split("?", 1)[0]
+        if path not in ("/v1/completions", "/v1/chat/completions"):
+            return self._error(api.ApiError(404, f"no such endpoint: POST {path}", code="not_found"), close=True)
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            return self._error(api.ApiError(411, "a Content-Length header is required"), close=True)
+        if int(length) > MAX_BODY_BYTES:  # refused before reading it
+            return self._error(api.ApiError(413, f"the body is {int(length)} bytes; at most {MAX_BODY_BYTES} are "
+                                                 "accepted", code="body_too_large"), close=True)
+        raw = self.rfile.read(int(length))
+        try:
+            call = api.parse_call(api.parse_json(raw), self.server.model, chat=path.endswith("chat/completions"))
+            self.server.engine.submit(call.request)
+        except api.ApiError as e:
+            return self._error(e)
+        except QueueFull as e:
+            return self._error(api.ApiError(503, f"the server is busy: {e}; try again later", code="queue_full",
+                                            kind="server_error"))
+        try:
+            if call.stream:
+                self._stream(call)
+            else:
+                self._whole(call)
+        except ClientGone:
+            call.request.cancel()
+            self.close_connection = True
+
+    def _whole(self, call):
+        parts = []
+        while True:
+            event = self._next_event(call.request)
+            if event[0] == "text":
+                parts.append(event[1])
+            elif event[0] == "done":
+                return self._send(200, api.reply(call, self.server.model.name, "".join(parts), event[1]))
+            else:
+                return self._error(api.ApiError(503, event[1], code="aborted", kind="server_error"))
+
+    def _stream(self, call):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        name = self.server.model.name
+        if call.chat:
+            self._write_chunk(api.chunk(call, name, role=True))
+        while True:
+            event = self._next_event(call.request)
+            if event[0] == "text":
+                self._write_chunk(api.chunk(call, name, event[1]))
+                continue
+            if event[0] == "done":
+                self._write_chunk(api.chunk(call, name, finish_reason=event[1]))
+                if call.include_usage:
+                    self._write_chunk(api.chunk(call, name, with_usage=True))
+            else:  # the server is stopping: say so in the stream, then end it
+                self._write_chunk(api.ApiError(503, event[1], code="aborted", kind="server_error").body())
+            self._write_chunk(b"[DONE]")
+            try:
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                raise ClientGone() from None
+            if self.server.stopping:
+                self.close_connection = True
+            return
+
+
+def make_server(host, port, model, engine):
+    """Bind host:port (an OSError if taken) and return the Server (not yet serving)."""
+    return Server((host, port), model, engine)
