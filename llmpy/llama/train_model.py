@@ -88,12 +88,16 @@ def num_parameters(config):
 
 def matrix_param_ranges(config):
     """[start, stop) of the 2-D weights in the flat buffer (embedding, linears, classifier): the ones weight
-    decay applies to, as llama2.c's train.py decays every parameter of 2 or more dimensions (not the norms)."""
+    decay applies to, as llama2.c's train.py decays every parameter of 2 or more dimensions (not the norms).
+    Neighbours are merged (wq..wo, w1..w3 make one range each), so AdamW makes one pass per range."""
     ranges, offset = [], 0
     for name, shape in param_shapes(config).items():
         n = math.prod(shape)
         if name in MATRIX_PARAMS:
-            ranges.append((offset, offset + n))
+            if ranges and ranges[-1][1] == offset:
+                ranges[-1] = (ranges[-1][0], offset + n)
+            else:
+                ranges.append((offset, offset + n))
         offset += n
     return ranges
 
