@@ -99,6 +99,9 @@ class Sampler:
 
     def sample(self, logits):
         # logits is (V,) float32; not modified
+        if not np.isfinite(logits.max()):  # NaN anywhere makes the max NaN
+            raise LlmpyError("the model's logits are not finite (NaN or inf weights, or activations that overflowed): "
+                             "there is nothing to sample from; check the model file")
         if self.temperature == 0.0:
             return sample_argmax(logits)
         probs = softmax(np.asarray(logits, dtype=np.float32) / np.float32(self.temperature))

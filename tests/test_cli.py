@@ -197,3 +197,36 @@ def test_export_v2_lowers_the_default_group_size(tmp_path, capsysbinary):
     # a group size asked for explicitly is not changed
     code, _, err = _export(capsysbinary, tmp_path / "m.bin", tmp_path / "q32.bin", "--to", "v2", "--group-size", 32)
     assert code == 2 and "group size 32" in err
+
+
+def test_run_context_allow_nonfinite_and_threads(llama, tmp_path, capsysbinary):
+    """--context N runs a model whose header asks for an absurd seq_len (the message names the flag); the text of
+    the first N positions is the same as with the header's context; --allow-nonfinite loads NaN weights with a
+    warning instead of an error; --threads 1 gives the same text as the default threads."""
+    import struct
+
+    model, tok = llama / "model.bin", llama / "tokenizer.bin"
+    flags = ("-z", tok, "-s", 3, "-n", 24, "-i", "hello")
+    code, want, _ = _main(capsysbinary, "run", model, *flags)
+    assert code == 0
+    config, weights, _, _ = read_llama2c(model)
+    write_llama2c(tmp_path / "v1.bin", config, weights, 1)  # v1: no RoPE tables, seq_len only in the header
+    raw = bytearray((tmp_path / "v1.bin").read_bytes())
+    struct.pack_into("<i", raw, 8 + 6 * 4, SEQ_LEN | 1 << 26)  # magic, version, then seq_len is the 7th int32
+    huge = tmp_path / "huge.bin"
+    huge.write_bytes(raw)
+    code, _, err = _main(capsysbinary, "run", huge, *flags)
+    assert code == 2 and "--context" in err and "Traceback" not in err
+    code, out, _ = _main(capsysbinary, "run", huge, *flags, "--context", 24)
+    assert code == 0 and out == want
+    code, out, _ = _main(capsysbinary, "run", model, *flags, "--threads", 1)
+    assert code == 0 and out == want
+    weights["rms_final"] = weights["rms_final"].copy()
+    weights["rms_final"][0] = np.nan
+    bad = tmp_path / "nan.bin"
+    write_llama2c(bad, config, weights, 0)
+    code, _, err = _main(capsysbinary, "run", bad, *flags)
+    assert code == 2 and "--allow-nonfinite" in err
+    with pytest.warns(RuntimeWarning):  # loads; then the NaN logits are one clear error, not a traceback
+        code, _, err = _main(capsysbinary, "run", bad, *flags, "--allow-nonfinite")
+    assert code == 2 and "logits are not finite" in err

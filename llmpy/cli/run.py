@@ -13,7 +13,8 @@ the 32000-token Llama 2 vocabulary) llama2.c's tokenizer.bin, downloaded once an
 Flags and defaults are run.c's (temperature 1.0, top-p 0.9, 256 steps, seed from the clock when 0);
 values run.c would silently replace are errors here, -n beyond the model's seq_len included (when -n is
 not given, 256 is lowered to seq_len). --batch N runs N streams (N samples of one prompt, or one per -i)
-sharing every weight read; stream i uses seed + i.
+sharing every weight read; stream i uses seed + i. Threads: as many as the other processes leave cores free,
+checked while it runs (llmpy/threads.py), so a busy laptop is never slower than one thread; --threads N fixes it.
 """
 
 import sys
@@ -43,6 +44,13 @@ def add_arguments(parser):
     parser.add_argument("-m", "--mode", default="generate", choices=["generate", "chat"], help="mode")
     parser.add_argument("-y", "--system-prompt", default=None, help="system prompt in chat mode")
     parser.add_argument("--batch", type=int, default=1, help="streams generated at once (generate mode)")
+    parser.add_argument("--context", type=int, default=None, metavar="N",
+                        help="positions of KV cache to allocate (default: the model's seq_len; needed for a header "
+                             "whose seq_len is out of proportion to the weights)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="threads (default: the cores other processes leave free, checked as it runs; "
+                             "NUMBA_NUM_THREADS caps it)")
+    parser.add_argument("--allow-nonfinite", action="store_true", help="load NaN/inf weights with a warning")
 
 
 def model_path(spec):
@@ -84,6 +92,8 @@ def run(args):
         raise LlmpyError(f"--seed (-s) must be >= 0 (0 = from the clock), got {args.seed}")
     if args.batch < 1:
         raise LlmpyError(f"--batch must be >= 1, got {args.batch}")
+    if args.threads is not None and args.threads < 1:
+        raise LlmpyError(f"--threads must be >= 1, got {args.threads}")
     if args.max_tokens is not None and args.max_tokens < 0:
         raise LlmpyError(f"--max-tokens (-n, run.c's steps) must be >= 0 (0 = the model's seq_len), "
                          f"got {args.max_tokens}")
@@ -97,7 +107,8 @@ def run(args):
     # sampler arguments are checked before the (possibly large) model is loaded or downloaded
     Sampler(1, args.temperature, args.top_p, seed)
     model = model_path(args.model)
-    transformer = Transformer.from_file(model, n_streams=batch)
+    transformer = Transformer.from_file(model, n_streams=batch, max_seq_len=args.context,
+                                        allow_nonfinite=args.allow_nonfinite, threads=args.threads)
     config = transformer.config
     steps = steps_for(args, config.seq_len)
     tokenizer = Llama2Tokenizer.load(tokenizer_path(args, model, config.vocab_size), config.vocab_size)

@@ -34,9 +34,10 @@ def add_arguments(parser):
     parser.add_argument("-s", "--seed", type=int, default=1337, help="seed of the xorshift sampler (as llm.c's)")
     parser.add_argument("--num-samples", type=int, default=1, help="samples generated together as one batch")
     parser.add_argument("-z", "--tokenizer", default=None, help="sentencepiece .model for a custom vocabulary")
+    parser.add_argument("--allow-nonfinite", action="store_true", help="load NaN/inf weights with a warning")
 
 
-def load_model(spec):
+def load_model(spec, allow_nonfinite=False):
     """(config, params, description) for any MODEL form the command accepts."""
     from llmpy.formats.llmc import load_checkpoint
     from llmpy.gpt2 import hf
@@ -44,12 +45,11 @@ def load_model(spec):
 
     path = Path(spec)
     if spec in hf.HF_REPOS and not path.exists():
-        fetch_gpt2(spec)
         config, params = hf.load_pretrained(spec)
         return config, params, f"OpenAI {spec}"
     if path.is_dir():
         if (path / "model.safetensors").is_file():
-            config, params = hf.load_hf_dir(path)
+            config, params = hf.load_hf_dir(path, allow_nonfinite)
             return config, params, str(path / "model.safetensors")
         step = ckpt.latest_complete(path)
         if step is None:
@@ -58,23 +58,8 @@ def load_model(spec):
         path = ckpt.model_path(path, step)
     if not path.is_file():
         raise LlmpyError(f"{spec}: no such file or directory; give a checkpoint, a run directory or a GPT-2 name")
-    config, params = load_checkpoint(path)
+    config, params = load_checkpoint(path, allow_nonfinite)
     return config, params, str(path)
-
-
-def fetch_gpt2(name):
-    """Bring OpenAI's `name` into the Hugging Face cache unless llmpy holds its converted copy already: offline,
-    this fails after one request with a message naming the caches (huggingface_hub would retry for 25 s)."""
-    from llmpy.gpt2 import hf
-    from llmpy.hub import hf_file
-
-    converted = hf.models_cache_dir() / hf.LLMC_NAMES[name]
-    if converted.is_file():
-        return
-    hint = (f"or give a local llm.c checkpoint such as {hf.LLMC_NAMES[name]} (llmpy keeps its converted copy "
-            f"at {converted})")
-    for filename in ("config.json", "model.safetensors"):
-        hf_file(hf.HF_REPOS[name], filename, hint)
 
 
 def make_codec(vocab_size, tokenizer_path):
@@ -106,7 +91,7 @@ def run(args):
         raise LlmpyError("need --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
     if not 0 < args.seed < U64:
         raise LlmpyError(f"--seed must be a positive 64-bit integer, got {args.seed}")
-    config, params, desc = load_model(args.model)
+    config, params, desc = load_model(args.model, args.allow_nonfinite)
     encode, decode, start = make_codec(config.vocab_size, args.tokenizer)
     prompt = [start] + list(encode(args.prompt))
     state = [args.seed]

@@ -45,6 +45,6 @@ def check_finite(path, tensors, allow_nonfinite=False, hint="the file is corrupt
         message = (f"{path}: tensor {name} holds a non-finite value ({value} at index {tuple(int(x) for x in where)}): "
                    f"a model with NaN or inf weights computes only NaN; {hint}")
         if not allow_nonfinite:
-            raise LlmpyError(message + " (to load it anyway, pass allow_nonfinite=True)")
+            raise LlmpyError(message + " (to load it anyway: --allow-nonfinite, or allow_nonfinite=True in Python)")
         warnings.warn(message, RuntimeWarning, stacklevel=3)
         return

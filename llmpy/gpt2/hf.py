@@ -16,7 +16,6 @@ Not handled: other architectures (see llmpy.llama.hf for Llama), sharded (multi-
 """
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from llmpy.gpt2.model import (
     num_parameters,
     param_shapes,
 )
+from llmpy.hub import models_cache_dir
 
 HF_REPOS = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
             "gpt2-large": "openai-community/gpt2-large", "gpt2-xl": "openai-community/gpt2-xl"}
@@ -185,26 +185,16 @@ def load_hf_dir(path, allow_nonfinite=False):
     return config, params
 
 
-def models_cache_dir():
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base, "llmpy", "models")
-
-
 def download(name):
-    """Path of the HF snapshot's model.safetensors (huggingface_hub's cache; progress bars from it)."""
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as e:
-        raise LlmpyError(f"-e {name} downloads OpenAI's weights with huggingface_hub: {INSTALL_HINT}") from e
-    repo = HF_REPOS[name]
-    try:
-        path = hf_hub_download(repo, "model.safetensors")
-        hf_hub_download(repo, "config.json")
-    except Exception as e:  # offline, DNS, HTTP errors, a missing file in the cache ...
-        raise LlmpyError(f"could not download {repo}/model.safetensors from huggingface.co ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}). Offline? Fetch it once with network access "
-                         f"(it is cached), or pass -e PATH to an llm.c checkpoint such as {LLMC_NAMES[name]}") from e
-    return Path(path)
+    """Path of the HF snapshot's model.safetensors (with its config.json), from the Hugging Face cache or fetched
+    into it; offline, one request and an error naming the caches (llmpy.hub.hf_file)."""
+    from llmpy.hub import hf_file
+
+    converted = models_cache_dir() / LLMC_NAMES[name]
+    hint = (f"or give a local llm.c checkpoint such as {LLMC_NAMES[name]} (llmpy keeps its converted copy at "
+            f"{converted})")
+    hf_file(HF_REPOS[name], "config.json", hint)
+    return hf_file(HF_REPOS[name], "model.safetensors", hint)
 
 
 def load_pretrained(name, verbose=True):

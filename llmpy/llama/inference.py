@@ -161,16 +161,18 @@ class Transformer:
         self.governor = ThreadGovernor(numba.config.NUMBA_NUM_THREADS, fixed=threads if threads else user_threads())
 
     @classmethod
-    def from_file(cls, path, n_streams=1, max_rows=DEFAULT_MAX_ROWS, max_seq_len=None, allow_nonfinite=False):
+    def from_file(cls, path, n_streams=1, max_rows=DEFAULT_MAX_ROWS, max_seq_len=None, allow_nonfinite=False,
+                  threads=None):
         """Load a llama2.c file (llmpy.formats.llama2c.read_llama2c checks it) into private memory.
 
         max_seq_len: the context to allocate (default: the header's seq_len, refused when its KV cache is out
-        of proportion to the weights: a corrupt header); allow_nonfinite: load NaN/inf weights with a warning.
+        of proportion to the weights: a corrupt header); allow_nonfinite: load NaN/inf weights with a warning;
+        threads: as for the constructor.
         """
         from llmpy.formats.llama2c import read_llama2c
 
         config, weights, _, _ = read_llama2c(path, max_seq_len, allow_nonfinite)
-        return cls(config, weights, n_streams, max_rows, max_seq_len=max_seq_len)
+        return cls(config, weights, n_streams, max_rows, threads=threads, max_seq_len=max_seq_len)
 
     def weight_bytes_per_token(self):
         """Bytes of weights one decode step reads: every matrix once and one embedding row."""
