@@ -274,3 +274,22 @@ def test_fused_training_step_allocates_no_large_arrays(n_kv_heads):
     finally:
         tracemalloc.stop()
     assert peak < 4 * 64 * 96 * 4 // 4, f"a step allocated {peak} bytes"
+
+
+@pytest.mark.parametrize("name", ["gqa_untied", "mqa_tied"])
+def test_bench_torch_llama_runs_the_same_model(name):
+    """`llmpy bench train --arch llama` compares with llmpy/bench/torch_llama.py: the same loss on the same batch
+    (its own SDPA attention, real-valued RoPE and repeat_kv, independent of tests/reference)."""
+    torch = pytest.importorskip("torch")
+    from llmpy.bench.torch_llama import torch_step_time
+
+    config = CONFIGS[name]
+    params = _params(config, 17, np.float32)
+    inputs, targets = _batch(config, 18)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, first_loss = torch_step_time(config, params.copy(), inputs, targets, 1, 5e-4, (0.9, 0.95), 0.1)
+    finally:
+        torch.set_num_threads(threads)
+    assert abs(first_loss - Llama(config, params).forward(inputs, targets)) < 1e-5
