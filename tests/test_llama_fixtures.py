@@ -148,7 +148,7 @@ def _grad_offset(name, pname):
     *_, V, _, _, B, T, _ = FIXTURE_CONFIGS[name]
     grads_at = HEADER_BYTES + 4 * (2 * B * T + B * T * V + 1)
     sizes = param_sizes(name)
-    start = sum(itertools.takewhile(lambda s: s is not None, (sizes[p] if p != pname else None for p in sizes)))
+    start = sum(sizes[p] for p in itertools.takewhile(lambda p: p != pname, sizes))  # the tensors before pname
     grads = read_state(paths(name)[1])[5]
     return grads_at + 4 * (start + int(np.argmax(np.abs(grads[start:start + sizes[pname]]))))
 
