@@ -293,3 +293,30 @@ def test_bench_torch_llama_runs_the_same_model(name):
     finally:
         torch.set_num_threads(threads)
     assert abs(first_loss - Llama(config, params).forward(inputs, targets)) < 1e-5
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_bench_gemm_program_does_the_step_flops(monkeypatch, n_kv_heads):
+    """`llmpy bench train --arch llama` times "the step's matmuls alone": its GEMMs must add up to the step's
+    FLOPs (2*M*N*K each), which are counted here from the shapes each product is called with."""
+    import argparse
+
+    from llmpy.bench import train as bench_train
+
+    args = argparse.Namespace(batch_size=2, seq_len=6, dim=16, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads,
+                              hidden_dim=24, vocab_size=37)
+    bench = bench_train.LlamaBench(args)
+    program = bench.gemms(np.random.default_rng(0))
+    counted = []
+
+    def matmul(a, b, out):
+        counted.append(2 * math.prod(out.shape) * a.shape[-1])
+        return np.matmul(a, b, out=out)
+
+    def matmul_acc(c, a, b, accumulate=True):
+        counted.append(2 * math.prod(c.shape) * a.shape[-1])
+
+    monkeypatch.setattr(bench_train, "np", argparse.Namespace(matmul=matmul))
+    monkeypatch.setattr(bench_train, "matmul_acc", matmul_acc)
+    program.run()
+    assert sum(counted) == bench.flops()
