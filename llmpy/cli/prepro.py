@@ -3,12 +3,14 @@
 Output goes to --out-dir, by default $XDG_CACHE_HOME/llmpy/data/NAME (~/.cache/llmpy/data/NAME);
 finished work is skipped unless --force. Prints the token counts, the train/val globs to pass to
 `llmpy train`, and the tokenizer files written beside them: gpt2_tokenizer.bin (llm.c's) for GPT-2
-datasets; for `text --vocab-size V` tok{V}.model (sentencepiece), tok{V}.bin (llama2.c's format, for
-`llmpy run -z`) and tok{V}_llmc.bin (llm.c's format).
+datasets; with --vocab-size V (default, tinystories, text: a sentencepiece vocabulary trained as llama2.c's
+train_vocab, in the tok{V}/ subdirectory) tok{V}.model (sentencepiece), tok{V}.bin (llama2.c's format, for
+`llmpy run -z`) and tok{V}_llmc.bin (llm.c's format); with --tokenizer llama2 (Llama 2's, downloaded once)
+or --tokenizer PATH.model, in llama2/, tokenizer.model, tokenizer.bin and tokenizer_llmc.bin. See
+llmpy.data.vocab.
 """
 
 import os
-from pathlib import Path
 
 from llmpy.errors import LlmpyError
 
@@ -51,11 +53,16 @@ def add_arguments(parser):
             p.add_argument("--max-shards", type=int, default=None, help="stop after this many shards")
         if name == "hellaswag":
             p.add_argument("--split", default="val", choices=["train", "val", "test"], help="default val")
+        if name in ("default", "tinystories", "text"):
+            p.add_argument("--vocab-size", type=int, default=None, metavar="V",
+                           help="train a sentencepiece BPE vocabulary of V tokens first, as llama2.c's train_vocab, "
+                                "and put BOS before every document (default: GPT-2's tokenizer)")
+            p.add_argument("--tokenizer", default=None, metavar="gpt2|llama2|PATH",
+                           help="tokenize with GPT-2's (default), Llama 2's (llama2: downloaded once from llama2.c's "
+                                "repository) or this sentencepiece .model file")
         if name == "text":
             p.add_argument("files", nargs="+", help="UTF-8 text files")
             p.add_argument("--name", default="text", help="shard file prefix (default text)")
-            p.add_argument("--vocab-size", type=int, default=None,
-                           help="train a sentencepiece BPE vocabulary of this size (default: GPT-2's tokenizer)")
             p.add_argument("--val-fraction", type=float, default=0.1, help="leading fraction used as val (0.1)")
             p.add_argument("--doc-split", default="file", choices=["file", "paragraph", "line"],
                            help="what one document is; an EOT token goes before each (default file)")
@@ -64,11 +71,14 @@ def add_arguments(parser):
 
 def run(args):
     from llmpy.data import prepro
+    from llmpy.data.vocab import data_tokenizer
 
     common = {"out_dir": args.out_dir, "force": args.force, "verbose": not args.quiet}
     name = args.dataset
     if getattr(args, "workers", 1) is not None and getattr(args, "workers", 1) < 1:
         raise LlmpyError(f"--workers {args.workers} must be at least 1")
+    if name in ("default", "tinystories", "text"):
+        common.update(vocab_size=args.vocab_size, tokenizer=args.tokenizer)
     if name == "default":
         result = prepro.prepare_default(**common)
     elif name == "tinyshakespeare":
@@ -90,14 +100,16 @@ def run(args):
         return 0
     else:
         result = prepro.prepare_text(args.files, name=args.name, val_fraction=args.val_fraction,
-                                     vocab_size=args.vocab_size, doc_split=args.doc_split, encoding=args.encoding,
+                                     doc_split=args.doc_split, encoding=args.encoding,
                                      num_workers=args.workers, shard_size=args.shard_size, **common)
     train, val = result
     info = prepro.read_done(os.path.dirname(train)) or {"files": {}}
     total = sum(info["files"].values())
     print(f"{total:,} tokens in {len(info['files'])} shards\ntrain: {train}\nval:   {val}")
-    out_dir = Path(train).parent
-    for path in [out_dir / prepro.GPT2_TOKENIZER_FILE] + sorted(out_dir.glob("tok*.bin")):
-        if path.is_file():
-            print(f"tokenizer: {path}")
+    tok = data_tokenizer(train)
+    if tok is not None:
+        for path, what in ((tok.sp_model_path, "sentencepiece"), (tok.llama2c_bin_path, "llama2.c's, for llmpy run -z"),
+                           (tok.llmc_bin_path, "llm.c's")):
+            if path is not None:
+                print(f"tokenizer: {path} ({what})")
     return 0

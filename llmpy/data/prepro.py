@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from llmpy.data.download import CHUNK_BYTES, check_not_html, download_file, sha256_of
+from llmpy.data.vocab import GPT2_RECORD, VocabRequest, make_tokenizer
 from llmpy.errors import LlmpyError
 from llmpy.fileio import atomic_write_text, atomic_write_with
 from llmpy.formats.tokens import UINT16_VOCAB_LIMIT, ShardWriter, read_header, write_shard
@@ -217,19 +218,25 @@ def read_done(out_dir):
 
 
 def mark_done(out_dir, train_pattern, val_pattern, files, verbose=False, **extra):
-    """Record a finished prepro in out_dir/prepro.json; GPT-2 data (no other `tokenizer` in extra) first gets
-    llm.c's gpt2_tokenizer.bin beside it."""
-    if extra.get("tokenizer", "gpt2") == "gpt2":
+    """Record a finished prepro in out_dir/prepro.json, with its tokenizer's fields (llmpy.data.vocab; GPT-2's
+    unless extra names another `tokenizer`); GPT-2 data first gets llm.c's gpt2_tokenizer.bin beside it."""
+    if "tokenizer" not in extra:
+        extra = {**GPT2_RECORD, **extra}
+    if extra["tokenizer"] == "gpt2":
         write_gpt2_tokenizer_file(out_dir, verbose)
     info = {"train": train_pattern, "val": val_pattern, "files": {Path(p).name: int(n) for p, n in files}, **extra}
     atomic_write_text(Path(out_dir) / MARKER, json.dumps(info, indent=1))
     return info
 
 
-def skip_if_done(out_dir, verbose):
+def skip_if_done(out_dir, verbose, request=None):
+    """(train, val) patterns of a finished prepro in out_dir, else None; an LlmpyError when it used another
+    tokenizer than `request` (a llmpy.data.vocab.VocabRequest)."""
     info = read_done(out_dir)
     if info is None:
         return None
+    if request is not None:
+        request.check_done(info, out_dir)
     if info.get("tokenizer", "gpt2") == "gpt2":
         write_gpt2_tokenizer_file(out_dir, verbose)  # made by an older llmpy without it
     total = sum(info["files"].values())
@@ -238,21 +245,32 @@ def skip_if_done(out_dir, verbose):
     return str(Path(out_dir) / info["train"]), str(Path(out_dir) / info["val"])
 
 
-def split_and_write(tokens, out_dir, name, val_tokens, vocab_size, verbose, **extra):
+def split_and_write(tokens, out_dir, name, val_tokens, n_vocab, verbose, **extra):
     """Write tokens[:val_tokens] as {name}_val.bin and the rest as {name}_train.bin; record it."""
     if len(tokens) <= val_tokens:
         raise LlmpyError(f"only {len(tokens):,} tokens for {name}: not enough for {val_tokens:,} val tokens "
                          "plus a train split; give more text or a smaller val split")
     val_path, train_path = Path(out_dir) / f"{name}_val.bin", Path(out_dir) / f"{name}_train.bin"
-    n_val = write_split(val_path, tokens[:val_tokens], vocab_size, verbose)
-    n_train = write_split(train_path, tokens[val_tokens:], vocab_size, verbose)
+    n_val = write_split(val_path, tokens[:val_tokens], n_vocab, verbose)
+    n_train = write_split(train_path, tokens[val_tokens:], n_vocab, verbose)
     mark_done(out_dir, train_path.name, val_path.name, [(val_path, n_val), (train_path, n_train)], verbose,
               **extra)
     return str(train_path), str(val_path)
 
 
-def prepare_out_dir(name, out_dir, force):
-    out_dir = Path(out_dir) if out_dir is not None else default_data_dir(name)
+def tokenizer_for(request, out_dir, training_documents, force, verbose):
+    """(TokenizerSpec, its prepro.json fields) for a VocabRequest, its files made in out_dir (llmpy.data.vocab)."""
+    model, record = make_tokenizer(request, out_dir, training_documents, force, verbose)
+    return (TokenizerSpec() if model is None else TokenizerSpec("sentencepiece", str(model))), record
+
+
+def prepare_out_dir(name, out_dir, force, request=None):
+    """The directory the shards go to, made: out_dir, else default_data_dir(name), or its tok{V}/llama2
+    subdirectory for a sentencepiece `request` (llmpy.data.vocab). force removes its prepro.json."""
+    given = out_dir is not None
+    out_dir = Path(out_dir) if given else default_data_dir(name)
+    if request is not None:
+        out_dir = request.shard_dir(out_dir, given)
     out_dir.mkdir(parents=True, exist_ok=True)
     if force and (out_dir / MARKER).exists():
         (out_dir / MARKER).unlink()
@@ -273,14 +291,21 @@ def default_documents():
     return [topics[k] for k in sorted(topics)]
 
 
-def prepare_default(out_dir=None, force=False, verbose=True):
-    """Tokenize the offline default corpus into default_val.bin / default_train.bin (no network needed)."""
-    out_dir = prepare_out_dir("default", out_dir, force)
-    done = skip_if_done(out_dir, verbose)
+def prepare_default(out_dir=None, force=False, verbose=True, vocab_size=None, tokenizer=None):
+    """Tokenize the offline default corpus into default_val.bin / default_train.bin (no network needed).
+
+    vocab_size / tokenizer: a sentencepiece vocabulary instead of GPT-2's (llmpy.data.vocab), a trained one
+    (e.g. 512 tokens: a Llama trains on it offline in minutes) in ~/.cache/llmpy/data/default/tok{V}.
+    """
+    request = VocabRequest.of(vocab_size, tokenizer)
+    out_dir = prepare_out_dir("default", out_dir, force, request)
+    done = skip_if_done(out_dir, verbose, request)
     if done:
         return done
-    tokens = np.concatenate(list(encode_documents(default_documents())))
-    return split_and_write(tokens, out_dir, "default", DEFAULT_VAL_TOKENS, GPT2_VOCAB, verbose, source="pydoc_data.topics")
+    spec, record = tokenizer_for(request, out_dir, default_documents, force, verbose)
+    tokens = np.concatenate(list(encode_documents(default_documents(), spec)))
+    return split_and_write(tokens, out_dir, "default", DEFAULT_VAL_TOKENS, record["vocab_size"], verbose,
+                           source="pydoc_data.topics", **record)
 
 
 def tinyshakespeare_sections(text):
@@ -376,12 +401,14 @@ def text_documents(files, doc_split="file", encoding="utf-8"):
 
 def prepare_text(files, out_dir=None, name="text", val_fraction=TEXT_VAL_FRACTION, vocab_size=None,
                  doc_split="file", encoding="utf-8", num_workers=1, shard_size=SHARD_SIZE, force=False,
-                 verbose=True):
+                 verbose=True, tokenizer=None):
     """Your own corpus: {name}_val.bin (the first val_fraction of the tokens) and {name}_train*.bin.
 
     vocab_size: train a custom sentencepiece BPE vocabulary of V tokens on the files first and tokenize with
     it; out_dir gets tok{V}.model (sentencepiece), tok{V}.bin (llama2.c's tokenizer.bin format, for
-    `llmpy run -z`) and tok{V}_llmc.bin (llm.c's tokenizer file). Default: GPT-2, with gpt2_tokenizer.bin.
+    `llmpy run -z`) and tok{V}_llmc.bin (llm.c's tokenizer file). tokenizer: "llama2" or a sentencepiece
+    .model to tokenize with (llmpy.data.vocab). Default: GPT-2, with gpt2_tokenizer.bin. Each document
+    starts with the tokenizer's BOS (GPT-2: EOT).
     """
     files = [Path(f) for f in files]
     if not files:
@@ -391,16 +418,14 @@ def prepare_text(files, out_dir=None, name="text", val_fraction=TEXT_VAL_FRACTIO
             raise LlmpyError(f"{f} is not a file; give paths of UTF-8 text files")
     if not 0 < val_fraction < 1:
         raise LlmpyError(f"val fraction {val_fraction} must be between 0 and 1")
-    out_dir = prepare_out_dir(name, out_dir, force)
-    done = skip_if_done(out_dir, verbose)
+    request = VocabRequest.of(vocab_size, tokenizer)
+    out_dir = prepare_out_dir(name, out_dir, force, request)
+    done = skip_if_done(out_dir, verbose, request)
     if done:
         return done
-    spec, n_vocab = TokenizerSpec(), GPT2_VOCAB
-    if vocab_size is not None:
-        from llmpy.tokenizers.bpe_train import train_vocab
-
-        model = train_vocab(text_documents(files, doc_split, encoding), vocab_size, out_dir, verbose=verbose)
-        spec, n_vocab = TokenizerSpec("sentencepiece", str(model)), vocab_size
+    spec, record = tokenizer_for(request, out_dir, lambda: text_documents(files, doc_split, encoding), force,
+                                 verbose)
+    n_vocab = record["vocab_size"]
     tokens = np.concatenate(list(encode_documents(text_documents(files, doc_split, encoding), spec, num_workers)))
     n_val = int(len(tokens) * val_fraction)
     if n_val < 1 or len(tokens) - n_val < 2:
@@ -415,6 +440,5 @@ def prepare_text(files, out_dir=None, name="text", val_fraction=TEXT_VAL_FRACTIO
         for i, start in enumerate(range(0, len(train), shard_size)):
             path = out_dir / f"{name}_train_{i:06d}.bin"
             files_written.append((path, write_split(path, train[start:start + shard_size], n_vocab, verbose)))
-    mark_done(out_dir, f"{name}_train*.bin", val_path.name, files_written, verbose, tokenizer=spec.kind,
-              vocab_size=vocab_size)
+    mark_done(out_dir, f"{name}_train*.bin", val_path.name, files_written, verbose, **record)
     return str(out_dir / f"{name}_train*.bin"), str(val_path)

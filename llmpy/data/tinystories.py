@@ -7,6 +7,12 @@ random.Random(1337 + its index within the split), stripped, and written as [EOT]
 order worker processes finish, so the output is the same on every run. llm.c's gpt2_tokenizer.bin is
 written beside them.
 
+llama2.c's way (llmpy.data.vocab): `--vocab-size V` first trains a sentencepiece vocabulary on the stories of
+the first 10 JSON files (llama2.c's train_vocab), `--tokenizer llama2` uses Llama 2's; the stories, stripped,
+are then written as [BOS] + tokens in file order, unshuffled, as llama2.c's pretokenize does (its first
+JSON file is its val split too), into tok{V}/ or llama2/ under the dataset's directory. The archive stays
+in the dataset's directory, shared by all tokenizations.
+
 The download is checked against the size and sha256 the Hugging Face listing gives for the archive (when
 the listing answers) and must be a tar.gz that opens; a local archive (--input) must open too.
 """
@@ -21,23 +27,26 @@ from pathlib import Path
 
 from llmpy.data.download import HF, check_tar_gz, hf_files
 from llmpy.data.prepro import (
+    default_data_dir,
     encode_documents,
     fetch,
     mark_done,
     prepare_out_dir,
     say,
     skip_if_done,
+    tokenizer_for,
 )
+from llmpy.data.vocab import VocabRequest
 from llmpy.errors import LlmpyError
 from llmpy.fileio import current_umask
 from llmpy.formats.tokens import ShardWriter
-from llmpy.tokenizers.gpt2 import N_VOCAB
 
 HF_REPO = "roneneldan/TinyStories"
 ARCHIVE = "TinyStories_all_data.tar.gz"
 TINYSTORIES_URL = f"{HF}/datasets/{HF_REPO}/resolve/main/{ARCHIVE}"
 EXTRACTED = "TinyStories_all_data"
 SHUFFLE_SEED = 1337
+VOCAB_TRAIN_FILES = 10  # llama2.c's train_vocab: the stories of the first 10 JSON files
 DIR_MODE = 0o777
 
 
@@ -73,25 +82,31 @@ def published_archive(verbose):
         return None, None
 
 
-def split_stories(files):
-    """The stories of the JSON files in order, each file's stories shuffled by random.Random(1337 + index)."""
+def split_stories(files, shuffle=True):
+    """The stories of the JSON files in order, stripped; with shuffle (llm.c's way), each file's stories
+    shuffled by random.Random(1337 + its index)."""
     for index, path in enumerate(files):
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (ValueError, OSError) as e:
             raise LlmpyError(f"{path} is not a TinyStories JSON file ({e}); delete it to unpack again") from e
-        random.Random(SHUFFLE_SEED + index).shuffle(data)
+        if shuffle:
+            random.Random(SHUFFLE_SEED + index).shuffle(data)
         for example in data:
             yield example["story"].strip()
 
 
-def prepare_tinystories(out_dir=None, source=None, num_workers=None, force=False, verbose=True):
+def prepare_tinystories(out_dir=None, source=None, num_workers=None, force=False, verbose=True, vocab_size=None,
+                        tokenizer=None):
     """Download, unpack and tokenize TinyStories; returns (train_pattern, val_pattern).
 
     source: a local copy of TinyStories_all_data.tar.gz. num_workers: tokenizer processes (None: all cores).
+    vocab_size / tokenizer: llama2.c's tokenizations (module docstring), else GPT-2's (llm.c's).
     """
-    out_dir = prepare_out_dir("tinystories", out_dir, force)
-    done = skip_if_done(out_dir, verbose)
+    request = VocabRequest.of(vocab_size, tokenizer)
+    shard_dir = prepare_out_dir("tinystories", out_dir, force, request)
+    out_dir = Path(out_dir) if out_dir is not None else default_data_dir("tinystories")  # the archive's
+    done = skip_if_done(shard_dir, verbose, request)
     if done:
         return done
     size = sha256 = None
@@ -100,13 +115,17 @@ def prepare_tinystories(out_dir=None, source=None, num_workers=None, force=False
     archive = fetch(TINYSTORIES_URL, out_dir, ARCHIVE, sha256, source, verbose, size=size, validate=check_tar_gz)
     files = extract(archive, out_dir, verbose)
     say(verbose, f"number of story files: {len(files)}")
+    llmc_way = request.kind == "gpt2"
+    spec, record = tokenizer_for(request, shard_dir, lambda: split_stories(files[:VOCAB_TRAIN_FILES], False),
+                                 force, verbose)
     written = []
     for split, split_files in (("val", files[:1]), ("train", files[1:])):
-        path = out_dir / f"TinyStories_{split}.bin"
-        with ShardWriter(path, vocab_size=N_VOCAB) as writer:
-            for toks in encode_documents(split_stories(split_files), num_workers=num_workers, chunksize=256):
+        path = shard_dir / f"TinyStories_{split}.bin"
+        with ShardWriter(path, vocab_size=record["vocab_size"]) as writer:
+            stories = split_stories(split_files, shuffle=llmc_way)
+            for toks in encode_documents(stories, spec, num_workers=num_workers, chunksize=256):
                 writer.write(toks)
         say(verbose, f"writing {writer.ntok:,} tokens to {path}")
         written.append((path, writer.ntok))
-    mark_done(out_dir, "TinyStories_train.bin", "TinyStories_val.bin", written, verbose)
-    return str(out_dir / "TinyStories_train.bin"), str(out_dir / "TinyStories_val.bin")
+    mark_done(shard_dir, "TinyStories_train.bin", "TinyStories_val.bin", written, verbose, **record)
+    return str(shard_dir / "TinyStories_train.bin"), str(shard_dir / "TinyStories_val.bin")

@@ -52,9 +52,9 @@ def vocab_paths(out_dir, vocab_size):
 def train_vocab(documents, vocab_size, out_dir, verbose=True):
     """Train a BPE vocabulary of `vocab_size` tokens on the iterable of texts `documents`; returns the .model path.
 
-    The texts are dumped to a scratch directory inside out_dir (documents separated by a blank line, as
-    llama2.c does), sentencepiece trains on its lines there, and the results are moved into out_dir
-    atomically; the scratch directory is deleted.
+    The texts are dumped, each stripped and ended by a newline as llama2.c's train_vocab writes its tiny.txt,
+    to a scratch directory inside out_dir; sentencepiece trains on its lines there, and the results are
+    moved into out_dir atomically; the scratch directory is deleted.
     """
     spm = _sentencepiece()
     out_dir = Path(out_dir)
@@ -64,7 +64,7 @@ def train_vocab(documents, vocab_size, out_dir, verbose=True):
     try:
         dump, prefix = scratch / "corpus.txt", scratch / "tok"
         with open(dump, "w", encoding="utf-8") as f:
-            f.writelines(text.strip() + "\n\n" for text in documents)
+            f.writelines(text.strip() + "\n" for text in documents)
         if verbose:
             print(f"training a {vocab_size}-token BPE vocabulary on {os.path.getsize(dump) / 1e6:.2f} MB of text")
         try:
