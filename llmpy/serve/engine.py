@@ -133,7 +133,8 @@ class Engine:
         with self.lock:
             if self.stopping:
                 raise QueueFull("the server is shutting down")
-            if len(self.waiting) >= self.queue_size:
+            free = sum(s is None for s in self.slots)  # a request for a free slot waits only until the next step
+            if len(self.waiting) >= self.queue_size + free:
                 raise QueueFull(f"{len(self.waiting)} requests are waiting already (--queue {self.queue_size})")
             self.waiting.append(request)
             self.wake.notify()
@@ -160,7 +161,7 @@ class Engine:
                     continue
             try:
                 self._step()
-            except Exception as e:  # a failed forward ends the requests it carried, not the server
+            except Exception as e:  # noqa: BLE001 -- a failed forward ends the requests it carried, not the server
                 print(f"llmpy serve: engine step failed: {e!r}", file=sys.stderr)
                 for slot in self.slots:
                     if slot is not None:

@@ -1,0 +1,333 @@
+"""`llmpy serve` in-process on 127.0.0.1 against a tiny random llama2.c model, through the official openai
+client and raw HTTP: the same text as `llmpy run` for the same seed, streamed or not, alone or among 7
+concurrent requests; stop strings, max_tokens; bad requests answered 4xx with OpenAI's error body;
+disconnected clients free their slot; a full queue answers 503."""
+
+import concurrent.futures
+import http.client
+import io
+import itertools
+import json
+import socket
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import import_reference
+
+from llmpy.cli import main
+from llmpy.cli.serve import start
+from llmpy.formats.llama2c import write_llama2c
+from llmpy.llama.model import LlamaConfig, random_weights
+from llmpy.sampler import Sampler
+from llmpy.serve.engine import Engine, QueueFull, Request, TextStream
+from llmpy.tokenizers.llama2 import Llama2Tokenizer, safe_piece
+
+openai = pytest.importorskip("openai")
+SEQ_LEN = 128
+PROMPTS = ["Once upon a time", "hello world", "The cat", "", "a b c d e f g h i j k l m n o p", "big", "x", "Lily"]
+
+
+def make_files(d):
+    """tokenizer.bin and model.bin (random weights) in d; returns (model path, tokenizer)."""
+    vocab, scores = import_reference("llama_torch").tiny_tokenizer_pieces()
+    tok = Llama2Tokenizer(vocab, scores)
+    tok.save(d / "tokenizer.bin")
+    config = LlamaConfig(32, 64, 2, 4, 2, len(vocab), SEQ_LEN, True)
+    write_llama2c(d / "model.bin", config, random_weights(config, np.random.default_rng(0), scale=0.3), 0)
+    return d / "model.bin", tok
+
+
+class Served:
+    """A server running in this process (a thread), stopped by close()."""
+
+    def __init__(self, model, **kw):
+        self.server = start(str(model), port=0, **kw)
+        self.thread = threading.Thread(target=self.server.serve_forever)
+        self.thread.start()
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0, timeout=120)
+
+    def raw(self, method, path, body=None, headers=None):
+        """(status, parsed JSON body) of one request on a fresh connection."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+        conn.request(method, path, data, headers or {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        out = resp.status, json.loads(resp.read())
+        conn.close()
+        return out
+
+    def healthy(self):
+        status, body = self.raw("GET", "/health")
+        return status == 200 and body["status"] == "ok"
+
+    def wait_idle(self, timeout=30):
+        end = time.time() + timeout
+        while time.time() < end:
+            if self.server.engine.counts() == (0, 0):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self):
+        self.server.stop()
+        self.thread.join()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return make_files(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def served(files):
+    s = Served(files[0], slots=8, queue=16)
+    yield s
+    s.close()
+
+
+def complete(served, prompt, seed, max_tokens=24, **kw):
+    r = served.client.completions.create(model="model.bin", prompt=prompt, max_tokens=max_tokens, seed=seed, **kw)
+    return r.choices[0].text, r.choices[0].finish_reason, r.usage
+
+
+def run_text(files, capsysbinary, prompt, seed, n_prompt, max_tokens, temperature, top_p):
+    """What `llmpy run` prints after the prompt, for n_prompt + max_tokens - 1 positions (run.c's steps)."""
+    model, tok = files
+    code = main(["run", str(model), "-z", str(model.with_name("tokenizer.bin")), "-i", prompt, "-s", str(seed),
+                 "-t", str(temperature), "-p", str(top_p), "-n", str(n_prompt + max_tokens - 1)])
+    out, _ = capsysbinary.readouterr()
+    assert code == 0
+    tokens = tok.encode(prompt, bos=True)
+    printed_prompt = b"".join(safe_piece(tok.decode(a, b)) for a, b in itertools.pairwise(tokens))
+    assert out.startswith(printed_prompt) and out.endswith(b"\n")
+    return out[len(printed_prompt):-1].decode("utf-8", errors="replace")
+
+
+# -----------------------------------------------------------------------------
+# the engine's pieces
+
+def test_text_stream_holds_back_a_possible_stop_string():
+    ts = TextStream(("STOP", "\n\n"))
+    assert ts.feed(b"abc S") == ("abc ", False)  # "S" may begin STOP
+    assert ts.feed(b"T") == ("", False)
+    assert ts.feed(b"x") == ("STx", False)  # not a stop after all
+    assert ts.feed(b"\xe4\xb8") == ("", False)  # half a character waits for its last byte
+    assert ts.feed(b"\x96 ST") == ("\u4e16 ", False)
+    assert ts.feed(b"OP and more") == ("", True)
+    ts = TextStream()
+    assert ts.feed(b"a\xff") == ("a\ufffd", False)
+    assert ts.feed(b"\xe4") == ("", False) and ts.flush() == "\ufffd"
+
+
+def test_engine_queue_full_is_refused_at_once(files):
+    from llmpy.serve.model import LlamaServed
+
+    model = LlamaServed.load(str(files[0]), slots=1)
+    engine = Engine(model, queue_size=1)  # not started: requests stay queued
+    for _ in range(2):  # one for the free slot, one waiting
+        engine.submit(Request([1, 5], 3, Sampler(model.vocab_size), frozenset([1])))
+    with pytest.raises(QueueFull):
+        engine.submit(Request([1, 5], 3, Sampler(model.vocab_size), frozenset([1])))
+
+
+# -----------------------------------------------------------------------------
+# the OpenAI client
+
+def test_models_and_health(served):
+    assert [m.id for m in served.client.models.list().data] == ["model.bin"]
+    status, body = served.raw("GET", "/health")
+    assert status == 200 and body["status"] == "ok" and body["slots"] == 8
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 0.9), (0.0, 1.0), (0.8, 1.0)])
+def test_completion_equals_llmpy_run(served, files, capsysbinary, temperature, top_p):
+    prompt, seed, max_tokens = "Once upon a time", 42, 30
+    text, finish, usage = complete(served, prompt, seed, max_tokens, temperature=temperature, top_p=top_p)
+    n_prompt = len(files[1].encode(prompt, bos=True))
+    assert usage.prompt_tokens == n_prompt
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    if finish == "length":
+        assert usage.completion_tokens == max_tokens
+    assert text == run_text(files, capsysbinary, prompt, seed, n_prompt, max_tokens, temperature, top_p)
+    assert len(text) > 10
+
+
+def test_chat_equals_llmpy_run_chat(served, files, capsysbinary, monkeypatch):
+    system, user, seed = "You are a storyteller.", "Tell me a story", 7
+    r = served.client.chat.completions.create(model="model.bin", seed=seed, temperature=1.0, top_p=0.9, messages=[
+        {"role": "system", "content": system}, {"role": "user", "content": user}])
+    text = r.choices[0].message.content
+    assert r.choices[0].message.role == "assistant" and r.object == "chat.completion"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # one turn, then end of input
+    code = main(["run", str(files[0]), "-z", str(files[0].with_name("tokenizer.bin")), "-m", "chat", "-y", system,
+                 "-i", user, "-s", str(seed), "-t", "1.0", "-p", "0.9", "-n", "0"])
+    out, _ = capsysbinary.readouterr()
+    assert code == 0
+    # run's chat prints the reply, then "[context full ...]" if it ran out of room (the server's "length"),
+    # then asks for the next turn
+    out = out.decode("utf-8", errors="replace")
+    after = {"stop": "\nUser: ", "length": "\n[context full"}[r.choices[0].finish_reason]
+    assert len(text) > 10 and out.startswith("Assistant: " + text + after)
+    assert r.usage.completion_tokens + r.usage.prompt_tokens <= SEQ_LEN
+
+
+def test_stream_equals_whole_reply(served):
+    whole, finish, usage = complete(served, "The cat", 5, 40)
+    chunks = list(served.client.completions.create(model="model.bin", prompt="The cat", max_tokens=40, seed=5,
+                                                   stream=True, stream_options={"include_usage": True}))
+    assert all(c.object == "text_completion" for c in chunks)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == finish
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == usage.completion_tokens
+    messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi there"},
+                {"role": "user", "content": "a story please"}]
+    r = served.client.chat.completions.create(model="model.bin", messages=messages, seed=9, max_tokens=30)
+    chunks = list(served.client.chat.completions.create(model="model.bin", messages=messages, seed=9, max_tokens=30,
+                                                        stream=True))
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == r.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason
+
+
+def test_stop_strings_and_max_tokens(served):
+    text, finish, usage = complete(served, "hello world", 11, 60)
+    assert finish == "length" and usage.completion_tokens == 60
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    cut = text[:text.find(stop)]
+    got, finish, _ = complete(served, "hello world", 11, 60, stop=stop)
+    assert (got, finish) == (cut, "stop")
+    got, finish, _ = complete(served, "hello world", 11, 60, stop=["\u0000never", stop])
+    assert (got, finish) == (cut, "stop")
+    short, finish, usage = complete(served, "hello world", 11, 5)
+    assert finish == "length" and usage.completion_tokens == 5 and text.startswith(short)
+    other, _, _ = complete(served, "hello world", 12, 60)
+    assert other != text  # the seed matters
+
+
+def test_batching_changes_no_result(served):
+    """Each of 8 requests (different prompts, seeds, lengths, streamed or not) served together gives the text
+    it gives alone."""
+    jobs = [(p, 100 + i, 20 + 7 * i, i % 2 == 1) for i, p in enumerate(PROMPTS)]
+
+    def one(job):
+        prompt, seed, max_tokens, stream = job
+        if not stream:
+            return complete(served, prompt, seed, max_tokens)[0]
+        chunks = served.client.completions.create(model="model.bin", prompt=prompt, max_tokens=max_tokens, seed=seed,
+                                                  stream=True)
+        return "".join(c.choices[0].text for c in chunks)
+
+    alone = [one(job) for job in jobs]
+    steps = served.server.engine.steps
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        together = list(pool.map(one, jobs))
+    assert together == alone
+    n_tokens = sum(20 + 7 * i for i in range(len(jobs)))
+    assert served.server.engine.steps - steps < n_tokens / 2  # they really shared forwards
+
+
+# -----------------------------------------------------------------------------
+# bad requests
+
+BAD_BODIES = [
+    (b"{not json", 400, None),
+    (b"[1, 2]", 400, None),
+    ({"prompt": "hi", "temperature": "hot"}, 400, "temperature"),
+    ({"prompt": "hi", "max_tokens": -3}, 400, "max_tokens"),
+    ({"prompt": "hi", "max_tokens": 2.5}, 400, "max_tokens"),
+    ({"prompt": "hi", "max_tokens": 1000}, 400, "max_tokens"),
+    ({"prompt": "hi " * 200}, 400, "prompt"),
+    ({"prompt": 42}, 400, "prompt"),
+    ({"prompt": "hi", "model": "gpt-4"}, 404, "model"),
+    ({"prompt": "hi", "n": 2}, 400, "n"),
+    ({"prompt": "hi", "logprobs": 3}, 400, "logprobs"),
+    ({"prompt": "hi", "echo": True}, 400, "echo"),
+    ({"prompt": "hi", "seed": 0}, 400, "seed"),
+    ({"prompt": "hi", "stop": ["a", 3]}, 400, "stop"),
+    ({"prompt": "hi", "stream": "yes"}, 400, "stream"),
+    ({"prompt": "hi", "frobnicate": 1}, 400, "frobnicate"),
+]
+BAD_CHATS = [
+    ({"messages": []}, 400, "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400, "tools"),
+    ({"messages": [{"role": "assistant", "content": "hi"}]}, 400, "messages[0]"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}, 400, "messages[1]"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0]"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "max_completion_tokens": 5}, 400,
+     "max_tokens"),
+]
+
+
+@pytest.mark.parametrize("body, status, param", BAD_BODIES + [(b, s, p) for b, s, p in BAD_CHATS])
+def test_bad_requests_get_an_error_body(served, body, status, param):
+    path = "/v1/chat/completions" if isinstance(body, dict) and "messages" in body else "/v1/completions"
+    got, reply = served.raw("POST", path, body)
+    assert got == status
+    assert set(reply["error"]) == {"message", "type", "param", "code"} and reply["error"]["message"]
+    assert reply["error"]["param"] == param
+    assert served.healthy()
+
+
+def test_huge_body_is_refused_before_reading(served):
+    sock = socket.create_connection(("127.0.0.1", served.port), timeout=30)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100000000\r\n\r\n{\"prompt\": ")  # 100 MB announced, a few bytes sent
+    resp = http.client.HTTPResponse(sock)
+    resp.begin()
+    assert resp.status == 413 and "error" in json.loads(resp.read())
+    sock.close()
+    assert served.raw("GET", "/nowhere")[0] == 404
+    assert served.healthy()
+
+
+def test_openai_client_sees_the_error(served):
+    with pytest.raises(openai.BadRequestError, match="not supported"):
+        served.client.completions.create(model="model.bin", prompt="hi", n=2)
+    with pytest.raises(openai.NotFoundError):
+        served.client.completions.create(model="gpt-4", prompt="hi")
+
+
+def _handler_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("Thread-") and "process_request" in t.name]
+
+
+def test_disconnected_stream_frees_its_slot(served):
+    baseline = len(_handler_threads())
+    for stream in (True, False):
+        sock = socket.create_connection(("127.0.0.1", served.port), timeout=30)
+        body = json.dumps({"prompt": "Once", "max_tokens": SEQ_LEN - 10, "seed": 3, "stream": stream}).encode()
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        if stream:
+            got = b""
+            while b"data: " not in got:  # the stream has started
+                got += sock.recv(4096)
+        sock.close()  # gone mid-reply
+        assert served.wait_idle(), "the slot of a disconnected client was not freed"
+    text, _, _ = complete(served, "The cat", 5, 10)  # served as usual
+    assert text
+    end = time.time() + 10
+    while len(_handler_threads()) > baseline and time.time() < end:
+        time.sleep(0.05)
+    assert len(_handler_threads()) <= baseline
+
+
+def test_full_queue_answers_503(files):
+    s = Served(files[0], slots=1, queue=0)
+    try:
+        stream = s.client.completions.create(model="model.bin", prompt="Once", max_tokens=SEQ_LEN - 10, seed=3,
+                                             stream=True)
+        next(iter(stream))  # the only slot is busy
+        status, body = s.raw("POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})
+        assert status == 503 and body["error"]["code"] == "queue_full"
+        stream.close()
+        assert s.wait_idle()
+        assert s.raw("POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})[0] == 200
+    finally:
+        s.close()
