@@ -112,3 +112,54 @@ def test_ranks_with_different_configs_stop_with_one_message(shards, tmp_path):
     assert proc.stderr.count("differs across ranks") == 1, proc.stderr[-3000:]
     assert "llmpy train: error:" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_two_ranks_equal_one_process_and_zero1_equals_plain_data_parallel(family, tmp_path):
+    """tests/mpi_worker.py's tiny model of each family, under mpirun -np 2 with B rows per rank, against one
+    process on the 2B rows; ZeRO-1 against plain data-parallel."""
+    from test_dist import RANKS, WORKER, B, load_worker
+    out = tmp_path / "train.npz"
+    proc = launch(mpirun_prefix(RANKS) + [sys.executable, str(WORKER), "train", str(out), str(B), family])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.load(out)
+    ref_losses, ref_params, _, _ = load_worker().train(D.Dist(), 0, RANKS * B, family=family)
+    n = ref_params.size
+    for z in (0, 1):
+        # the same losses, grad norms and parameters up to float32 summation order (the mean of rank means)
+        np.testing.assert_allclose(got[f"losses{z}"], ref_losses, rtol=2e-6, atol=0)
+        np.testing.assert_allclose(got[f"params{z}"], ref_params, rtol=0, atol=5e-6)
+        assert bool(got[f"resume_exact{z}"]), f"zero stage {z}: restart from a saved state was not bit-identical"
+    assert got["m_sizes1"].tolist() == [n // 2, n - n // 2]
+    np.testing.assert_array_equal(got["params1"], got["params0"])   # ZeRO-1 is plain DP, bit for bit
+    np.testing.assert_array_equal(got["losses1"][:, 0], got["losses0"][:, 0])
+
+
+def test_two_rank_llama_run_with_zero1_resumes_bit_identically(shards, tmp_path):
+    """`mpirun -np 2 llmpy train -e llama:...`: the checkpoints are llama2.c v0 files; a resume from the
+    middle checkpoint rewrites the last one bit for bit (model and both ranks' states)."""
+    from llmpy.formats.llama2c import read_llama2c
+    out = tmp_path / "llama"
+    argv = train_argv(shards, out, "-e", "llama:d32l2h4kv2", "--shuffle", "llmc")
+    proc = launch(mpirun_prefix() + argv)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Llama dim=32") == 1
+    config, _, version, _ = read_llama2c(out / f"model_{STEPS:08d}.bin")
+    assert (version, config.dim, config.n_kv_heads, config.vocab_size) == (0, 32, 2, V)
+    final = {p.name: p.read_bytes() for p in step_files(out, STEPS)}
+    assert len(final) == 3
+    for name in ("DONE", "state", "model"):
+        for p in out.glob(f"{name}_{STEPS:08d}*"):
+            p.unlink()
+    proc = launch(mpirun_prefix() + argv + ["-y", "1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = {p.name: p.read_bytes() for p in step_files(out, STEPS)}
+    assert resumed.keys() == final.keys()
+    for name, before in final.items():
+        if name.endswith(".bin"):
+            assert resumed[name] == before, f"{name} differs after resume"
+            continue
+        a = np.load(io.BytesIO(resumed[name]), allow_pickle=False)
+        b = np.load(io.BytesIO(before), allow_pickle=False)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}: {k}")

@@ -1,4 +1,4 @@
-"""`llmpy train`: train a GPT-2, llm.c's train_gpt2.cu as a command (flags keep llm.c's short names).
+"""`llmpy train`: train a GPT-2 or a Llama, llm.c's train_gpt2.cu as a command (flags keep llm.c's short names).
 
     llmpy train                                  # offline default: a small GPT-2 on the stdlib-docs corpus
     llmpy train -e gpt2 -i DATA/tiny_shakespeare_train.bin -j DATA/tiny_shakespeare_val.bin \\
@@ -6,6 +6,15 @@
     mpirun -np 8 llmpy train -e d12 -i 'fineweb10B/fineweb_train_*.bin' -j 'fineweb10B/fineweb_val_*.bin' \\
         -o log124M -b 64 -t 1024 -d 524288 -z 1 -c 0.1 -l 0.0006 -q 0.0 -u 700 -n 5000 -nk 2 -y 1 \\
         -v 250 -s 20000 -h 1                                    # llm.c's GPT-2 124M reproduction
+    llmpy train -e llama:d64l2h4kv2 -i DATA/text_train.bin -j DATA/text_val.bin -t 128 -o runs/llama
+                                                 # a Llama from scratch (vocab: the data's tokenizer)
+    llmpy train -e stories15M.bin -i 'DATA/*_train*.bin' -t 256 -l 1e-4    # fine-tune a llama2.c model (on
+                                                 # data tokenized with its 32000-token vocabulary)
+
+-e chooses the architecture: GPT-2 (an llm.c checkpoint, d6..d48, gpt2[-medium|-large|-xl], or none: a
+small one from --layers/--channels/--heads) or Llama (a llama2.c v0/v1 file, llama2.c's stories15M,
+stories42M, stories110M shapes, or llama:d<dim>l<layers>h<heads>[kv<kv_heads>]). A Llama run's checkpoints
+are llama2.c v0 files that `llmpy run` and `llmpy export` take as they are.
 
 `-h N` is llm.c's HellaSwag switch; use --help for this text. Flags left out take llm.c's defaults when -i
 is given; the offline default run (no -i) uses B=8 T=128 -x 200 -l 3e-3 -u 20 -q 0.1 -c 0.1 -v 50 -m 10.
@@ -13,7 +22,8 @@ is given; the offline default run (no -i) uses B=8 T=128 -x 200 -l 3e-3 -u 20 -q
 A run owns its -o directory (a second run there is refused while the first lives). -y 1 continues from the
 newest complete checkpoint, or starts the run when there is none. An update whose loss or grad norm is NaN
 or inf is skipped; after -sk (10) skipped in a row the run stops as diverged. Under mpirun, --progress auto
-prints step lines (rank 0 cannot tell a terminal from `> log` there). Exit status: 0 done, 2 bad input or
+prints step lines (rank 0 cannot tell a terminal from `> log` there). --threads 0 (the default) runs each
+step on the cores other processes leave free (NUMBA_NUM_THREADS or OMP_NUM_THREADS fix them). Exit status: 0 done, 2 bad input or
 a failed write (a message says what to do), 3 diverged, 130 interrupted (Ctrl-C; a checkpoint was written).
 """
 
@@ -38,14 +48,20 @@ def add_arguments(parser):
                    help="train token shards (llmpy prepro ...); default: the offline default corpus")
     g.add_argument("-j", "--val-data", default=d.val_data, metavar="GLOB", help="val token shards")
     g.add_argument("-e", "--init", default=d.init, metavar="MODEL",
-                   help="an llm.c checkpoint file, a depth d6|d12|d24|d36|d48 (from scratch), or OpenAI's "
-                        "gpt2|gpt2-medium|gpt2-large|gpt2-xl (downloaded); default: a small model from the flags below")
+                   help="GPT-2: an llm.c checkpoint file, a depth d6|d12|d24|d36|d48 (from scratch), or OpenAI's "
+                        "gpt2|gpt2-medium|gpt2-large|gpt2-xl (downloaded); Llama: a llama2.c v0/v1 file, "
+                        "stories15M|stories42M|stories110M or llama:d<dim>l<layers>h<heads>[kv<kv_heads>] (from "
+                        "scratch, the data's vocabulary); default: a small GPT-2 from the flags below")
     g.add_argument("--layers", dest="num_layers", type=int, default=d.num_layers, help="L of a from-scratch model")
     g.add_argument("--channels", type=int, default=d.channels, help="C of a from-scratch model")
     g.add_argument("--heads", dest="num_heads", type=int, default=d.num_heads, help="NH of a from-scratch model")
-    g.add_argument("--max-seq-len", type=int, default=d.max_seq_len, help="maxT of a from-scratch model")
-    g.add_argument("--vocab-size", type=int, default=d.vocab_size, help="V of a from-scratch model (GPT-2's 50257)")
+    g.add_argument("--max-seq-len", type=int, default=d.max_seq_len,
+                   help="maxT of a from-scratch model (GPT-2, llama:...)")
+    g.add_argument("--vocab-size", type=int, default=d.vocab_size,
+                   help="V of a from-scratch GPT-2 (GPT-2's 50257); of a Llama when the data's tokenizer is unknown")
     g.add_argument("--seed", type=int, default=d.seed, help="init and data-order seed")
+    g.add_argument("--shuffle", choices=("seeded", "llmc", "none"), default=d.shuffle,
+                   help="train data order: seeded (by --seed), llmc (llm.c's mt19937 order, seed 42 + rank), none")
     g = parser.add_argument_group("batch and steps")
     g.add_argument("-b", "--batch-size", type=int, default=None, help="micro-batch size B")
     g.add_argument("-t", "--seq-len", type=int, default=None, help="sequence length T")
@@ -79,14 +95,16 @@ def add_arguments(parser):
     g.add_argument("-m", "--val-steps", dest="val_max_steps", type=int, default=None,
                    help="batches per val loss")
     g.add_argument("-s", "--sample-every", type=int, default=None, help="sample every N steps (0: at the end)")
-    g.add_argument("-g", "--gen-tokens", type=int, default=d.gen_tokens, help="tokens per sample (0: none)")
+    g.add_argument("-g", "--gen-tokens", "--max-tokens", type=int, default=d.gen_tokens, help="tokens per sample (0: none)")
     g.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature (0: greedy)")
     g.add_argument("--top-k", type=int, default=d.top_k, help="sample among the k most likely tokens (0: all)")
+    g.add_argument("--top-p", type=float, default=d.top_p,
+                   help="sample among the most likely tokens whose probabilities add up to p (1: all; --top-k wins)")
     g.add_argument("-h", "--hellaswag", type=int, choices=BOOL, nargs="?", default=0, const=None,
                    help="1: HellaSwag accuracy with the val loss (needs `llmpy prepro hellaswag`)")
     g.add_argument("--hellaswag-file", dest="hellaswag_path", default=d.hellaswag_path, metavar="PATH")
     g = parser.add_argument_group("output and checkpoints")
-    g.add_argument("-o", "--output-dir", default=d.output_dir, metavar="DIR",
+    g.add_argument("-o", "--output-dir", "--output", default=d.output_dir, metavar="DIR",
                    help="main.log, checkpoints, loss.png; default runs/<date-time>")
     g.add_argument("-n", "--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="checkpoint every N steps (0: only at the end)")
@@ -102,6 +120,9 @@ def add_arguments(parser):
     g.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default=d.progress,
                    help="a progress bar or llm.c's step lines (auto: a bar on a terminal, lines under mpirun "
                         "or when redirected)")
+    g.add_argument("--threads", type=int, default=d.threads, metavar="N",
+                   help="threads per training step (0: the cores other processes leave free; under mpirun: "
+                        "cores // ranks)")
     parser.set_defaults(_parser=parser)
     del a
 
@@ -130,7 +151,7 @@ def run(args):
 
     limit_openmp_spinning()
     config = config_from_args(args)
-    dist = init_dist()
+    dist = init_dist(threads=config.threads or None)
     # an error on one rank alone (a bad state file, say) must end every rank, not leave the others
     # waiting in a collective: abort_on_error stops the whole job (single process: re-raises)
     try:

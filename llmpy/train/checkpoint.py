@@ -1,6 +1,6 @@
 """Checkpoints of a training run, llm.c's layout in the output directory:
 
-    model_00000040.bin          the model, an llm.c checkpoint (rank 0)
+    model_00000040.bin          the model (rank 0): an llm.c checkpoint (GPT-2) or a llama2.c v0 file (Llama)
     state_00000040_00000.npz    rank 0's optimizer shard (m, v, t), dataloader position, outlier detectors,
                                 sampler RNG and step (np.savez: plain arrays, read with allow_pickle=False)
     DONE_00000040               written last, after every rank's files: the checkpoint is complete; JSON with
@@ -34,7 +34,6 @@ import numpy as np
 
 from llmpy.errors import LlmpyError
 from llmpy.fileio import atomic_write_with
-from llmpy.formats.llmc import save_checkpoint
 
 DONE_RE = re.compile(r"^DONE_(\d{8})$")
 META_KEY = "meta_json"
@@ -87,11 +86,12 @@ def disk_error(what, path, e, previous):
                       f"-o) and resume with -y 1")
 
 
-def save_model(out_dir, step, config, params, dtype="float32"):
+def save_model(out_dir, step, write):
+    """model_XXXXXXXX.bin of `step`, written by write(path) (the model family's writer: llm.c or llama2.c)."""
     path = model_path(out_dir, step)
     previous = latest_complete(out_dir)
     try:
-        save_checkpoint(path, config, params, dtype)
+        write(path)
     except OSError as e:
         raise disk_error("checkpoint file", path, e, previous) from e
     return path

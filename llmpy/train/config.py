@@ -20,6 +20,7 @@ OFFLINE_DEFAULTS = {"batch_size": 8, "seq_len": 128, "max_steps": 200, "lr": 3e-
                     "final_lr_frac": 0.1, "weight_decay": 0.1, "sample_every": 0, "val_every": 50, "val_max_steps": 10}
 GPT2_MAX_SEQ_LEN = 1024
 HF_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+SHUFFLES = ("seeded", "llmc", "none")
 
 
 @dataclass
@@ -28,13 +29,15 @@ class TrainConfig:
     train_data: str = ""            # -i: glob of llm.c token shards; "" = the offline default corpus
     val_data: str = ""              # -j: glob of val shards; "" = the default corpus's, or none with -i
     # model
-    init: str = ""                  # -e: llm.c checkpoint path, d6..d48, gpt2[-medium|-large|-xl]; "" = tiny model
+    init: str = ""                  # -e: GPT-2: llm.c checkpoint, d6..d48, gpt2[-medium|-large|-xl], "" = tiny model;
+    #                                 Llama: llama2.c v0/v1 file, stories15M|42M|110M, llama:d<dim>l<L>h<NH>[kv<NKV>]
     num_layers: int = DEFAULT_LAYERS
     channels: int = DEFAULT_CHANNELS
     num_heads: int = DEFAULT_HEADS
     max_seq_len: int = GPT2_MAX_SEQ_LEN
     vocab_size: int = 50257         # V of a from-scratch model (GPT-2's); Vp rounds it up to a multiple of 128
     seed: int = 1337                # init and data-shuffling seed
+    shuffle: str = "seeded"         # train data order: seeded (by --seed), llmc (llm.c's mt19937, 42 + rank), none
     # batch and steps
     batch_size: int = 4                 # -b: micro-batch B
     seq_len: int = 1024                 # -t: T
@@ -62,6 +65,7 @@ class TrainConfig:
     gen_tokens: int = 64                # -g
     temperature: float = 1.0
     top_k: int = 0
+    top_p: float = 1.0                  # nucleus sampling (1 or 0: off)
     hellaswag: bool = False             # -h
     hellaswag_path: str = ""            # default: llmpy prepro hellaswag's output
     # output
@@ -74,6 +78,7 @@ class TrainConfig:
     save_dtype: str = "float32"
     plot: bool = True
     progress: str = "auto"              # auto (bar on a terminal), bar, lines, none
+    threads: int = 0                    # threads of a training step (0: the cores other processes leave free)
     extra: dict = field(default_factory=dict)
 
     def check(self, world_size=1):
@@ -112,6 +117,12 @@ class TrainConfig:
             raise LlmpyError(f"checkpoint dtype must be float32 or bfloat16, got {self.save_dtype}")
         if self.resume and self.save_dtype != "float32":
             raise LlmpyError("exact resume needs float32 checkpoints; drop --save-dtype bfloat16 or -y 1")
+        if self.shuffle not in SHUFFLES:
+            raise LlmpyError(f"--shuffle must be one of {', '.join(SHUFFLES)}, got {self.shuffle}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise LlmpyError(f"--top-p must be in [0, 1] (0 or 1: off), got {self.top_p}")
+        if self.threads < 0:
+            raise LlmpyError(f"--threads must be >= 1, or 0 for automatic, got {self.threads}")
         if self.progress not in ("auto", "bar", "lines", "none"):
             raise LlmpyError(f"--progress must be auto, bar, lines or none, got {self.progress}")
         if self.resume and not self.output_dir:

@@ -35,28 +35,21 @@ from llmpy import dist as distmod
 from llmpy.data.dataloader import DataLoader
 from llmpy.dist import CollectiveError, RankExit
 from llmpy.errors import LlmpyError
-from llmpy.formats.llmc import load_checkpoint
 from llmpy.formats.tokens import read_shard
-from llmpy.gpt2.model import (
-    GPT2,
-    GPT2_PADDED_VOCAB_SIZE,
-    GPT2_VOCAB_SIZE,
-    GPT2Config,
-    init_params,
-    matrix_param_ranges,
-    num_parameters,
-)
+from llmpy.gpt2.model import GPT2_VOCAB_SIZE
 from llmpy.optim import clip_scale, global_norm
+from llmpy.threads import ThreadGovernor, user_threads
 from llmpy.train import checkpoint as ckpt
-from llmpy.train.config import HF_NAMES, TrainConfig
+from llmpy.train.config import TrainConfig
+from llmpy.train.family import data_vocab_size, init_family, load_family
 from llmpy.train.log import Console, Logger
 from llmpy.train.outlier import UpdateGuard
-from llmpy.train.peak import SgemmPeak, flops_per_token
+from llmpy.train.peak import SgemmPeak
 from llmpy.train.schedule import check_schedule, learning_rate
 
-VOCAB_PAD = 128                # a from-scratch model pads its vocab to a multiple of this (50257 -> 50304)
 SAMPLER_SEED = 1337            # llm.c's sampling RNG seed
 VOCAB_CHECK_TOKENS = 1 << 20   # tokens per shard scanned for ids beyond the model's vocab before training
+SHUFFLES = {"seeded": True, "llmc": "llmc", "none": False}   # --shuffle -> DataLoader(shuffle=...)
 EXIT_DIVERGED = 3              # `llmpy train`'s exit status for a diverged run (2: bad input, 130: interrupted)
 
 
@@ -65,12 +58,14 @@ class TrainingDiverged(CollectiveError):
     message, the others exit quietly (RankExit)."""
 
 
-def padded_vocab(V):
-    return GPT2_PADDED_VOCAB_SIZE if V == GPT2_VOCAB_SIZE else -(-V // VOCAB_PAD) * VOCAB_PAD
-
-
-def check_data_vocab(files, V):
-    """Fail before training when a shard holds token ids >= the model's vocab (another tokenizer's data)."""
+def check_data_vocab(files, V, data_vocab=None):
+    """Fail before training when the data's tokenizer (data_vocab, when known) has more tokens than the model,
+    or a shard holds token ids >= the model's vocab (another tokenizer's data)."""
+    if data_vocab is not None and data_vocab > V:
+        gpt2 = " (GPT-2's)" if data_vocab == GPT2_VOCAB_SIZE else ""
+        raise LlmpyError(f"{files[0]} was tokenized with a vocabulary of {data_vocab} tokens{gpt2} but the model has "
+                         f"{V}: tokenize the data with the model's tokenizer (llmpy prepro ... --vocab-size {V}), "
+                         f"or train a model of that vocabulary (a from-scratch -e takes the data's)")
     for f in files:
         tokens = read_shard(f)
         n = min(len(tokens), VOCAB_CHECK_TOKENS)
@@ -90,31 +85,6 @@ def accumulate_gradients(model, loader, grad_accum, batches=None):
         total += model.forward(x, y)
         model.backward(loss_scale=1.0 / grad_accum)
     return total / grad_accum
-
-
-def init_model(config, rng):
-    """(GPT2Config, params, description) from -e: "" (a small model), dN, a HF name or a checkpoint path."""
-    init = config.init
-    if init in HF_NAMES:
-        from llmpy.gpt2.hf import load_pretrained
-        model_config, params = load_pretrained(init)
-        return model_config, params, f"OpenAI {init}"
-    if init == "" or (init.startswith("d") and init[1:].isdigit()):
-        V = config.vocab_size
-        if init:
-            try:
-                model_config = GPT2Config.from_depth(init, config.max_seq_len, V, padded_vocab(V))
-            except ValueError as e:
-                raise LlmpyError(str(e)) from None
-        else:
-            model_config = GPT2Config(config.max_seq_len, V, padded_vocab(V), config.num_layers, config.num_heads,
-                                      config.channels)
-        return model_config, init_params(model_config, rng), f"from scratch ({init or 'custom'}, seed {config.seed})"
-    if not Path(init).is_file():
-        raise LlmpyError(f"-e {init}: not a file, a depth (d6, d12, d24, d36, d48) or a GPT-2 name "
-                         f"({', '.join(HF_NAMES)})")
-    model_config, params = load_checkpoint(init)
-    return model_config, params, f"checkpoint {init}"
 
 
 class Trainer:
@@ -227,24 +197,28 @@ class Trainer:
                 train_pattern, val_pattern = prepare_default(verbose=False)
             val_pattern = cfg.val_data or val_pattern
         self.train_pattern, self.val_pattern = train_pattern, val_pattern
-        # model
+        # model: the family (GPT-2 or Llama) from -e, or from the checkpoint resumed
         rng = np.random.default_rng(cfg.seed)
+        data_vocab = data_vocab_size(train_pattern)
         if self.resume_step is not None:
-            self.model_config, params = load_checkpoint(ckpt.model_path(self.out_dir, self.resume_step))
+            self.family, params = load_family(ckpt.model_path(self.out_dir, self.resume_step))
             self.model_desc = f"resumed from {ckpt.model_path(self.out_dir, self.resume_step)}"
         else:
-            self.model_config, params, self.model_desc = init_model(cfg, rng)
-        mc = self.model_config
-        if cfg.seq_len > mc.max_seq_len:
-            raise LlmpyError(f"sequence length -t {cfg.seq_len} exceeds the model's max_seq_len {mc.max_seq_len}")
-        B, T, W = cfg.batch_size, cfg.seq_len, dist.world_size
-        self.train_loader = DataLoader(train_pattern, B, T, dist.rank, W, shuffle=True, seed=cfg.seed,
-                                       vocab_size=mc.vocab_size)
+            self.family, params, self.model_desc = init_family(cfg, data_vocab, rng)
+        family = self.family
+        self.model_config = family.config
+        family.check_save_dtype(cfg.save_dtype)
+        if cfg.seq_len > family.max_seq_len:
+            raise LlmpyError(f"sequence length -t {cfg.seq_len} exceeds the model's max_seq_len {family.max_seq_len}"
+                             f": pass -t {family.max_seq_len} or less")
+        B, T, W, V = cfg.batch_size, cfg.seq_len, dist.world_size, family.vocab_size
+        self.train_loader = DataLoader(train_pattern, B, T, dist.rank, W, shuffle=SHUFFLES[cfg.shuffle],
+                                       seed=cfg.seed, vocab_size=V)
         self.val_loader = None
         if val_pattern and cfg.val_every >= 0 and cfg.val_max_steps > 0:
-            self.val_loader = DataLoader(val_pattern, B, T, dist.rank, W, shuffle=False, vocab_size=mc.vocab_size)
+            self.val_loader = DataLoader(val_pattern, B, T, dist.rank, W, shuffle=False, vocab_size=V)
         files = self.train_loader.files + (self.val_loader.files if self.val_loader else [])
-        check_data_vocab(files, mc.vocab_size)
+        check_data_vocab(files, V, data_vocab)
         self.tokens_per_step = B * T * W if cfg.total_batch_size == -1 else cfg.total_batch_size
         self.grad_accum = self.tokens_per_step // (B * T * W)
         self.max_steps = cfg.max_steps
@@ -256,13 +230,13 @@ class Trainer:
         self.hellaswag_path = None
         if cfg.hellaswag:
             self.hellaswag_path = self._find_hellaswag()
-        # model, optimizer, update guard, sampler
-        self.model = GPT2(mc, params, B, T)
+        # model, optimizer, update guard, sampler, threads
+        self.model = family.build(params, B, T)
         self.model.zero_grad()
-        self.opt = distmod.make_optimizer(dist, cfg.zero_stage, num_parameters(mc), lr=cfg.lr, beta1=cfg.beta1,
+        self.opt = distmod.make_optimizer(dist, cfg.zero_stage, family.num_parameters, lr=cfg.lr, beta1=cfg.beta1,
                                           beta2=cfg.beta2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                                          decay_ranges=matrix_param_ranges(mc))
-        self.guard = UpdateGuard(cfg.skip_update_lossz, cfg.skip_update_gradz, cfg.max_skipped_updates, mc.vocab_size)
+                                          decay_ranges=family.decay_ranges())
+        self.guard = UpdateGuard(cfg.skip_update_lossz, cfg.skip_update_gradz, cfg.max_skipped_updates, V)
         self.warned_exploding = False
         self.sampler_state = SAMPLER_SEED
         self.step = 0
@@ -274,17 +248,19 @@ class Trainer:
             except LlmpyError as e:
                 error = str(e)
             dist.check_all(error)   # a damaged file on one rank stops every rank, with one message
+        self.governor = make_governor(cfg.threads, dist)
         self.peak = SgemmPeak()
-        self.flops_per_step = flops_per_token(mc, T) * B * T * self.grad_accum  # this rank's share
+        self.flops_per_step = family.flops_per_token(T) * B * T * self.grad_accum  # this rank's share
 
     def _find_hellaswag(self):
         from llmpy.data.prepro import default_data_dir
+        if self.family.vocab_size != GPT2_VOCAB_SIZE:
+            raise LlmpyError(f"HellaSwag's eval file holds GPT-2 tokens; -h 1 needs a model with GPT-2's vocabulary "
+                             f"(this {self.family.name} model has {self.family.vocab_size} tokens): drop -h 1")
         path = Path(self.cfg.hellaswag_path or default_data_dir("hellaswag") / "hellaswag_val.bin")
         if not path.is_file():
             self.say(f"HellaSwag: {path} not found, skipping the eval (make it with `llmpy prepro hellaswag`)")
             return None
-        if self.model_config.vocab_size != GPT2_VOCAB_SIZE:
-            raise LlmpyError("HellaSwag's eval file holds GPT-2 tokens; -h 1 needs a model with GPT-2's vocabulary")
         return path
 
     # -- checkpoints --------------------------------------------------------------------------------
@@ -299,7 +275,7 @@ class Trainer:
             self._stop_diverged("the parameters are not finite")
         with dist.abort_on_error():
             if self.master:
-                ckpt.save_model(out, step, self.model_config, self.model.params, self.cfg.save_dtype)
+                ckpt.save_model(out, step, lambda path: self.family.save(path, self.model.params, self.cfg.save_dtype))
             dist.barrier()
             arrays = {f"opt.{k}": v for k, v in self.opt.state_dict().items()}
             if self.overfit_batches is not None:
@@ -330,7 +306,7 @@ class Trainer:
             self.sampler_state = ckpt.sampler_state(meta["sampler_state"])
             if meta["overfit"]:
                 self.overfit_batches = ckpt.overfit_batches(arrays, self.grad_accum, self.cfg.batch_size,
-                                                            self.cfg.seq_len, self.model_config.vocab_size)
+                                                            self.cfg.seq_len, self.family.vocab_size)
         except LlmpyError as e:   # a mismatch the message explains (another -z, other data)
             raise (e if str(path) in str(e) else LlmpyError(f"resuming from {path}: {e}")) from e
         except (ValueError, TypeError, KeyError) as e:
@@ -362,19 +338,17 @@ class Trainer:
         return correct / max(total, 1.0)
 
     def sample(self):
-        """cfg.gen_tokens tokens after <|endoftext|>, as llm.c; returns the decoded text (rank 0)."""
-        from llmpy.gpt2.generate import generate
+        """cfg.gen_tokens tokens after the start token (GPT-2's <|endoftext|>, as llm.c; Llama's BOS), drawn with
+        llm.c's xorshift coins; returns the decoded text (rank 0)."""
         from llmpy.sampler import random_f32
-        mc = self.model_config
-        eot = GPT2_VOCAB_SIZE - 1 if mc.vocab_size == GPT2_VOCAB_SIZE else 0
-        n = min(self.cfg.gen_tokens, mc.max_seq_len - 1)
+        cfg, family = self.cfg, self.family
+        n = min(cfg.gen_tokens, family.max_seq_len - 1)
 
         def coin():
             c, self.sampler_state = random_f32(self.sampler_state)
             return c
-        tokens = generate(mc, self.model.params, [eot], n, temperature=self.cfg.temperature, top_k=self.cfg.top_k,
-                          coin=coin)
-        return decode(tokens[1:], mc.vocab_size, self.train_loader.files[0])
+        tokens = family.sample(self.model.params, n, cfg.temperature, cfg.top_k, cfg.top_p, coin)
+        return decode(tokens, family.vocab_size, self.train_pattern, self.train_loader.files[0])
 
     # -- the loop -----------------------------------------------------------------------------------
     def _on_sigint(self, signum, frame):
@@ -411,9 +385,8 @@ class Trainer:
 
     def _run(self):
         cfg, dist = self.cfg, self.dist
-        mc, first = self.model_config, self.step
-        self.say(f"model: {self.model_desc}: L={mc.num_layers} C={mc.channels} NH={mc.num_heads} V={mc.vocab_size} "
-                 f"Vp={mc.padded_vocab_size} maxT={mc.max_seq_len}, {num_parameters(mc):,} parameters")
+        family, first = self.family, self.step
+        self.say(f"model: {self.model_desc}: {family.describe()}, {family.num_parameters:,} parameters")
         self.say(f"data: {self.train_loader.num_tokens:,} train tokens in {self.train_loader.num_shards} shard(s) "
                  f"({self.train_pattern}); val: {self.val_pattern or 'none'}")
         self.say(f"batch: B={cfg.batch_size} T={cfg.seq_len} x {self.grad_accum} micro-batches x {dist.world_size} "
@@ -509,13 +482,14 @@ class Trainer:
         exploding = self.guard.exploding(loss)
         if exploding and not self.warned_exploding:
             self.console.warn(f"warning: step {step + 1}: the loss {loss:.4g} is over {self.guard.exploding_above:.2f}, "
-                              f"twice that of guessing uniformly among {self.model_config.vocab_size} tokens: the run "
+                              f"twice that of guessing uniformly among {self.family.vocab_size} tokens: the run "
                               f"is diverging (lower -l {self.cfg.lr}); checkpoints from here are marked unhealthy")
         self.warned_exploding = exploding
 
     def train_step(self, step):
         cfg, model, opt = self.cfg, self.model, self.opt
         t0 = time.perf_counter()
+        self.governor.apply()   # the threads the other processes leave free (results do not depend on it)
         if cfg.overfit_single_batch and self.overfit_batches is None:
             self.overfit_batches = [self.train_loader.next_batch() for _ in range(self.grad_accum)]
             self.overfit_batches = [(x.copy(), y.copy()) for x, y in self.overfit_batches]
@@ -543,10 +517,35 @@ class Trainer:
         self.say(f"loss plot: {path}")
 
 
-def decode(tokens, vocab_size, data_file):
-    """Text for token ids: GPT-2's tokenizer for GPT-2's vocab, a sentencepiece tok{V}.model beside the data
-    (llmpy prepro text --vocab-size), else the ids themselves."""
+def make_governor(threads, dist):
+    """The ThreadGovernor of the training steps: --threads N or the environment (NUMBA_NUM_THREADS,
+    OMP_NUM_THREADS) fix the count; under MPI each rank keeps the count llmpy.dist gave it; else the
+    threads the other processes leave free (llmpy/threads.py)."""
+    import os
+
+    import numba
+    fixed = threads or user_threads() or (dist.threads if dist.world_size > 1 else None)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return ThreadGovernor(min(cores, numba.config.NUMBA_NUM_THREADS), fixed=fixed)
+
+
+def decode(tokens, vocab_size, pattern, data_file):
+    """Text for token ids: the data's own decoder (llmpy.data.prepro.text_decoder) when there is one, else
+    GPT-2's tokenizer for GPT-2's vocab, a sentencepiece tok{V}.model beside the data (llmpy prepro text
+    --vocab-size), else the ids themselves."""
     tokens = [int(t) for t in tokens]
+    from llmpy.data import prepro
+    text_decoder = getattr(prepro, "text_decoder", None)
+    if text_decoder is not None:
+        try:
+            decoder = text_decoder(pattern)
+        except LlmpyError:
+            decoder = None
+        if decoder is not None:
+            return decoder(tokens) if callable(decoder) else decoder.decode(tokens)
     if vocab_size == GPT2_VOCAB_SIZE:
         from llmpy.tokenizers.gpt2 import get_gpt2_tokenizer
         return get_gpt2_tokenizer().decode(tokens)
