@@ -48,11 +48,13 @@ GPT2_RECORD = {"tokenizer": GPT2, "vocab_size": GPT2_VOCAB, "bos_id": GPT2_EOT, 
                "tokenizer_files": {"llmc": GPT2_LLMC_FILE}}  # prepro.json's tokenizer fields for GPT-2 data
 
 
-def llama2_tokenizer_model(url=LLAMA2_MODEL_URL, sha256=LLAMA2_MODEL_SHA256, cache_dir=None):
-    """Path of Llama 2's tokenizer.model, downloaded once from llama2.c's repository into cache_dir (default
-    ~/.cache/llmpy/models/llama2.c, beside llama2.c's tokenizer.bin) and checked against its sha256."""
+def llama2_tokenizer_model(url=None, sha256=None, cache_dir=None):
+    """Path of Llama 2's tokenizer.model, downloaded once from llama2.c's repository (url, default
+    LLAMA2_MODEL_URL) into cache_dir (default ~/.cache/llmpy/models/llama2.c, beside llama2.c's
+    tokenizer.bin) and checked against its sha256 (default LLAMA2_MODEL_SHA256)."""
     from llmpy.hub import models_cache_dir
 
+    url, sha256 = url or LLAMA2_MODEL_URL, sha256 or LLAMA2_MODEL_SHA256
     path = Path(cache_dir or models_cache_dir() / "llama2.c") / LLAMA2_MODEL_NAME
     return download_file(url, path, sha256=sha256, desc=LLAMA2_MODEL_NAME,
                          hint=", or pass a local copy with --tokenizer PATH/tokenizer.model")
@@ -110,7 +112,8 @@ class VocabRequest:
         return self.stem
 
     def source(self):
-        """What prepro.json's tokenizer_source must say for shards made this way (see the module docstring)."""
+        """prepro.json's tokenizer_source for shards made this way: "gpt2", "trained", or the sha256 of the
+        sentencepiece model tokenized with."""
         if self.model is None:
             return GPT2 if self.vocab_size is None else TRAINED
         return LLAMA2_MODEL_SHA256 if self.model == LLAMA2 else sha256_of(self.model)
@@ -167,6 +170,7 @@ def make_tokenizer(request, shard_dir, training_documents, force=False, verbose=
             print(f"using the vocabulary already trained in {paths['model']} (pass --force to train it again)")
     else:
         source = llama2_tokenizer_model() if request.model == LLAMA2 else Path(request.model)
+        SentencePieceTokenizer(source)  # a file of another kind is named before anything is copied
         _copy_if_changed(source, paths["model"])
     tok = SentencePieceTokenizer(paths["model"])
     if tok.eot_token < 0:

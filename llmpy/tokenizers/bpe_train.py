@@ -6,6 +6,10 @@
     tok{V}_llmc.bin             llm.c's tokenizer file (llmpy.formats.tokenizer_file), for llm.c-style decoders;
 using llama2.c's settings: BPE, byte fallback (every byte is a token, so any text encodes), digits split,
 whitespace-only pieces allowed, no normalization, character coverage 1.0. Ids 0, 1, 2 are <unk>, <s>, </s>.
+Like llama2.c's, such a model keeps sentencepiece's default remove_extra_whitespaces: it drops leading and
+trailing spaces and turns runs of spaces into one (newlines are kept), which run.c's encode of tok{V}.bin
+does not do; on text without such spaces the two give the same ids. (Llama 2's own tokenizer.model keeps
+every space, so there they agree on all text.)
 `llama2c_tokenizer(model)` converts any sentencepiece model (Llama 2's own tokenizer.model too) the way
 llama2.c's tokenizer.py does.
 
@@ -125,7 +129,8 @@ class SentencePieceTokenizer:
         try:
             self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
         except (RuntimeError, OSError) as e:
-            raise LlmpyError(f"{self.path} is not a sentencepiece model ({e}); train it again") from e
+            raise LlmpyError(f"{self.path} is not a sentencepiece model ({e}); give a .model file written by "
+                             "sentencepiece (such as Llama 2's tokenizer.model), or train one again") from e
         self.n_vocab = self.sp.vocab_size()
         self.eot_token = self.sp.bos_id()
 
