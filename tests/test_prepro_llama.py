@@ -149,6 +149,11 @@ def test_data_tokenizer_and_decoder(corpus, tmp_path):
     assert vocab.check_data_fits(tmp_path / "other_train.bin", "llama", 512) is None
     write_shard(g / "stray_train.bin", np.arange(10), vocab_size=50257)
     assert vocab.data_tokenizer(g / "*_train.bin") is None
+    # a prepro.json edited by hand into nonsense: unknown too
+    sp_info, g_files = json.loads((out / "prepro.json").read_text()), json.loads((g / "prepro.json").read_text())["files"]
+    for key, value in (("vocab_size", "many"), ("tokenizer", "bytes")):
+        (g / "prepro.json").write_text(json.dumps({**sp_info, "files": g_files, key: value}))
+        assert vocab.data_tokenizer(g / "text_train.bin") is None
 
 
 def test_another_tokenizer_in_the_same_dir_is_refused(corpus, tmp_path):

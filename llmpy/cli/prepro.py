@@ -65,7 +65,8 @@ def add_arguments(parser):
             p.add_argument("--name", default="text", help="shard file prefix (default text)")
             p.add_argument("--val-fraction", type=float, default=0.1, help="leading fraction used as val (0.1)")
             p.add_argument("--doc-split", default="file", choices=["file", "paragraph", "line"],
-                           help="what one document is; an EOT token goes before each (default file)")
+                           help="what one document is; GPT-2's EOT or sentencepiece's BOS goes before each "
+                                "(default file)")
             p.add_argument("--encoding", default="utf-8", help="text encoding of the files (default utf-8)")
 
 

@@ -11,8 +11,10 @@ globs for llmpy.data.dataloader.
 
 Here: the offline `default` corpus (the standard library's pydoc_data topics, English text every Python
 carries), `tinyshakespeare` (llm.c's exact split: 32,768 val and 305,260 train tokens) and `text` (your
-own files, optionally with a custom sentencepiece vocabulary). tinystories, fineweb and hellaswag live in
-their own modules; llmpy.cli.prepro puts them all behind `llmpy prepro NAME`.
+own files). tinystories, fineweb and hellaswag live in their own modules; llmpy.cli.prepro puts them all
+behind `llmpy prepro NAME`. default, text and tinystories can also be tokenized as llama2.c does, with a
+sentencepiece vocabulary trained first (--vocab-size) or Llama 2's (--tokenizer llama2), BOS before every
+document: see llmpy.data.vocab, which also reads back which tokenizer a dataset's shards hold.
 
 Not handled: llama-3 tokenization (llm.c's uint32 "llama-3" shards can be read, not produced from
 llama-3's tokenizer here).

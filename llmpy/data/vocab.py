@@ -241,16 +241,18 @@ def data_tokenizer(train_pattern):
     if kind == GPT2:
         llmc = folder / GPT2_LLMC_FILE
         return DataTokenizer(GPT2, GPT2_VOCAB, GPT2_EOT, llmc_bin_path=llmc if llmc.is_file() else None)
-    vocab_size = int(info["vocab_size"])
-    names = info.get("tokenizer_files") or {  # written before tokenizer_files was recorded
-        "sentencepiece": f"tok{vocab_size}.model", "llama2c": f"tok{vocab_size}.bin", "llmc": f"tok{vocab_size}_llmc.bin"}
-
-    def path(key):
-        p = folder / names[key] if key in names else None
-        return p if p is not None and p.is_file() else None
-
-    return DataTokenizer(SENTENCEPIECE, vocab_size, int(info.get("bos_id", 1)), path("sentencepiece"),
-                         path("llama2c"), path("llmc"))
+    try:
+        vocab_size, bos_id = int(info["vocab_size"]), int(info.get("bos_id", 1))
+        names = info.get("tokenizer_files") or {  # written before tokenizer_files was recorded
+            "sentencepiece": f"tok{vocab_size}.model", "llama2c": f"tok{vocab_size}.bin",
+            "llmc": f"tok{vocab_size}_llmc.bin"}
+        paths = {key: folder / str(names[key]) if key in names else None for key in ("sentencepiece", "llama2c", "llmc")}
+    except (KeyError, TypeError, ValueError):  # a prepro.json edited by hand: the tokenizer is unknown
+        return None
+    if kind != SENTENCEPIECE:
+        return None
+    paths = {key: p if p is not None and p.is_file() else None for key, p in paths.items()}
+    return DataTokenizer(SENTENCEPIECE, vocab_size, bos_id, paths["sentencepiece"], paths["llama2c"], paths["llmc"])
 
 
 def text_decoder(train_pattern):
