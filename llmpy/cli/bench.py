@@ -9,6 +9,7 @@ BENCHMARKS = {
     "train": ("llmpy.bench.train", "GPT-2 training step vs its matmuls alone, sgemm peak and PyTorch"),
     "tokenize": ("llmpy.bench.tokenize", "tokenizer throughput vs plain tiktoken"),
     "run": ("llmpy.bench.run", "Llama 2 inference tok/s vs the memory-bandwidth limit"),
+    "serve": ("llmpy.bench.serve", "llmpy serve under 1-16 streaming clients: tokens/s, latency, vs llmpy run"),
     "dist": ("llmpy.bench.dist", "data-parallel step over MPI ranks vs one process"),
     "quality": ("llmpy.bench.quality", "from-scratch tinyshakespeare val loss vs wall time, per-step losses vs PyTorch"),
 }

@@ -28,7 +28,8 @@ def add_arguments(parser):
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0 = any free port)")
     parser.add_argument("--slots", type=int, default=4, help="requests generated at once (continuous batching)")
     parser.add_argument("--queue", type=int, default=64, help="requests that may wait for a slot (then 503)")
-    parser.add_argument("--ctx", type=int, default=None, help="context per slot (default: the model's seq_len)")
+    parser.add_argument("--ctx", "--context", dest="ctx", type=int, default=None,
+                        help="context (positions) per slot, <= the model's seq_len (default: seq_len)")
 
 
 def start(model_spec, tokenizer=None, host="127.0.0.1", port=8000, slots=4, queue=64, ctx=None):

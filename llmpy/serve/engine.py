@@ -90,13 +90,14 @@ class Request:
 class Slot:
     """A request in one KV-cache stream: prefilled up to `done` prompt tokens, then decoding at `pos`."""
 
-    def __init__(self, index, request):
+    def __init__(self, index, request, decoder):
         self.index = index
         self.request = request
         self.done = 0  # prompt tokens forwarded
         self.pos = 0  # tokens in this slot's KV cache
         self.last = None  # the token to forward next (decoding)
         self.text = TextStream(request.stop)
+        self.decoder = decoder  # the model's: sampled token -> bytes
 
     @property
     def decoding(self):
@@ -181,7 +182,8 @@ class Engine:
         self.waiting = collections.deque(r for r in self.waiting if not r.cancelled)
         for i in range(len(self.slots)):
             if self.slots[i] is None and self.waiting:
-                self.slots[i] = Slot(i, self.waiting.popleft())
+                request = self.waiting.popleft()
+                self.slots[i] = Slot(i, request, self.model.text_decoder(request.tokens))
 
     def _step(self):
         """One forward: a row for every decoding slot, then prefill chunks; then each finished slot samples."""
@@ -222,7 +224,7 @@ class Engine:
         if token in request.stop_ids:
             return self._finish(slot, "stop")
         request.n_generated += 1
-        text, stopped = slot.text.feed(self.model.piece(slot.last, token))
+        text, stopped = slot.text.feed(slot.decoder.push(token))
         if text:
             request.events.put(("text", text))
         slot.last = token

@@ -4,7 +4,7 @@ The engine (engine.py) never looks inside a model; it needs only what LlamaServe
     name, ctx (positions per slot), n_slots, step_rows (rows per forward that keep one kernel path)
     encode_prompt(text) / encode_chat(system, turns) -> token ids (with BOS)
     completion_stop_ids / chat_stop_ids: sampled tokens that end a reply
-    piece(prev, token) -> bytes of token printed after prev (as `llmpy run` prints it)
+    text_decoder(prompt) -> an object whose push(token) gives the bytes that token adds to the reply
     forward(tokens, positions, slots) -> logits (one row per distinct slot, in row order)
     vocab_size (for the Sampler)
 A Hugging Face model family would plug in with the same attributes (its chat template from the model's
@@ -21,6 +21,20 @@ from llmpy.llama.generate import encode_prompt
 from llmpy.llama.inference import SMALL_BATCH, Transformer
 from llmpy.llama.model import BOS, EOS
 from llmpy.tokenizers.llama2 import Llama2Tokenizer, safe_piece
+
+
+class PieceDecoder:
+    """The bytes each sampled token prints, as `llmpy run` prints them (run.c's decode after the previous token,
+    then safe_printf's filter)."""
+
+    def __init__(self, tokenizer, prev):
+        self.tokenizer = tokenizer
+        self.prev = prev
+
+    def push(self, token):
+        piece = safe_piece(self.tokenizer.decode(self.prev, token))
+        self.prev = token
+        return piece
 
 
 class LlamaServed:
@@ -58,8 +72,8 @@ class LlamaServed:
     def encode_chat(self, system, turns):
         return encode_messages(self.tokenizer, system, turns)
 
-    def piece(self, prev, token):
-        return safe_piece(self.tokenizer.decode(prev, token))
+    def text_decoder(self, prompt):
+        return PieceDecoder(self.tokenizer, prompt[-1])
 
     def forward(self, tokens, positions, slots):
         return self.transformer.forward(tokens, positions, slots, logits="last")
