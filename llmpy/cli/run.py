@@ -4,11 +4,16 @@
     llmpy run stories15M.bin -t 0.8 -n 256 -i "One day, Lily met a Shoggoth"
     llmpy run llama2_7b_chat.bin -m chat -y "You are a helpful assistant."
     llmpy run stories15M.bin --batch 8 -i "Once upon a time"
+    llmpy run HuggingFaceTB/SmolLM2-135M-Instruct -m chat        # a Hugging Face Llama: hub id or directory
 
 MODEL is a llama2.c model file, or stories15M | stories42M | stories110M: llama2.c's models, downloaded
 from the hub repository karpathy/tinyllamas into the Hugging Face cache (HF_ENDPOINT, HF_HUB_OFFLINE and
 HF_HOME apply). The tokenizer is -z, else tokenizer.bin next to the model, else ./tokenizer.bin, else (for
 the 32000-token Llama 2 vocabulary) llama2.c's tokenizer.bin, downloaded once and sha256-checked.
+MODEL may also be a Hugging Face Llama directory (config.json + safetensors) or a hub id owner/name
+(config, tokenizer and safetensors files downloaded into the Hugging Face cache): its tokenizer.json
+encodes, -m chat uses its chat template, generation stops at its eos ids (llmpy/llama/hf_load.py); its
+context defaults to min(max_position_embeddings, 4096) positions (--context N for more).
 
 Flags and defaults are run.c's (temperature 1.0, top-p 0.9, 256 steps, seed from the clock when 0);
 values run.c would silently replace are errors here, -n beyond the model's seq_len included (when -n is
@@ -29,8 +34,9 @@ LLAMA2_VOCAB_SIZE = 32000  # the vocabulary of llama2.c's tokenizer.bin
 
 
 def add_arguments(parser):
-    parser.add_argument("model", help="llama2.c model file (.bin, version 0, 1 or 2), or stories15M|stories42M|"
-                                      "stories110M (downloaded from the hub)")
+    parser.add_argument("model", help="llama2.c model file (.bin, version 0, 1 or 2), stories15M|stories42M|"
+                                      "stories110M (downloaded from the hub), or a Hugging Face Llama directory "
+                                      "or hub id (owner/name)")
     parser.add_argument("-t", "--temperature", type=float, default=1.0, help="temperature, >= 0 (0 = greedy)")
     parser.add_argument("-p", "--top-p", dest="top_p", type=float, default=0.9,
                         help="top-p in [0, 1] (0 or 1 = off)")
@@ -62,6 +68,34 @@ def model_path(spec):
     return Path(spec)
 
 
+def hf_model_dir(spec):
+    """The Hugging Face directory MODEL names (a directory, or a hub id fetched into the cache), else None."""
+    from llmpy.hub import LLAMA2C_MODELS
+    from llmpy.llama.hf_load import hf_snapshot, looks_like_hub_id
+
+    if Path(spec).is_dir():
+        return Path(spec)
+    if spec not in LLAMA2C_MODELS and looks_like_hub_id(spec):
+        return hf_snapshot(spec)
+    return None
+
+
+def load_hf_model(args, model_dir, batch):
+    """(Transformer, tokenizer, stop ids) of a Hugging Face Llama directory."""
+    from llmpy.llama.hf_load import load_hf
+    from llmpy.llama.inference import Transformer
+    from llmpy.tokenizers.hf import HFTokenizer
+
+    config, weights = load_hf(model_dir, args.context, args.allow_nonfinite)
+    tokenizer = HFTokenizer.load(Path(args.tokenizer) if args.tokenizer else model_dir, config.vocab_size)
+    transformer = Transformer(config, weights, n_streams=batch, threads=args.threads)
+    stop_ids = config.eos_ids or (tokenizer.token_id(tokenizer.special_tokens.get("eos_token")),)
+    if None in stop_ids:
+        raise LlmpyError(f"{model_dir}: neither config.json nor the tokenizer names an eos token: generation "
+                         "could not stop")
+    return transformer, tokenizer, tuple(stop_ids)
+
+
 def tokenizer_path(args, model, vocab_size):
     if args.tokenizer is not None:
         return Path(args.tokenizer)
@@ -81,9 +115,11 @@ def steps_for(args, seq_len):
 
 
 def run(args):
-    from llmpy.llama.chat import chat
+    from llmpy.llama.chat import chat, chat_with_template
     from llmpy.llama.generate import generate, generate_batch
     from llmpy.llama.inference import Transformer, tune_openmp_waiting
+    from llmpy.llama.model import BOS
+    from llmpy.llama.template import ChatTemplate
     from llmpy.sampler import Sampler
     from llmpy.tokenizers.llama2 import Llama2Tokenizer
 
@@ -106,24 +142,40 @@ def run(args):
     seed = args.seed if args.seed > 0 else int(time.time())
     # sampler arguments are checked before the (possibly large) model is loaded or downloaded
     Sampler(1, args.temperature, args.top_p, seed)
-    model = model_path(args.model)
-    transformer = Transformer.from_file(model, n_streams=batch, max_seq_len=args.context,
-                                        allow_nonfinite=args.allow_nonfinite, threads=args.threads)
+    hf_dir = hf_model_dir(args.model)
+    if hf_dir is not None:
+        transformer, tokenizer, stop_ids = load_hf_model(args, hf_dir, batch)
+    else:
+        model = model_path(args.model)
+        transformer = Transformer.from_file(model, n_streams=batch, max_seq_len=args.context,
+                                            allow_nonfinite=args.allow_nonfinite, threads=args.threads)
+        tokenizer = Llama2Tokenizer.load(tokenizer_path(args, model, transformer.config.vocab_size),
+                                         transformer.config.vocab_size)
+        stop_ids = (BOS,)
     config = transformer.config
     steps = steps_for(args, config.seq_len)
-    tokenizer = Llama2Tokenizer.load(tokenizer_path(args, model, config.vocab_size), config.vocab_size)
     out = sys.stdout.buffer
     if args.mode == "chat":
         sampler = Sampler(config.vocab_size, args.temperature, args.top_p, seed)
-        chat(transformer, tokenizer, sampler, steps, sys.stdin, out, args.system_prompt, args.prompt and prompts[0])
+        user = args.prompt and prompts[0]
+        if hf_dir is None:
+            chat(transformer, tokenizer, sampler, steps, sys.stdin, out, args.system_prompt, user)
+            return 0
+        if tokenizer.chat_template is None:
+            raise LlmpyError(f"{hf_dir}: tokenizer_config.json has no chat_template, so -m chat cannot format "
+                             "turns: use -m generate, or a chat (instruct) model")
+        template = ChatTemplate(tokenizer.chat_template, tokenizer.special_tokens, f"{hf_dir}/tokenizer_config.json")
+        chat_with_template(transformer, tokenizer, template, sampler, steps, sys.stdin, out, args.system_prompt,
+                           user, stop_ids)
         return 0
     if batch == 1:
         sampler = Sampler(config.vocab_size, args.temperature, args.top_p, seed)
-        result = generate(transformer, tokenizer, sampler, prompts[0], steps, out=out)
+        result = generate(transformer, tokenizer, sampler, prompts[0], steps, out=out, stop_ids=stop_ids)
         rate = result.tok_per_s
     else:
         samplers = [Sampler(config.vocab_size, args.temperature, args.top_p, seed + i) for i in range(batch)]
-        results = generate_batch(transformer, tokenizer, samplers, prompts * (batch // len(prompts)), steps)
+        results = generate_batch(transformer, tokenizer, samplers, prompts * (batch // len(prompts)), steps,
+                                 stop_ids)
         for i, r in enumerate(results):
             out.write(f"--- stream {i} ---\n".encode() + r.text + b"\n")
         out.flush()

@@ -33,6 +33,7 @@ from llmpy.errors import LlmpyError
 from llmpy.fileio import atomic_write_with, read_head
 from llmpy.formats import sniff
 from llmpy.formats.finite import check_finite
+from llmpy.llama import rope
 from llmpy.llama.model import LAYER_MATRICES, LlamaConfig, weight_shapes
 from llmpy.llama.quant import QTensor, dequantize, quantize_q80
 
@@ -221,11 +222,9 @@ def _float_parts(weights):
 
 
 def rope_tables(config):
-    """(cos, sin), each (seq_len, head_size / 2) fp32: the freq_cis tables llama2.c's v0 files carry."""
-    hs = config.head_size
-    freqs = 1.0 / ROPE_THETA ** (np.arange(0, hs, 2, dtype=np.float64) / hs)  # (hs/2,)
-    angles = np.outer(np.arange(config.seq_len, dtype=np.float64), freqs)  # (T, hs/2)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    """(cos, sin), each (seq_len, head_size / 2) fp32: the freq_cis tables llama2.c's v0 files carry
+    (theta 10000 for llama2.c files; config.rope_theta and rope_scaling otherwise: llmpy.llama.rope)."""
+    return rope.rope_tables(config)
 
 
 def _fp32(w):

@@ -14,6 +14,11 @@ is not printed; overlong input is not cut at 512 bytes; the context limit is che
 encode_messages renders a whole conversation (the server's /v1/chat/completions is stateless): earlier
 assistant answers are encoded as text after their turn and closed with EOS, as Meta's reference chat
 code does; a one-turn conversation gives exactly the tokens `chat` forwards for its first turn.
+
+chat_with_template is the same loop for a Hugging Face model: each turn the whole conversation is rendered
+with the model's own chat template (llmpy.llama.template) and encoded; the tokens it shares with what the KV
+cache already holds are not forwarded again (usually all but the new turn), the rest are; the assistant
+samples until any of the model's eos ids.
 """
 
 from llmpy.llama.generate import resolve_steps
@@ -43,6 +48,11 @@ def encode_messages(tokenizer, system, turns):
         else:
             tokens += tokenizer.encode(f"{text} {answer.strip()}", bos=True, eos=True)
     return tokens
+
+
+def encode_conversation(tokenizer, template, messages, add_generation_prompt=True):
+    """Tokens of [{"role", "content"}] rendered by a ChatTemplate (the template writes the special tokens)."""
+    return tokenizer.encode(template.render(messages, add_generation_prompt), bos=False, eos=False)
 
 
 def _read_line(prompt, inp, out):
@@ -98,3 +108,55 @@ def chat(transformer, tokenizer, sampler, steps, inp, out, system_prompt=None, u
     out.write(b"\n")
     out.flush()
     return forwarded
+
+
+def chat_with_template(transformer, tokenizer, template, sampler, steps, inp, out, system_prompt=None,
+                       user_prompt=None, stop_ids=(EOS,)):
+    """chat for a Hugging Face model and its chat template; returns the tokens in the KV cache at the end."""
+    steps = resolve_steps(steps, transformer.config.seq_len)
+    cached = []  # the tokens whose keys and values are in the cache, positions 0..len-1
+    messages = []
+    first = True
+    while True:
+        if first:
+            system = system_prompt if system_prompt is not None else _read_line(
+                "Enter system prompt (optional): ", inp, out)
+            user = user_prompt if user_prompt is not None else _read_line("User: ", inp, out)
+            if system:
+                messages.append({"role": "system", "content": system})
+        else:
+            user = _read_line("User: ", inp, out)
+        if user is None or (first and system is None):
+            break
+        first = False
+        messages.append({"role": "user", "content": user})
+        tokens = encode_conversation(tokenizer, template, messages)
+        if len(tokens) >= steps:
+            out.write(f"\n[context full: the conversation needs {len(tokens)} of {steps} tokens; start a new "
+                      "chat]\n".encode())
+            break
+        same = 0  # keep the cache for the prefix the new rendering shares with it (at least one token forwarded)
+        while same < min(len(cached), len(tokens) - 1) and cached[same] == tokens[same]:
+            same += 1
+        out.write(b"Assistant: ")
+        out.flush()
+        logits = transformer.prefill(tokens[same:], start=same)[0]
+        cached = list(tokens)
+        pieces = tokenizer.stream()
+        answer = []
+        nxt = sampler.sample(logits)
+        while nxt not in stop_ids:
+            if len(cached) >= steps:
+                out.write(f"\n[context full: the conversation reached {steps} tokens; start a new chat]\n".encode())
+                return cached
+            out.write(pieces.push(nxt))
+            out.flush()
+            answer.append(nxt)
+            logits = transformer.forward_token(nxt, len(cached))
+            cached.append(nxt)
+            nxt = sampler.sample(logits)
+        out.write(b"\n")
+        messages.append({"role": "assistant", "content": tokenizer.decode_ids(answer, skip_special_tokens=True)})
+    out.write(b"\n")
+    out.flush()
+    return cached

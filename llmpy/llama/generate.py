@@ -6,6 +6,10 @@ stop after `steps` positions or when BOS is sampled). tok/s counts the tokens af
 forward, as run.c does. Unlike run.c, steps beyond the model's seq_len are an error, not lowered.
 generate_batch: N streams share every forward call (each weight matrix is read once per step for
 all of them), each with its own prompt, KV cache and Sampler.
+
+Tokenizers: llama2.c's tokenizer.bin (llmpy.tokenizers.llama2) or a model's Hugging Face tokenizer
+(llmpy.tokenizers.hf); both encode(text, bos, eos), and piece_stream turns either into push(token) -> bytes
+to print. stop_ids: the tokens that end a sequence (run.c: BOS; a Hugging Face model: its eos ids).
 """
 
 import time
@@ -22,6 +26,25 @@ class Generation:
     n_prompt: int  # how many of tokens are the prompt
     tok_per_s: float  # decode speed: tokens forwarded after the first step / their time
     text: bytes = b""  # what was printed (safe pieces)
+
+
+class Llama2Pieces:
+    """run.c's printing: each token's piece decoded after the previous token, unprintable bytes dropped."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.prev = None
+
+    def push(self, token):
+        piece = b"" if self.prev is None else safe_piece(self.tokenizer.decode(self.prev, token))
+        self.prev = token
+        return piece
+
+
+def piece_stream(tokenizer):
+    """An object whose push(token) returns the bytes to print for it (the first token of a sequence prints
+    nothing with llama2.c's tokenizer: it is BOS)."""
+    return tokenizer.stream() if hasattr(tokenizer, "stream") else Llama2Pieces(tokenizer)
 
 
 def resolve_steps(steps, seq_len):
@@ -42,21 +65,23 @@ def encode_prompt(tokenizer, prompt, seq_len):
     return tokens
 
 
-def generate(transformer, tokenizer, sampler, prompt, steps, out=None, stream=0):
+def generate(transformer, tokenizer, sampler, prompt, steps, out=None, stream=0, stop_ids=(BOS,)):
     """Generate from prompt like run.c; pieces are written to out (a binary file) as they come."""
     c = transformer.config
     steps = resolve_steps(steps, c.seq_len)
     tokens = encode_prompt(tokenizer, prompt, c.seq_len)
     n_prompt = len(tokens)
     printed = []
+    pieces = piece_stream(tokenizer)
 
     def emit(prev, tok):
-        piece = safe_piece(tokenizer.decode(prev, tok))
+        piece = pieces.push(tok)
         printed.append(piece)
         if out is not None and piece:
             out.write(piece)
             out.flush()
 
+    pieces.push(tokens[0])
     for i in range(1, min(n_prompt, steps + 1)):  # run.c prints the forced prompt tokens as it goes
         emit(tokens[i - 1], tokens[i])
     if n_prompt > steps:  # run.c never gets past the prompt
@@ -66,7 +91,7 @@ def generate(transformer, tokenizer, sampler, prompt, steps, out=None, stream=0)
     pos = n_prompt
     token, nxt = tokens[-1], sampler.sample(logits)
     start, n_timed = time.perf_counter(), 0
-    while nxt != BOS:  # BOS delimits sequences
+    while nxt not in stop_ids:  # run.c: BOS delimits sequences
         emit(token, nxt)
         tokens.append(nxt)
         token = nxt
@@ -83,7 +108,7 @@ def generate(transformer, tokenizer, sampler, prompt, steps, out=None, stream=0)
     return Generation(tokens, n_prompt, n_timed / elapsed if n_timed and elapsed > 0 else 0.0, b"".join(printed))
 
 
-def generate_batch(transformer, tokenizer, samplers, prompts, steps):
+def generate_batch(transformer, tokenizer, samplers, prompts, steps, stop_ids=(BOS,)):
     """Generate len(samplers) streams at once; prompts has one prompt per stream. Returns [Generation]."""
     c = transformer.config
     n = len(samplers)
@@ -96,11 +121,11 @@ def generate_batch(transformer, tokenizer, samplers, prompts, steps):
         if len(toks) > steps:  # like generate: only the prompt, cut at steps positions
             transformer.prefill(toks[:steps], stream=s, logits="none")
             seqs[s] = toks[:steps + 1]
-            nxt.append(BOS)
+            nxt.append(stop_ids[0])
         else:
             nxt.append(samplers[s].sample(transformer.prefill(toks, stream=s)[0]))
     pos = list(n_prompt)
-    active = [s for s in range(n) if nxt[s] != BOS]
+    active = [s for s in range(n) if nxt[s] not in stop_ids]
     start, n_timed = time.perf_counter(), 0
     while active:
         for s in active:
@@ -114,13 +139,14 @@ def generate_batch(transformer, tokenizer, samplers, prompts, steps):
         for row, s in enumerate(active):
             pos[s] += 1
             nxt[s] = samplers[s].sample(logits[row])
-            if nxt[s] != BOS:
+            if nxt[s] not in stop_ids:
                 still.append(s)
         active = still
     elapsed = time.perf_counter() - start
     rate = n_timed / elapsed if n_timed and elapsed > 0 else 0.0
     results = []
     for s in range(n):
-        text = b"".join(safe_piece(tokenizer.decode(a, b)) for a, b in zip(seqs[s][:-1], seqs[s][1:]))
+        pieces = piece_stream(tokenizer)
+        text = b"".join(pieces.push(t) for t in seqs[s])
         results.append(Generation(seqs[s], n_prompt[s], rate, text))
     return results

@@ -16,7 +16,15 @@ Loading (Transformer.from_file) copies every weight out of the file's memory map
 a model file replaced or truncated during a long run cannot crash it (no SIGBUS), and allocates the KV
 cache for the header's seq_len or a shorter context chosen with max_seq_len.
 
-Not handled: RoPE scaling, rope theta other than 10000, sliding windows, biases in the linears.
+Weight dtypes (Transformer's dtype): fp32; bf16, kept as bfloat16 bits in uint16 arrays and read as such by the
+decode kernels (fp32 sums: rowdot.py), half the bytes per token; fp16, kept as float16 bits in int16 arrays (Numba
+has no float16 arrays), read the same way; int8 (Q8_0 QTensors). Weights are kept in the dtype they come in unless
+dtype= asks for fp32 or bf16 (fp32 -> bf16 rounds to nearest even, as PyTorch does). Prefill of bf16 / fp16
+weights widens WIDEN_BYTES of a matrix at a time into fp32 scratch for sgemm.
+
+RoPE tables follow config.rope_theta and rope_scaling (llmpy/llama/rope.py), RMSNorm config.norm_eps.
+
+Not handled: sliding windows, biases in the linears, head_dim other than dim / n_heads.
 """
 
 import dataclasses
@@ -27,15 +35,18 @@ import numpy as np
 
 from llmpy.errors import LlmpyError
 from llmpy.formats.llama2c import rope_tables
+from llmpy.formats.llmc import bf16_to_fp32, fp32_to_bf16
 from llmpy.llama import decode
 from llmpy.llama.kernels import (
     attention_forward,
+    embed_row,
     forward_rows,
     forward_rows_q8,
     linear_q8,
     matmul_forward,
     residual_rmsnorm,
     swiglu_forward,
+    widen_rows,
 )
 from llmpy.llama.quant import QTensor, dequantize
 from llmpy.threads import ThreadGovernor, user_threads
@@ -45,6 +56,9 @@ DEFAULT_MAX_ROWS = 256  # rows per forward call; prefill of longer prompts is sp
 # Up to this many rows, a forward is one fused numba call (kernels.forward_rows) whose matmuls read each
 # weight row once for all rows; more rows use BLAS sgemm, which wins once there is enough reuse per weight.
 SMALL_BATCH = 32
+DTYPES = ("fp32", "bf16", "fp16")  # float weights kept as float32, bfloat16 bits (uint16), float16 bits (int16)
+STORED = {"fp32": np.float32, "bf16": np.uint16, "fp16": np.int16}
+WIDEN_BYTES = 4 << 20  # prefill on bf16 / fp16 weights: fp32 scratch for this many bytes of a matrix per sgemm
 
 
 def tune_openmp_waiting():
@@ -73,14 +87,43 @@ def _bounds(a):
     return int(a.min()), int(a.max())
 
 
-def _stack(per_layer):
+def dtype_of(w):
+    """The dtype a weight comes in: "int8" (QTensor), "bf16" (uint16 bits), "fp16" (float16) or "fp32"."""
+    if isinstance(w, QTensor):
+        return "int8"
+    return {np.dtype(np.uint16): "bf16", np.dtype(np.float16): "fp16"}.get(np.asarray(w).dtype, "fp32")
+
+
+def as_dtype(w, dtype, copy=True):
+    """Weight w (float32 or other floats, uint16 bf16 bits, float16) stored as `dtype` (DTYPES): float32, uint16
+    bfloat16 bits (rounded to nearest even from wider floats) or int16 float16 bits. copy=False: w itself when it
+    is stored so already (a private array: no copy)."""
+    have = dtype_of(w)
+    if have == dtype:
+        w = np.asarray(w)
+        return (w.view(np.int16) if dtype == "fp16" else w).copy() if copy else (
+            w.view(np.int16) if dtype == "fp16" else w)
+    fp32 = bf16_to_fp32(np.asarray(w)) if have == "bf16" else np.asarray(w, np.float32)
+    if dtype == "bf16":
+        return fp32_to_bf16(fp32)
+    return fp32.astype(np.float16).view(np.int16) if dtype == "fp16" else fp32
+
+
+def _stack(per_layer, dtype):
     """Stack per-layer matrices, each a list of pieces concatenated along the output dimension
-    (q, k, v -> qkv), into one (L, OC, IC) fp32 array or one QTensor with (L, OC, IC) values."""
+    (q, k, v -> qkv), into one (L, OC, IC) array stored as dtype or one QTensor with (L, OC, IC) values.
+    Filled a layer's piece at a time: no transient copy of the whole stack."""
     if isinstance(per_layer[0][0], QTensor):
         q = np.stack([np.concatenate([m.q for m in mats]) for mats in per_layer])
         s = np.stack([np.concatenate([m.s for m in mats]) for mats in per_layer])
         return QTensor(q, s, per_layer[0][0].group_size)
-    return np.stack([np.concatenate(mats) for mats in per_layer]).astype(np.float32, copy=False)
+    out = np.empty((len(per_layer), sum(m.shape[0] for m in per_layer[0]), per_layer[0][0].shape[1]), STORED[dtype])
+    for layer, mats in enumerate(per_layer):
+        row = 0
+        for m in mats:
+            out[layer, row:row + m.shape[0]] = as_dtype(m, dtype, copy=False)
+            row += m.shape[0]
+    return out
 
 
 def _pair(w):
@@ -96,10 +139,13 @@ class Transformer:
     QTensors and dequantize the embedding table once (runq.c does too).
     """
 
-    def __init__(self, config, weights, n_streams=1, max_rows=DEFAULT_MAX_ROWS, threads=None, max_seq_len=None):
+    def __init__(self, config, weights, n_streams=1, max_rows=DEFAULT_MAX_ROWS, threads=None, max_seq_len=None,
+                 dtype=None):
         """threads: None picks them per call from the cores other processes leave free (llmpy/threads.py),
         unless NUMBA_NUM_THREADS / OMP_NUM_THREADS fix them; a number fixes them.
-        max_seq_len: allocate the KV cache for min(seq_len, max_seq_len) positions (a shorter context)."""
+        max_seq_len: allocate the KV cache for min(seq_len, max_seq_len) positions (a shorter context).
+        dtype: None keeps the weights' own dtype (fp32 arrays, uint16 bf16 bits, float16, Q8_0 QTensors);
+        "fp32" or "bf16" converts float weights to it (a matrix at a time: no transient copy of the model)."""
         if max_seq_len is not None:
             if max_seq_len < 1:
                 raise LlmpyError(f"max_seq_len (the context) must be >= 1, got {max_seq_len}")
@@ -107,26 +153,42 @@ class Transformer:
         self.config = config
         c = config
         L = c.n_layers
-        self.quantized = isinstance(weights["wq"][0], QTensor)
-        self.group_size = weights["wq"][0].group_size if self.quantized else None
+        packed = weights.get("packed")  # stacks a loader built in private memory (llmpy.llama.hf_load): no copy
+        first = packed["wqkv"] if packed is not None else weights["wq"][0]
+        self.quantized = isinstance(first, QTensor)
+        self.group_size = first.group_size if self.quantized else None
+        if dtype is not None and (dtype not in DTYPES or self.quantized):
+            raise ValueError(f"dtype must be one of {DTYPES} for float weights (int8 weights: None), got {dtype!r}")
+        self.dtype = dtype or dtype_of(first)  # "fp32", "bf16", "fp16" or "int8"
+        wdtype = "fp32" if self.quantized else self.dtype  # the embedding table of int8 models is fp32
         # every weight is copied into private memory (the stacks below copy anyway): a model file changed on
         # disk during a long run cannot touch it (no SIGBUS from a truncated memory map)
         emb = weights["tok_emb"]
-        self.tok_emb = dequantize(emb) if isinstance(emb, QTensor) else np.array(emb, np.float32)  # (V, C)
+        private = packed is not None  # the loader's arrays are private already
+        if isinstance(emb, QTensor):
+            self.tok_emb = dequantize(emb)  # (V, C)
+        else:
+            self.tok_emb = as_dtype(emb, wdtype, copy=not private)  # (V, C)
         self.rms_att = np.array(weights["rms_att"], dtype=np.float32)  # (L, C)
         self.rms_ffn = np.array(weights["rms_ffn"], dtype=np.float32)  # (L, C)
         self.rms_final = np.array(weights["rms_final"], dtype=np.float32)  # (C,)
-        self.wqkv = _stack([[weights["wq"][i], weights["wk"][i], weights["wv"][i]] for i in range(L)])  # (L, C+2KV, C)
-        self.wo = _stack([[weights["wo"][i]] for i in range(L)])  # (L, C, C)
-        self.w13 = _stack([[weights["w1"][i], weights["w3"][i]] for i in range(L)])  # (L, 2H, C)
-        self.w2 = _stack([[weights["w2"][i]] for i in range(L)])  # (L, C, H)
+        if packed is not None:
+            self.wqkv, self.wo, self.w13, self.w2 = (
+                packed[k] if self.quantized else as_dtype(packed[k], wdtype, copy=False)
+                for k in ("wqkv", "wo", "w13", "w2"))
+        else:
+            self.wqkv = _stack([[weights["wq"][i], weights["wk"][i], weights["wv"][i]]
+                                for i in range(L)], wdtype)  # (L, C+2KV, C)
+            self.wo = _stack([[weights["wo"][i]] for i in range(L)], wdtype)  # (L, C, C)
+            self.w13 = _stack([[weights["w1"][i], weights["w3"][i]] for i in range(L)], wdtype)  # (L, 2H, C)
+            self.w2 = _stack([[weights["w2"][i]] for i in range(L)], wdtype)  # (L, C, H)
         wcls = weights["wcls"]
         if isinstance(wcls, QTensor):
             self.wcls = QTensor(np.array(wcls.q), np.array(wcls.s, np.float32), wcls.group_size)  # (V, C)
         elif wcls is emb:
             self.wcls = self.tok_emb  # shared classifier: one copy
         else:
-            self.wcls = np.array(wcls, np.float32)  # (V, C)
+            self.wcls = as_dtype(wcls, wdtype, copy=not private)  # (V, C)
         self.cos, self.sin = rope_tables(c)  # (T, hs/2) each
         self.fused = True  # rows <= SMALL_BATCH in one numba call (tests turn it off to check one path vs the other)
         self.n_streams = n_streams
@@ -158,21 +220,22 @@ class Transformer:
         self._no_rows = np.zeros((0, C), np.float32)
         self._no_xq = np.zeros((0, C), np.int16)  # the quantized-row scratch decode.forward_decode takes (fp32: unused)
         self._row0 = np.zeros(1, np.int64)  # the rows that need logits when a call has one row
+        self._wide = None  # prefill on bf16 / fp16 weights: fp32 scratch for a block of a matrix (made when needed)
         self.governor = ThreadGovernor(numba.config.NUMBA_NUM_THREADS, fixed=threads if threads else user_threads())
 
     @classmethod
     def from_file(cls, path, n_streams=1, max_rows=DEFAULT_MAX_ROWS, max_seq_len=None, allow_nonfinite=False,
-                  threads=None):
+                  threads=None, dtype=None):
         """Load a llama2.c file (llmpy.formats.llama2c.read_llama2c checks it) into private memory.
 
         max_seq_len: the context to allocate (default: the header's seq_len, refused when its KV cache is out
         of proportion to the weights: a corrupt header); allow_nonfinite: load NaN/inf weights with a warning;
-        threads: as for the constructor.
+        threads, dtype: as for the constructor (dtype="bf16": the fp32 file's weights rounded to bf16).
         """
         from llmpy.formats.llama2c import read_llama2c
 
         config, weights, _, _ = read_llama2c(path, max_seq_len, allow_nonfinite)
-        return cls(config, weights, n_streams, max_rows, threads=threads, max_seq_len=max_seq_len)
+        return cls(config, weights, n_streams, max_rows, threads=threads, max_seq_len=max_seq_len, dtype=dtype)
 
     def weight_bytes_per_token(self):
         """Bytes of weights one decode step reads: every matrix once and one embedding row."""
@@ -188,13 +251,22 @@ class Transformer:
         return 2 * c.n_layers * positions * c.kv_dim * self.key_cache.itemsize
 
     def linear(self, out, inp, w):
-        """out (B, OC) = inp (B, IC) @ w (OC, IC).T, with w fp32 or Q8_0 (the unfused path)."""
+        """out (B, OC) = inp (B, IC) @ w (OC, IC).T, with w fp32, bf16 / fp16 bits or Q8_0 (the unfused path)."""
         if isinstance(w, QTensor):
             linear_q8(out, inp, w.q, w.s, self.xq, self.xs, numba.get_num_threads())
         elif inp.shape[0] <= SMALL_BATCH:
             matmul_forward(out, inp, w)  # a few rows: one pass over the weights for all of them
-        else:
+        elif w.dtype == np.float32:
             np.matmul(inp, w.T, out=out)  # sgemm (prefill)
+        else:  # sgemm on blocks of rows widened to fp32
+            OC, IC = w.shape
+            n = max(64, WIDEN_BYTES // (4 * IC))  # rows per block
+            if self._wide is None or self._wide.size < n * IC:
+                self._wide = np.empty(n * IC, np.float32)
+            for o in range(0, OC, n):
+                block = self._wide[:min(n, OC - o) * IC].reshape(-1, IC)
+                widen_rows(block, w, o)
+                np.matmul(inp, block.T, out=out[:, o:o + block.shape[0]])
 
     def forward(self, tokens, positions, streams=None, logits="last"):
         """Run B rows through the model; returns logits.
@@ -243,7 +315,7 @@ class Transformer:
         c = self.config
         acts = (self.x, self.xb, self.xb2, self.qkv, self.att, self.hb13, self.hb, self.xf)
         out = self.logits[:0] if out is None else out
-        common = (self.key_cache, self.value_cache, self.cos, self.sin, c.n_heads, c.n_kv_heads, RMS_EPS)
+        common = (self.key_cache, self.value_cache, self.cos, self.sin, c.n_heads, c.n_kv_heads, c.norm_eps)
         n_threads = numba.get_num_threads()
         if self.quantized:
             if self._one_region_for(n_threads, tokens.shape[0]):
@@ -288,10 +360,11 @@ class Transformer:
         B = tokens.shape[0]
         x, xb, xb2, qkv = self.x[:B], self.xb[:B], self.xb2[:B], self.qkv[:B]
         hb13, hb = self.hb13[:B], self.hb[:B]
-        x[:] = self.tok_emb[tokens]  # (B, C)
+        for b in range(B):
+            embed_row(x[b], self.tok_emb, tokens[b])  # (B, C)
         for layer in range(c.n_layers):
             # attention block: x += wo @ attention(rope(wqkv @ rmsnorm(x)))
-            residual_rmsnorm(x, self._no_rows, xb, self.rms_att[layer], RMS_EPS)
+            residual_rmsnorm(x, self._no_rows, xb, self.rms_att[layer], c.norm_eps)
             self.linear(qkv, xb, self.wqkv[layer])
             for i in range(0, B, SMALL_BATCH):  # in chunks: the scores scratch holds SMALL_BATCH rows
                 j = min(B, i + SMALL_BATCH)
@@ -299,7 +372,7 @@ class Transformer:
                                   streams[i:j], positions[i:j], self.cos, self.sin, c.n_heads, c.n_kv_heads)
             self.linear(xb2, xb, self.wo[layer])
             # ffn block: x += w2 @ (silu(w1 @ rmsnorm(x)) * (w3 @ rmsnorm(x)))
-            residual_rmsnorm(x, xb2, xb, self.rms_ffn[layer], RMS_EPS)
+            residual_rmsnorm(x, xb2, xb, self.rms_ffn[layer], c.norm_eps)
             self.linear(hb13, xb, self.w13[layer])
             swiglu_forward(hb, hb13)
             self.linear(xb2, hb, self.w2[layer])
@@ -307,7 +380,7 @@ class Transformer:
         if out is not None:
             xf = self.xf[:len(rows)]
             xf[:] = x[rows]
-            residual_rmsnorm(xf, self._no_rows, xf, self.rms_final, RMS_EPS)
+            residual_rmsnorm(xf, self._no_rows, xf, self.rms_final, c.norm_eps)
             self.linear(out, xf, self.wcls)
 
     def forward_token(self, token, pos, stream=0):

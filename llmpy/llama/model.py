@@ -47,6 +47,10 @@ class LlamaConfig:
     # not stored in llama2.c files (run.c fixes them): training takes them from here; inference uses 1e4 and 1e-5
     rope_theta: float = 10000.0  # RoPE base: pair j of a head turns by pos * theta^(-2j/head_size)
     norm_eps: float = 1e-5  # RMSNorm: x / sqrt(mean(x^2) + eps)
+    # Hugging Face checkpoints (llmpy.llama.hf_load); llama2.c files have none of these
+    rope_scaling: dict = None  # None, or {"rope_type": "linear" | "llama3", ...}: llmpy/llama/rope.py
+    bos_id: int = BOS  # token that starts a sequence (None: the tokenizer adds none)
+    eos_ids: tuple = (EOS,)  # tokens that end a generation or a chat turn
 
     @property
     def max_seq_len(self):

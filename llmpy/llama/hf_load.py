@@ -1,0 +1,384 @@
+"""Load a Hugging Face Llama checkpoint (LlamaForCausalLM) for inference: config.json + safetensors.
+
+    config, weights = load_hf("SmolLM2-135M-Instruct/")     # a directory
+    path = hf_snapshot("HuggingFaceTB/SmolLM2-135M-Instruct")  # a hub id, downloaded into the HF cache once
+
+A directory holds config.json and either model.safetensors or shards listed in model.safetensors.index.json
+(its "weight_map": tensor name -> shard file). Tensors map onto llama2.c's names (llmpy/llama/model.py):
+
+    model.embed_tokens.weight                      tok_emb        model.norm.weight        rms_final
+    model.layers.{l}.input_layernorm.weight        rms_att[l]     lm_head.weight           wcls (untied)
+    model.layers.{l}.self_attn.{q,k,v,o}_proj      wq wk wv wo    post_attention_layernorm rms_ffn[l]
+    model.layers.{l}.mlp.gate_proj / up_proj / down_proj          w1 / w3 / w2
+
+Hugging Face rotates the two halves of each head (rotate_half); llama2.c's kernels rotate adjacent pairs,
+so the rows of q_proj and k_proj are un-permuted within each head at load (unpermute_rope_rows, the inverse
+of llmpy.llama.hf.permute_rope_rows): attention scores are the same, since q.k is summed over the same pairs.
+
+fp32, bf16 and fp16 tensors are read from the files' memory maps and converted, one layer's tensor at a time,
+into the final fp32 stacks the inference Transformer uses (weights["packed"]: wqkv, wo, w13, w2), so loading
+holds no second full fp32 copy. The per-layer lists (weights["wq"][l], ...) are views into those stacks.
+
+Config keys read: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads
+(GQA/MQA), head_dim (must be hidden_size / num_attention_heads: the kernels' head size), vocab_size,
+max_position_embeddings, rms_norm_eps, rope_theta, rope_scaling or rope_parameters (linear, llama3),
+tie_word_embeddings (transformers' default: untied), bos_token_id, eos_token_id (a number or a list; also
+generation_config.json's). Anything else a config asks for (biases, another architecture or activation,
+sliding windows, other RoPE types) is an LlmpyError, never silently ignored.
+
+Not handled: pytorch_model.bin (pickle: never loaded), quantized checkpoints, other architectures.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from llmpy.errors import LlmpyError
+from llmpy.formats.finite import check_finite
+from llmpy.formats.safetensors import bf16_to_fp32, read_safetensors
+from llmpy.llama.model import LlamaConfig
+from llmpy.llama.rope import ROPE_TYPES
+
+CONFIG = "config.json"
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+GENERATION_CONFIG = "generation_config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+DEFAULT_CONTEXT = 4096  # KV cache positions allocated unless --context asks (Llama 3.2's 131072 would be 8 GiB)
+ARCHITECTURE = "LlamaForCausalLM"
+DTYPES = {np.dtype("float32"), np.dtype("float16"), np.dtype("uint16")}  # uint16 = raw bf16
+# tensors a checkpoint may carry that inference does not need (old transformers saved the RoPE frequencies)
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+LAYER_TENSORS = {  # HF name inside model.layers.{l}. -> llama2.c name
+    "self_attn.q_proj.weight": "wq", "self_attn.k_proj.weight": "wk", "self_attn.v_proj.weight": "wv",
+    "self_attn.o_proj.weight": "wo", "mlp.gate_proj.weight": "w1", "mlp.down_proj.weight": "w2",
+    "mlp.up_proj.weight": "w3", "input_layernorm.weight": "rms_att", "post_attention_layernorm.weight": "rms_ffn",
+}
+
+
+def is_hf_dir(path):
+    return Path(path).is_dir()
+
+
+def unpermute_rope_rows(w, n_heads):
+    """(n_heads*hs, C) Hugging Face half-split rows -> llama2.c pair-interleaved rows, per head.
+
+    HF row (h, half, i) becomes llama2.c row (h, 2i + half): the inverse of hf.permute_rope_rows."""
+    out_dim, C = w.shape
+    hs = out_dim // n_heads
+    return w.reshape(n_heads, 2, hs // 2, C).transpose(0, 2, 1, 3).reshape(out_dim, C)
+
+
+# -----------------------------------------------------------------------------
+# config.json
+
+def _read_json(path, what):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise LlmpyError(f"{path} is missing: {what}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise LlmpyError(f"cannot read {path}: {e}") from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LlmpyError(f"{path} is not valid JSON ({e}): the download is damaged; fetch the file again") from e
+    if not isinstance(data, dict):
+        raise LlmpyError(f"{path} holds a JSON {type(data).__name__}, not an object: not a Hugging Face file")
+    return data
+
+
+def _ids(value, path, key):
+    """A token id given as a number, a list of numbers or null -> tuple of ints."""
+    if value is None:
+        return ()
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise LlmpyError(f"{path}: {key} must be a token id or a list of them, got {value!r}")
+    return tuple(values)
+
+
+def rope_scaling_from(hf, path):
+    """(theta, scaling dict or None) from rope_parameters (transformers >= 5) or rope_theta + rope_scaling."""
+    params = hf.get("rope_parameters") or {}
+    old = hf.get("rope_scaling") or {}
+    if not isinstance(params, dict) or not isinstance(old, dict):
+        raise LlmpyError(f"{path}: rope_parameters / rope_scaling must be objects (per-layer RoPE is not supported)")
+    merged = {**old, **params}
+    theta = float(merged.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    kind = merged.get("rope_type", merged.get("type", "default"))
+    if float(merged.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) or 1.0) != 1.0:
+        raise LlmpyError(f"{path}: partial_rotary_factor is not supported (RoPE over whole heads only)")
+    if kind == "default":
+        return theta, None
+    if kind not in ROPE_TYPES:
+        raise LlmpyError(f"{path}: rope type {kind!r} is not supported: llmpy runs {', '.join(ROPE_TYPES)} "
+                         "scaling or none")
+    need = {"linear": ("factor",),
+            "llama3": ("factor", "low_freq_factor", "high_freq_factor")}[kind]
+    missing = [k for k in need if not isinstance(merged.get(k), (int, float))]
+    if missing:
+        raise LlmpyError(f"{path}: {kind} RoPE scaling needs {', '.join(missing)}")
+    scaling = {"rope_type": kind, **{k: float(merged[k]) for k in need}}
+    if kind == "llama3":
+        original = merged.get("original_max_position_embeddings", hf.get("max_position_embeddings"))
+        scaling["original_max_position_embeddings"] = int(original)
+        if scaling["low_freq_factor"] == scaling["high_freq_factor"]:
+            raise LlmpyError(f"{path}: llama3 RoPE scaling needs low_freq_factor != high_freq_factor")
+    return theta, scaling
+
+
+def config_from_hf(hf, path, generation=None):
+    """LlamaConfig from config.json's dict (and generation_config.json's, for eos ids); LlmpyError for what
+    the kernels cannot run."""
+    archs = hf.get("architectures") or [ARCHITECTURE]
+    if ARCHITECTURE not in archs or hf.get("model_type", "llama") != "llama":
+        raise LlmpyError(f"{path}: architecture {archs} / model_type {hf.get('model_type')!r} is not supported: "
+                         f"llmpy runs {ARCHITECTURE} (model_type llama) checkpoints")
+    for key in ("attention_bias", "mlp_bias"):
+        if hf.get(key):
+            raise LlmpyError(f"{path}: {key}=true is not supported (llmpy's Llama linears have no biases)")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise LlmpyError(f"{path}: hidden_act {hf.get('hidden_act')!r} is not supported (SwiGLU with silu only)")
+    if hf.get("sliding_window") or hf.get("use_sliding_window"):
+        raise LlmpyError(f"{path}: sliding-window attention is not supported")
+    required = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    sizes = {}
+    for key in (*required, "num_key_value_heads", "max_position_embeddings", "head_dim"):
+        value = hf.get(key)
+        if value is None and key not in required:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise LlmpyError(f"{path}: {key} must be a positive integer, got {value!r}")
+        sizes[key] = value
+    C, NH = sizes["hidden_size"], sizes["num_attention_heads"]
+    NKV = sizes.get("num_key_value_heads", NH)
+    if C % NH or NH % NKV:
+        raise LlmpyError(f"{path}: hidden_size {C}, num_attention_heads {NH}, num_key_value_heads {NKV} do not "
+                         "divide into whole heads and groups")
+    head_dim = sizes.get("head_dim", C // NH)
+    if head_dim * NH != C:
+        raise LlmpyError(f"{path}: head_dim {head_dim} * num_attention_heads {NH} != hidden_size {C}: llmpy's "
+                         "kernels need head_dim = hidden_size / num_attention_heads")
+    theta, scaling = rope_scaling_from(hf, path)
+    eps = hf.get("rms_norm_eps", 1e-6)
+    if not isinstance(eps, (int, float)) or not eps > 0:
+        raise LlmpyError(f"{path}: rms_norm_eps must be a positive number, got {eps!r}")
+    eos = _ids(hf.get("eos_token_id"), path, "eos_token_id")
+    if generation:
+        eos += tuple(i for i in _ids(generation.get("eos_token_id"), path, "generation eos_token_id") if i not in eos)
+    bos = _ids(hf.get("bos_token_id"), path, "bos_token_id")
+    config = LlamaConfig(dim=C, hidden_dim=sizes["intermediate_size"], n_layers=sizes["num_hidden_layers"],
+                         n_heads=NH, n_kv_heads=NKV, vocab_size=sizes["vocab_size"],
+                         seq_len=sizes.get("max_position_embeddings", 2048),
+                         shared_classifier=bool(hf.get("tie_word_embeddings", False)), rope_theta=theta,
+                         norm_eps=float(eps), rope_scaling=scaling, bos_id=bos[0] if bos else None, eos_ids=eos)
+    config.validate(str(path))
+    return config
+
+
+def read_config(model_dir):
+    """LlamaConfig of a Hugging Face model directory."""
+    model_dir = Path(model_dir)
+    hf = _read_json(model_dir / CONFIG, "not a Hugging Face model directory (needs config.json and "
+                                        "model.safetensors): pass the directory a checkpoint was saved to")
+    gen_path = model_dir / GENERATION_CONFIG
+    generation = _read_json(gen_path, "") if gen_path.exists() else None
+    return config_from_hf(hf, model_dir / CONFIG, generation)
+
+
+# -----------------------------------------------------------------------------
+# tensors
+
+def tensor_files(model_dir):
+    """{tensor name: safetensors path}: from model.safetensors.index.json's weight_map, else model.safetensors."""
+    model_dir = Path(model_dir)
+    index = model_dir / INDEX
+    if index.exists():
+        weight_map = _read_json(index, "").get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise LlmpyError(f"{index} has no weight_map: the download is damaged; fetch it again")
+        files = {}
+        for name, shard in weight_map.items():
+            if not isinstance(shard, str) or Path(shard).name != shard:
+                raise LlmpyError(f"{index}: tensor {name} is mapped to {shard!r}, not a file in the directory")
+            files[name] = model_dir / shard
+        for shard in sorted(set(files.values())):
+            if not shard.is_file():
+                raise LlmpyError(f"{shard} is missing: {index} lists it; download every shard "
+                                 f"(huggingface-cli download or llmpy run <hub id>)")
+        return files
+    single = model_dir / SINGLE
+    if not single.is_file():
+        other = " (pytorch_model.bin is a pickle, which llmpy never loads: convert it to safetensors)" if \
+            (model_dir / "pytorch_model.bin").exists() else ""
+        raise LlmpyError(f"{model_dir} has neither {SINGLE} nor {INDEX}: no weights to load{other}")
+    from llmpy.formats.safetensors import read_header
+
+    header = read_header(single)[0]
+    return {name: single for name in header}
+
+
+class _Tensors:
+    """The tensors of a checkpoint, read from each file's memory map on demand (raw bf16 as uint16)."""
+
+    def __init__(self, files):
+        self.files = files
+        self.open = {}
+
+    def path(self, name):
+        return self.files[name]
+
+    def raw(self, name):
+        if name not in self.files:
+            shards = sorted({p.name for p in self.files.values()})
+            raise LlmpyError(f"{self.files and next(iter(self.files.values())).parent}: tensor {name} is in none "
+                             f"of {', '.join(shards)}: not a complete {ARCHITECTURE} checkpoint")
+        path = self.files[name]
+        if path not in self.open:
+            self.open[path] = read_safetensors(path, raw_bf16=True)[0]
+        tensors = self.open[path]
+        if name not in tensors:
+            raise LlmpyError(f"{path}: tensor {name} is listed in the index but not in this shard: the download is "
+                             "damaged; fetch it again")
+        return tensors[name]
+
+    def into(self, out, name, shape, bf16, allow_nonfinite, rows=None):
+        """Copy tensor `name` (checked to have `shape`) into the fp32 array `out`, converted from its dtype;
+        rows: a function applied to the fp32 rows first (the RoPE un-permutation)."""
+        a = self.raw(name)
+        if tuple(a.shape) != tuple(shape):
+            raise LlmpyError(f"{self.files[name]}: tensor {name} has shape {tuple(a.shape)} but config.json asks for "
+                             f"{tuple(shape)}: the weights do not belong to this config.json")
+        if a.dtype not in DTYPES:
+            raise LlmpyError(f"{self.files[name]}: tensor {name} has dtype {a.dtype}: only fp32, bf16 and fp16 "
+                             "weights are supported")
+        x = bf16_to_fp32(a) if name in bf16 else np.asarray(a, dtype=np.float32)
+        check_finite(self.files[name], {name: x}, allow_nonfinite)
+        out[...] = rows(x) if rows is not None else x
+
+
+def _bf16_names(files):
+    """Names of the tensors stored as BF16 (read_safetensors gives them as raw uint16)."""
+    from llmpy.formats.safetensors import read_header
+
+    names = set()
+    for path in sorted(set(files.values())):
+        header = read_header(path)[0]
+        names |= {n for n, info in header.items() if isinstance(info, dict) and info.get("dtype") == "BF16"}
+    return names
+
+
+def load_hf(model_dir, max_seq_len=None, allow_nonfinite=False):
+    """(LlamaConfig, weights) of a Hugging Face Llama directory, ready for llmpy.llama.inference.Transformer.
+
+    max_seq_len: the context (KV cache positions); default min(max_position_embeddings, DEFAULT_CONTEXT)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise LlmpyError(f"{model_dir} is not a directory: pass a Hugging Face model directory or hub id")
+    config = read_config(model_dir)
+    if max_seq_len is None and config.seq_len > DEFAULT_CONTEXT:
+        max_seq_len = DEFAULT_CONTEXT
+    if max_seq_len is not None:
+        if max_seq_len < 1:
+            raise LlmpyError(f"the context (--context) must be >= 1, got {max_seq_len}")
+        config.seq_len = min(config.seq_len, int(max_seq_len))
+    files = tensor_files(model_dir)
+    unknown = [n for n in files if not _known(n, config) and not n.endswith(IGNORED_SUFFIXES)]
+    if unknown:
+        raise LlmpyError(f"{files[unknown[0]]}: tensor {unknown[0]} (and {len(unknown) - 1} more) is not part of "
+                         f"a {ARCHITECTURE} llmpy can run (biases or another architecture)")
+    tensors = _Tensors(files)
+    bf16 = _bf16_names(files)
+    L, C, H, V, KV = config.n_layers, config.dim, config.hidden_dim, config.vocab_size, config.kv_dim
+    f32 = np.float32
+    wqkv, wo = np.empty((L, C + 2 * KV, C), f32), np.empty((L, C, C), f32)
+    w13, w2 = np.empty((L, 2 * H, C), f32), np.empty((L, C, H), f32)
+    rms_att, rms_ffn = np.empty((L, C), f32), np.empty((L, C), f32)
+    tok_emb, rms_final = np.empty((V, C), f32), np.empty(C, f32)
+
+    def take(out, name, shape, rows=None):
+        tensors.into(out, name, shape, bf16, allow_nonfinite, rows)
+
+    take(tok_emb, "model.embed_tokens.weight", (V, C))
+    take(rms_final, "model.norm.weight", (C,))
+    for i in range(L):
+        p = f"model.layers.{i}."
+        take(wqkv[i, :C], p + "self_attn.q_proj.weight", (C, C), lambda w: unpermute_rope_rows(w, config.n_heads))
+        take(wqkv[i, C:C + KV], p + "self_attn.k_proj.weight", (KV, C),
+             lambda w: unpermute_rope_rows(w, config.n_kv_heads))
+        take(wqkv[i, C + KV:], p + "self_attn.v_proj.weight", (KV, C))
+        take(wo[i], p + "self_attn.o_proj.weight", (C, C))
+        take(w13[i, :H], p + "mlp.gate_proj.weight", (H, C))
+        take(w13[i, H:], p + "mlp.up_proj.weight", (H, C))
+        take(w2[i], p + "mlp.down_proj.weight", (C, H))
+        take(rms_att[i], p + "input_layernorm.weight", (C,))
+        take(rms_ffn[i], p + "post_attention_layernorm.weight", (C,))
+    if config.shared_classifier:
+        wcls = tok_emb
+    else:
+        if "lm_head.weight" not in files:
+            raise LlmpyError(f"{model_dir}: config.json says tie_word_embeddings=false but no shard has "
+                             "lm_head.weight: the checkpoint is incomplete")
+        wcls = np.empty((V, C), f32)
+        take(wcls, "lm_head.weight", (V, C))
+    weights = {
+        "tok_emb": tok_emb, "rms_att": rms_att, "rms_ffn": rms_ffn, "rms_final": rms_final, "wcls": wcls,
+        "wq": [wqkv[i, :C] for i in range(L)], "wk": [wqkv[i, C:C + KV] for i in range(L)],
+        "wv": [wqkv[i, C + KV:] for i in range(L)], "wo": [wo[i] for i in range(L)],
+        "w1": [w13[i, :H] for i in range(L)], "w3": [w13[i, H:] for i in range(L)], "w2": [w2[i] for i in range(L)],
+        "packed": {"wqkv": wqkv, "wo": wo, "w13": w13, "w2": w2},
+    }
+    return config, weights
+
+
+def _known(name, config):
+    if name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
+        return True
+    parts = name.split(".", 3)
+    return (len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[2].isdigit()
+            and int(parts[2]) < config.n_layers and parts[3] in LAYER_TENSORS)
+
+
+# -----------------------------------------------------------------------------
+# the hub
+
+def looks_like_hub_id(spec):
+    """owner/name that is not a local path."""
+    parts = str(spec).split("/")
+    return len(parts) == 2 and all(parts) and not Path(spec).exists() and not str(spec).startswith((".", "~"))
+
+
+def hf_snapshot(repo):
+    """Local directory of hub repository `repo`'s config, tokenizer and safetensors files, downloaded into the
+    Hugging Face cache once (later runs use the cache without the network; HF_HUB_OFFLINE=1 forbids it)."""
+    from llmpy.hub import _hub, hf_file
+
+    hint = f"or download {repo} yourself (huggingface-cli download {repo}) and pass its directory"
+    config = hf_file(repo, CONFIG, hint)  # fails fast offline, names the cache and HF_HUB_OFFLINE
+    hub = _hub()
+    from huggingface_hub.utils import EntryNotFoundError
+
+    def optional(filename):
+        try:
+            return Path(hub.hf_hub_download(repo, filename))
+        except EntryNotFoundError:
+            return None
+        except Exception as e:  # offline with a partial cache, a broken connection
+            if hub.constants.HF_HUB_OFFLINE:
+                return None
+            raise LlmpyError(f"downloading {repo}/{filename} failed ({type(e).__name__}: {e}); run again, "
+                             f"{hint}") from e
+
+    for filename in (GENERATION_CONFIG, *TOKENIZER_FILES):
+        optional(filename)
+    index = optional(INDEX)
+    if index is not None:
+        weight_map = _read_json(index, "").get("weight_map") or {}
+        for shard in sorted(set(weight_map.values())):
+            if optional(shard) is None:
+                raise LlmpyError(f"{repo}: shard {shard} listed in {INDEX} is not on the hub or in the cache; {hint}")
+    elif optional(SINGLE) is None:
+        raise LlmpyError(f"{repo} has no {SINGLE} (nor {INDEX}): llmpy loads safetensors checkpoints only; {hint}")
+    return config.parent
