@@ -249,3 +249,25 @@ def test_llama_from_scratch_takes_the_datas_vocabulary(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, init=LLAMA, vocab_size=50257, max_steps=2), stream=io.StringIO())
     trainer.release()
     assert trainer.family.vocab_size == V
+
+
+def test_command_line_flags_and_aliases():
+    import argparse
+
+    from llmpy.cli.train import add_arguments, config_from_args
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["-e", LLAMA, "--max-tokens", "7", "--output", "runs/x", "--top-p", "0.8",
+                                              "--shuffle", "llmc", "--threads", "1", "-i", "d/*.bin"]))
+    assert (cfg.init, cfg.gen_tokens, cfg.output_dir, cfg.top_p, cfg.shuffle, cfg.threads) == \
+        (LLAMA, 7, "runs/x", 0.8, "llmc", 1)
+    with pytest.raises(LlmpyError, match="--top-p must be in"):
+        config_from_args(parser.parse_args(["--top-p", "1.5", "-i", "d/*.bin"])).check()
+
+
+def test_shuffle_llmc_reaches_the_train_loader_only(tmp_path):
+    from llmpy.data.dataloader import SHUFFLE_MODES
+    trainer = Trainer(tiny_config(tmp_path, shuffle="llmc"), stream=io.StringIO())
+    trainer.release()
+    assert trainer.train_loader.shuffle == SHUFFLE_MODES["llmc"] and trainer.train_loader.seed == 42
+    assert trainer.val_loader.shuffle == SHUFFLE_MODES[False]

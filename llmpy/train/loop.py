@@ -1,4 +1,6 @@
-"""The training loop of llm.c's train_gpt2.cu, over llmpy's GPT-2, AdamW, DataLoader and MPI.
+"""The training loop of llm.c's train_gpt2.cu, over a model family (llmpy.train.family: GPT-2 or Llama),
+AdamW, the DataLoader and MPI. The loop never asks which architecture it trains: the family builds the
+model, saves and loads its checkpoints, samples, and says its decay ranges and FLOPs per token.
 
     trainer = Trainer(TrainConfig(...))   # every check happens here, before any work
     summary = trainer.run()
@@ -6,8 +8,8 @@
 One iteration of `run` at step s (0-based), as llm.c:
     val loss (s % -v == 0, the first step of a run and the last), HellaSwag (-h, same steps),
     a sample (s % -s == 0 and at the end), a checkpoint (s % -n == 0 and at the end), then training step s:
-    grad_accum micro-batches forward + backward (loss scaled by 1/grad_accum), gradients averaged over ranks,
-    global grad norm, the UpdateGuard's verdict (skip the update when the loss or norm is not finite, or a
+    the thread count (llmpy.threads.ThreadGovernor), grad_accum micro-batches forward + backward (loss scaled
+    by 1/grad_accum), gradients averaged over ranks, global grad norm, the UpdateGuard's verdict (skip the update when the loss or norm is not finite, or a
     z-score is over -sl/-sg), clip, AdamW.
 The train loss and lr of step s are logged as `s:s trl:...`. Ctrl-C finishes the step, checkpoints, stops
 (summary["interrupted"]). After -sk updates skipped in a row the run has diverged: it raises TrainingDiverged
