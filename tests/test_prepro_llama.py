@@ -5,6 +5,7 @@ References: the sentencepiece library itself (trained and run here directly with
 llama2.c's shipped tokenizer.bin, and the texts the shards were made from."""
 
 import functools
+import gzip
 import hashlib
 import http.server
 import io
@@ -285,3 +286,117 @@ def test_tinystories_with_a_custom_vocab(tmp_path, monkeypatch):
     assert read_shard(train).tolist() == expected(names[1:])
     tok = vocab.data_tokenizer(train)
     assert (tok.kind, tok.vocab_size, tok.bos_id, tok.sp_model_path) == ("sentencepiece", 320, 1, d / "tok320.model")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tinyshakespeare and fineweb with a sentencepiece vocabulary
+
+SHAKESPEARE = SHARED / "tinyshakespeare" / "input.txt"
+
+
+def sections_of(text):
+    """llm.c's tinyshakespeare documents as its tinyshakespeare.py cuts them: EOT before the text and after
+    every "\\n\\n" (here a NUL marks the cut)."""
+    return ("\0" + text.replace("\n\n", "\n\n\0")).split("\0")[1:]
+
+
+def trained_reference(tmp_path, texts, vocab_size, name="ref"):
+    """llama2.c's train_vocab by hand: each text stripped on a line of its own, sentencepiece's trainer."""
+    (tmp_path / f"{name}.txt").write_text("".join(t.strip() + "\n" for t in texts), encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(tmp_path / f"{name}.txt"), model_prefix=str(tmp_path / name),
+                                   vocab_size=vocab_size, num_threads=1, **LLAMA2C_TRAINER)
+    return spm.SentencePieceProcessor(model_file=str(tmp_path / f"{name}.model"))
+
+
+def test_tinyshakespeare_with_a_custom_vocab(tmp_path, monkeypatch, capsys):
+    rng = random.Random(5)
+    text = "\n\n".join(f"Speaker {i % 7}:\n" + "\n".join(sentences(rng, 3)) for i in range(1500)) + "\n"
+    (tmp_path / "input.txt").write_text(text)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    args = ["prepro", "tinyshakespeare", "--input", str(tmp_path / "input.txt"), "--vocab-size", "320", "--quiet"]
+    assert main(args) == 0
+    base = tmp_path / "cache" / "llmpy" / "data" / "tinyshakespeare"
+    d = base / "tok320"
+    out = capsys.readouterr().out
+    assert f"train: {d / 'tiny_shakespeare_train.bin'}" in out and f"tokenizer: {d / 'tok320.bin'}" in out
+    assert (base / "tiny_shakespeare.txt").read_text() == text and not (d / "tiny_shakespeare.txt").exists()
+    # the vocabulary: sentencepiece trained by hand on the sections
+    sections = sections_of(text)
+    ref = trained_reference(tmp_path, sections, 320)
+    sp = spm.SentencePieceProcessor(model_file=str(d / "tok320.model"))
+    assert [(sp.id_to_piece(i), sp.get_score(i)) for i in range(320)] == [
+        (ref.id_to_piece(i), ref.get_score(i)) for i in range(320)]
+    # the tokens: [BOS] + sentencepiece's ids of every section; llm.c's split: the first 32,768 tokens are val
+    val, train = read_shard(d / "tiny_shakespeare_val.bin"), read_shard(d / "tiny_shakespeare_train.bin")
+    want = [t for s in sections for t in [1] + ref.encode(s)]
+    assert len(val) == 32768 and val.tolist() + train.tolist() == want
+    tok = vocab.data_tokenizer(d / "tiny_shakespeare_train.bin")
+    assert (tok.kind, tok.vocab_size, tok.bos_id) == ("sentencepiece", 320, 1)
+    # again: skipped; GPT-2 over these shards: refused, nothing lost
+    before = (d / "tiny_shakespeare_train.bin").read_bytes()
+    assert main(args[:-1]) == 0 and "skipping" in capsys.readouterr().out
+    assert main(["prepro", "tinyshakespeare", "--input", str(tmp_path / "input.txt"), "--out-dir", str(d),
+                 "--quiet"]) == 2
+    assert "sentencepiece vocabulary" in capsys.readouterr().err
+    assert (d / "tiny_shakespeare_train.bin").read_bytes() == before
+    # too little text for the 32,768 val tokens: a clear error
+    (tmp_path / "small.txt").write_text(text[:20000])
+    with pytest.raises(LlmpyError, match="not enough for 32,768 val tokens"):
+        prepro.prepare_tinyshakespeare(tmp_path / "small", source=tmp_path / "small.txt", vocab_size=320,
+                                       verbose=False)
+
+
+@pytest.mark.skipif(not SHAKESPEARE.exists(), reason="../shared/data/tinyshakespeare is absent")
+def test_tinyshakespeare_4096_vocab_on_the_real_text(tmp_path):
+    # the quality benchmark's data: llm.c's tinyshakespeare with a 4096-token vocabulary
+    train, val = prepro.prepare_tinyshakespeare(tmp_path / "ts", source=SHAKESPEARE, vocab_size=4096, verbose=False)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "ts" / "tok4096.model"))
+    assert sp.vocab_size() == 4096
+    v, t = read_shard(val), read_shard(train)
+    text = SHAKESPEARE.read_text()
+    sections = sections_of(text)
+    docs = documents_of(np.concatenate([v, t]), 1)
+    assert len(v) == 32768 and len(docs) == len(sections)
+    for i in range(0, len(sections), 97):
+        assert docs[i].tolist() == [1] + sp.encode(sections[i])
+        assert sp.decode(docs[i].tolist()).strip() == sections[i].strip()
+    # val is the leading text, about the share of GPT-2's 32,768 of 337,028 tokens (9.7%)
+    val_text = sp.decode([int(i) for i in v if i != 1])
+    assert 0.05 < len(val_text) / len(text) < 0.12 and text.startswith(sections[0])
+
+
+def test_fineweb_with_a_custom_vocab(tmp_path, serve, monkeypatch):
+    from llmpy.data import fineweb
+
+    root, url = serve
+    tree = root / "api" / "datasets" / "HuggingFaceFW" / "fineweb-edu" / "tree" / "main" / "sample"
+    data = root / "datasets" / "HuggingFaceFW" / "fineweb-edu" / "resolve" / "main" / "sample" / "10BT"
+    tree.mkdir(parents=True)
+    data.mkdir(parents=True)
+    rng = random.Random(9)
+    texts = [[" ".join(sentences(rng, 6)) for _ in range(40)] for _ in range(2)]
+    listing = []
+    for i, lines in enumerate(texts):  # stand-ins for parquet files: gzipped lines between parquet's magic
+        raw = b"PAR1" + gzip.compress("\n".join(lines).encode()) + b"PAR1"
+        (data / f"{i:03d}_00000.parquet").write_bytes(raw)
+        lfs = {"oid": hashlib.sha256(raw).hexdigest(), "size": len(raw), "pointerSize": 134}
+        listing.append({"type": "file", "path": f"sample/10BT/{i:03d}_00000.parquet", "size": len(raw), "lfs": lfs})
+    (tree / "10BT").write_text(json.dumps(listing))
+    monkeypatch.setattr(fineweb, "HF", url)
+    monkeypatch.setattr(fineweb, "parquet_texts", lambda p: gzip.decompress(Path(p).read_bytes()[4:-4]).decode().split("\n"))
+    monkeypatch.setattr(fineweb, "VOCAB_TRAIN_DOCS", 50)  # the vocabulary sees only the leading documents
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    train, val = fineweb.prepare_fineweb(edu=True, shard_size=2000, num_workers=1, vocab_size=300, verbose=False)
+    base = tmp_path / "cache" / "llmpy" / "data" / "edu_fineweb10B"
+    d = base / "tok300"
+    assert (train, val) == (str(d / "edu_fineweb_train_*.bin"), str(d / "edu_fineweb_val_*.bin"))
+    assert len(list((base / "parquet").glob("*.parquet"))) == 2  # the downloads stay in the dataset's directory
+    docs = texts[0] + texts[1]
+    ref = trained_reference(tmp_path, docs[:50], 300)
+    sp = spm.SentencePieceProcessor(model_file=str(d / "tok300.model"))
+    assert [sp.id_to_piece(i) for i in range(300)] == [ref.id_to_piece(i) for i in range(300)]
+    shards = sorted(d.glob("edu_fineweb_*.bin"), key=lambda p: p.name[-10:])
+    assert shards[0].name == "edu_fineweb_val_000000.bin" and len(shards) > 1
+    got = np.concatenate([read_shard(p) for p in shards]).tolist()
+    assert got == [t for doc in docs for t in [1] + ref.encode(doc)]
+    assert vocab.data_tokenizer(train).vocab_size == 300

@@ -3,7 +3,7 @@
 Output goes to --out-dir, by default $XDG_CACHE_HOME/llmpy/data/NAME (~/.cache/llmpy/data/NAME);
 finished work is skipped unless --force. Prints the token counts, the train/val globs to pass to
 `llmpy train`, and the tokenizer files written beside them: gpt2_tokenizer.bin (llm.c's) for GPT-2
-datasets; with --vocab-size V (default, tinystories, text: a sentencepiece vocabulary trained as llama2.c's
+datasets; with --vocab-size V (every dataset but hellaswag: a sentencepiece vocabulary trained as llama2.c's
 train_vocab, in the tok{V}/ subdirectory) tok{V}.model (sentencepiece), tok{V}.bin (llama2.c's format, for
 `llmpy run -z`) and tok{V}_llmc.bin (llm.c's format); with --tokenizer llama2 (Llama 2's, downloaded once)
 or --tokenizer PATH.model, in llama2/, tokenizer.model, tokenizer.bin and tokenizer_llmc.bin. See
@@ -30,6 +30,9 @@ DATASETS = {
 }
 
 
+VOCAB_DATASETS = ("default", "tinyshakespeare", "tinystories", "fineweb", "edu_fineweb", "text")  # take --vocab-size
+
+
 def add_arguments(parser):
     parser.epilog = ("Each dataset writes to --out-dir, by default ~/.cache/llmpy/data/NAME "
                      "($XDG_CACHE_HOME/llmpy/data/NAME when XDG_CACHE_HOME is set).")
@@ -53,7 +56,7 @@ def add_arguments(parser):
             p.add_argument("--max-shards", type=int, default=None, help="stop after this many shards")
         if name == "hellaswag":
             p.add_argument("--split", default="val", choices=["train", "val", "test"], help="default val")
-        if name in ("default", "tinystories", "text"):
+        if name in VOCAB_DATASETS:
             p.add_argument("--vocab-size", type=int, default=None, metavar="V",
                            help="train a sentencepiece BPE vocabulary of V tokens first, as llama2.c's train_vocab, "
                                 "and put BOS before every document (default: GPT-2's tokenizer)")
@@ -78,7 +81,7 @@ def run(args):
     name = args.dataset
     if getattr(args, "workers", 1) is not None and getattr(args, "workers", 1) < 1:
         raise LlmpyError(f"--workers {args.workers} must be at least 1")
-    if name in ("default", "tinystories", "text"):
+    if name in VOCAB_DATASETS:
         common.update(vocab_size=args.vocab_size, tokenizer=args.tokenizer)
     if name == "default":
         result = prepro.prepare_default(**common)

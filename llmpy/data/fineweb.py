@@ -7,19 +7,38 @@ progress bar; each checked against the size and sha256 of the listing and for pa
 10^8) are named {fineweb,edu_fineweb}_{val,train}_{index:06d}.bin; shard 0 is val, as in llm.c; llm.c's
 gpt2_tokenizer.bin is written beside them. `max_shards` stops early, for a small sample.
 
+llama2.c's way (llmpy.data.vocab): `--vocab-size V` first trains a sentencepiece vocabulary on the first
+100,000 documents (VOCAB_TRAIN_DOCS; llama2.c's train_vocab likewise takes a leading part of its data),
+`--tokenizer llama2|PATH` uses Llama 2's or that model; every document then starts with BOS, and the
+shards go to the tok{V}/ or llama2/ subdirectory (the parquet files stay in the dataset's directory, shared
+by all tokenizations).
+
 Needs pyarrow to read parquet (`pip install pyarrow`); the `datasets` library is not used. Not handled:
 other FineWeb subsets or dumps.
 """
 
+from itertools import islice
+from pathlib import Path
+
 from llmpy.data.download import check_parquet, download_file, hf_files
-from llmpy.data.prepro import SHARD_SIZE, encode_documents, mark_done, prepare_out_dir, skip_if_done, write_sharded
+from llmpy.data.prepro import (
+    SHARD_SIZE,
+    default_data_dir,
+    encode_documents,
+    mark_done,
+    prepare_out_dir,
+    skip_if_done,
+    tokenizer_for,
+    write_sharded,
+)
+from llmpy.data.vocab import VocabRequest
 from llmpy.errors import LlmpyError
-from llmpy.tokenizers.gpt2 import N_VOCAB
 
 HF = "https://huggingface.co"
 REPOS = {"fineweb": "HuggingFaceFW/fineweb", "edu_fineweb": "HuggingFaceFW/fineweb-edu"}
 SAMPLES = {"10B": "sample/10BT", "100B": "sample/100BT"}
 BATCH_ROWS = 1024
+VOCAB_TRAIN_DOCS = 100_000  # --vocab-size trains on this many leading documents
 
 
 def list_parquet_files(repo, folder):
@@ -56,18 +75,26 @@ def fineweb_documents(repo, folder, out_dir, verbose):
 
 
 def prepare_fineweb(out_dir=None, version="10B", edu=False, shard_size=SHARD_SIZE, max_shards=None,
-                    num_workers=None, force=False, verbose=True):
-    """Tokenize FineWeb (edu=False) or FineWeb-Edu into shards; returns (train_pattern, val_pattern)."""
+                    num_workers=None, force=False, verbose=True, vocab_size=None, tokenizer=None):
+    """Tokenize FineWeb (edu=False) or FineWeb-Edu into shards; returns (train_pattern, val_pattern).
+
+    vocab_size / tokenizer: llama2.c's tokenizations (module docstring), else GPT-2's (llm.c's)."""
     if version not in SAMPLES:
         raise LlmpyError(f"unknown FineWeb sample {version!r}; use one of {', '.join(SAMPLES)}")
     name = "edu_fineweb" if edu else "fineweb"
-    out_dir = prepare_out_dir(f"{name}{version}", out_dir, force)
-    done = skip_if_done(out_dir, verbose)
+    request = VocabRequest.of(vocab_size, tokenizer)
+    shard_dir = prepare_out_dir(f"{name}{version}", out_dir, force, request)
+    out_dir = Path(out_dir) if out_dir is not None else default_data_dir(f"{name}{version}")  # the parquet files'
+    done = skip_if_done(shard_dir, verbose, request)
     if done:
         return done
-    docs = fineweb_documents(REPOS[name], SAMPLES[version], out_dir, verbose)
-    tokens = encode_documents(docs, num_workers=num_workers, chunksize=64)
-    written = write_sharded(tokens, out_dir, name, shard_size, N_VOCAB, verbose, max_shards=max_shards)
+
+    def documents():
+        return fineweb_documents(REPOS[name], SAMPLES[version], out_dir, verbose)
+
+    spec, record = tokenizer_for(request, shard_dir, lambda: islice(documents(), VOCAB_TRAIN_DOCS), force, verbose)
+    tokens = encode_documents(documents(), spec, num_workers=num_workers, chunksize=64)
+    written = write_sharded(tokens, shard_dir, name, shard_size, record["vocab_size"], verbose, max_shards=max_shards)
     train, val = f"{name}_train_*.bin", f"{name}_val_*.bin"
-    mark_done(out_dir, train, val, written, verbose)
-    return str(out_dir / train), str(out_dir / val)
+    mark_done(shard_dir, train, val, written, verbose, **record)
+    return str(shard_dir / train), str(shard_dir / val)

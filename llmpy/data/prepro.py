@@ -12,7 +12,7 @@ globs for llmpy.data.dataloader.
 Here: the offline `default` corpus (the standard library's pydoc_data topics, English text every Python
 carries), `tinyshakespeare` (llm.c's exact split: 32,768 val and 305,260 train tokens) and `text` (your
 own files). tinystories, fineweb and hellaswag live in their own modules; llmpy.cli.prepro puts them all
-behind `llmpy prepro NAME`. default, text and tinystories can also be tokenized as llama2.c does, with a
+behind `llmpy prepro NAME`. Every dataset but hellaswag can also be tokenized as llama2.c does, with a
 sentencepiece vocabulary trained first (--vocab-size) or Llama 2's (--tokenizer llama2), BOS before every
 document: see llmpy.data.vocab, which also reads back which tokenizer a dataset's shards hold.
 
@@ -36,7 +36,6 @@ from llmpy.data.vocab import GPT2_RECORD, VocabRequest, make_tokenizer
 from llmpy.errors import LlmpyError
 from llmpy.fileio import atomic_write_text, atomic_write_with
 from llmpy.formats.tokens import UINT16_VOCAB_LIMIT, ShardWriter, read_header, write_shard
-from llmpy.tokenizers.gpt2 import N_VOCAB as GPT2_VOCAB
 
 CACHE_SUBDIR = ("llmpy", "data")
 MARKER = "prepro.json"
@@ -350,21 +349,31 @@ def fetch(url, out_dir, filename, sha256=None, source=None, verbose=True, size=N
     return download_file(url, path, sha256=sha256, size=size, validate=validate, progress=verbose, hint=INPUT_HINT)
 
 
-def prepare_tinyshakespeare(out_dir=None, source=None, url=TINYSHAKESPEARE_URL, force=False, verbose=True):
+def prepare_tinyshakespeare(out_dir=None, source=None, url=TINYSHAKESPEARE_URL, force=False, verbose=True,
+                            vocab_size=None, tokenizer=None):
     """llm.c's tinyshakespeare: 32,768 val and 305,260 train GPT-2 tokens (tiny_shakespeare_{val,train}.bin).
 
     source: a local copy of input.txt to use instead of downloading (llm.c's quick start offline); one that
     is not the published file (sha256) is used with a warning.
+    vocab_size / tokenizer: a sentencepiece vocabulary instead of GPT-2's (llmpy.data.vocab), trained on all
+    the sections, into the tok{V}/ or llama2/ subdirectory (the raw text stays in the dataset's directory).
+    The documents are llm.c's sections either way, each after the tokenizer's BOS (GPT-2: EOT), and the
+    val split is llm.c's rule for every tokenizer: the first 32,768 tokens (with a 4096-token vocabulary
+    about the same leading tenth of the text as GPT-2's; with a smaller vocabulary a smaller part).
     """
-    out_dir = prepare_out_dir("tinyshakespeare", out_dir, force)
-    done = skip_if_done(out_dir, verbose)
+    request = VocabRequest.of(vocab_size, tokenizer)
+    shard_dir = prepare_out_dir("tinyshakespeare", out_dir, force, request)
+    raw_dir = Path(out_dir) if out_dir is not None else default_data_dir("tinyshakespeare")
+    done = skip_if_done(shard_dir, verbose, request)
     if done:
         return done
-    path = fetch(url, out_dir, "tiny_shakespeare.txt", TINYSHAKESPEARE_SHA256, source, verbose,
+    path = fetch(url, raw_dir, "tiny_shakespeare.txt", TINYSHAKESPEARE_SHA256, source, verbose,
                  size=TINYSHAKESPEARE_BYTES, source_mismatch="warn")
-    text = read_text(path)
-    tokens = np.concatenate(list(encode_documents(tinyshakespeare_sections(text))))
-    return split_and_write(tokens, out_dir, "tiny_shakespeare", TINYSHAKESPEARE_VAL_TOKENS, GPT2_VOCAB, verbose)
+    sections = tinyshakespeare_sections(read_text(path))
+    spec, record = tokenizer_for(request, shard_dir, lambda: sections, force, verbose)
+    tokens = np.concatenate(list(encode_documents(sections, spec)))
+    return split_and_write(tokens, shard_dir, "tiny_shakespeare", TINYSHAKESPEARE_VAL_TOKENS, record["vocab_size"],
+                           verbose, **record)
 
 
 def read_text(path, encoding="utf-8"):
