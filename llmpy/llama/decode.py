@@ -29,6 +29,7 @@ from llmpy.llama.kernels import (
     Q8_STREAMS,
     STREAMS,
     attend_head,
+    embed_row,
     matmul_decode_step,
     matmul_tail_rows,
     q8_decode_part,
@@ -170,9 +171,9 @@ def _linear_share_overload(out, inp, w, s, xqt, xst, swiglu, tid, nt):
 @numba.njit(cache=True, parallel=True, fastmath=True)
 def forward_decode(logits, rows, tokens, streams, positions, acts, priv, weights, scales, qacts, key_cache,
                    value_cache, cos, sin, n_heads, n_kv_heads, eps, sync, nt):
-    """kernels.forward_rows (fp32) or forward_rows_q8 (int8, group size DECODE_GROUP) for B < 4 rows, H % 4 == 0, in
-    one parallel region of nt threads; False if a barrier gave up (nothing to use: run the rows through
-    forward_rows).
+    """kernels.forward_rows (fp32, bf16 or fp16 weights) or forward_rows_q8 (int8, group size DECODE_GROUP) for
+    B < 4 rows, H % 4 == 0, in one parallel region of nt threads; False if a barrier gave up (nothing to use: run
+    the rows through forward_rows).
 
     weights = (tok_emb, rms_att, wqkv, wo, rms_ffn, w13, w2, rms_final, wcls), the matrices stacked over layers and
     wcls as (1, V, C); scales = None (fp32) or the scales of wqkv, wo, w13, w2, wcls stacked alike; qacts = (xq, xs)
@@ -180,7 +181,7 @@ def forward_decode(logits, rows, tokens, streams, positions, acts, priv, weights
     thread's copy of x and of the normed rows; acts as in forward_rows (att, xb, xb2, qkv, hb shared: each thread
     writes its share of them).
     """
-    x, xb, xb2, qkv, att, hb13, hb, xf = acts
+    _, xb, xb2, qkv, att, _, hb, _ = acts
     xq, xs = qacts
     tok_emb, rms_att, wqkv, wo, rms_ffn, w13, w2, rms_final, wcls = weights
     B, R = tokens.shape[0], rows.shape[0]
@@ -190,7 +191,7 @@ def forward_decode(logits, rows, tokens, streams, positions, acts, priv, weights
         xt, xn = priv[tid, 0, :B], priv[tid, 1, :B]  # this thread's residual stream and normed rows
         xqt, xst = xq[tid * B:(tid + 1) * B], xs[tid * B:(tid + 1) * B]
         for b in range(B):
-            xt[b] = tok_emb[tokens[b]]
+            embed_row(xt[b], tok_emb, tokens[b])
         for layer in range(wqkv.shape[0]):
             residual_rmsnorm(xt, xt[:0], xn, rms_att[layer], eps)
             _linear_share(qkv, xn, wqkv[layer], _layer(scales, 0, layer), xqt, xst, False, tid, nt)

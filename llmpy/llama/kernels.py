@@ -8,7 +8,11 @@ attention heads are parallel (prange), everything else is a few microseconds of 
 rows goes one step further in decode.py (one parallel region per token), from the same building blocks:
 matmul_decode_step, swiglu_decode_step, q8_decode_part, rope_store_heads, attend_head.
 
-Not handled here: prefill of long prompts (inference.py uses BLAS sgemm for many rows).
+Weights (the matrices and the embedding table) are float32 or, read as such with fp32 sums, bfloat16 bits in
+uint16 arrays or float16 bits in int16 arrays (rowdot.WEIGHT_KINDS): the same functions compile for each dtype.
+
+Not handled here: prefill of long prompts (inference.py uses BLAS sgemm for many rows, on bf16 / fp16 weights
+widened a block of rows at a time by widen_rows).
 """
 
 import math
@@ -18,7 +22,7 @@ import numpy as np
 
 from llmpy.fastmath import exp_f32
 from llmpy.llama.quant import Q8_STREAMS, dot_q8_rows, matmul_q8, quantize_row, quantize_rows
-from llmpy.llama.rowdot import dot_block_f32, dot_rows_f32
+from llmpy.llama.rowdot import dot_block_f32, dot_rows_f32, weight_f32
 
 # matmul_forward of a few rows reads the weight as this many evenly spaced sequential streams at once
 STREAMS = 8
@@ -233,8 +237,24 @@ def matmul_tail_rows(out, inp, weight, first):
         for b in range(inp.shape[0]):
             s0 = np.float32(0.0)
             for i in range(inp.shape[1]):
-                s0 += weight[o, i] * inp[b, i]
+                s0 += weight_f32(weight[o, i]) * inp[b, i]
             out[b, o] = s0
+
+
+@numba.njit(cache=True, fastmath=True)
+def embed_row(x, tok_emb, token):
+    """x (C,) = row `token` of the embedding table tok_emb (V, C), widened to float32."""
+    for j in range(x.shape[0]):
+        x[j] = weight_f32(tok_emb[token, j])
+
+
+@numba.njit(cache=True, parallel=True, fastmath=True)
+def widen_rows(out, weight, first):
+    """out (n, IC) float32 = weight rows first..first+n-1, widened from bf16 / fp16 bits (prefill: a block of a
+    matrix for sgemm)."""
+    for i in numba.prange(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] = weight_f32(weight[first + i, j])
 
 
 @numba.njit(cache=True, fastmath=True, inline="always")
@@ -301,7 +321,7 @@ def forward_rows(logits, rows, tokens, streams, positions, acts, weights, key_ca
     x, xb, xb2, qkv, att, hb13, hb, xf = x[:B], xb[:B], xb2[:B], qkv[:B], att[:B], hb13[:B], hb[:B], xf[:R]
     no_rows = x[:0]
     for b in range(B):
-        x[b] = tok_emb[tokens[b]]
+        embed_row(x[b], tok_emb, tokens[b])
     for layer in range(wqkv.shape[0]):
         # attention block: x += wo @ attention(rope(wqkv @ rmsnorm(x)))
         residual_rmsnorm(x, no_rows, xb, rms_att[layer], eps)
@@ -402,7 +422,7 @@ def forward_rows_q8(logits, rows, tokens, streams, positions, acts, qacts, weigh
     x, xb, xb2, qkv, att, hb13, hb, xf = x[:B], xb[:B], xb2[:B], qkv[:B], att[:B], hb13[:B], hb[:B], xf[:R]
     no_rows = x[:0]
     for b in range(B):
-        x[b] = tok_emb[tokens[b]]
+        embed_row(x[b], tok_emb, tokens[b])
     for layer in range(wqkv_q.shape[0]):
         residual_rmsnorm(x, no_rows, xb, rms_att[layer], eps)
         linear_q8(qkv, xb, wqkv_q[layer], wqkv_s[layer], xq, xs, n_threads)
