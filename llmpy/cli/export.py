@@ -8,6 +8,11 @@ checkpoint (first int32 20240326) is handed to llmpy.gpt2.hf's export.
 
     llmpy export stories15M.bin stories15M_q80.bin --to v2
     llmpy export stories15M.bin -o stories15M_hf --to hf
+    llmpy export SmolLM2-135M/ smollm2.bin --to v0     # a Hugging Face Llama directory -> llama2.c
+
+A Hugging Face Llama directory (config.json + safetensors; llmpy.llama.hf_load) converts to v0, v1 or v2 when
+llama2.c can run it: run.c fixes RoPE theta 10000, no RoPE scaling and RMSNorm eps 1e-5, and the file stores
+none of them, so any other value is refused rather than written into a file that would run differently.
 
 An existing OUTPUT is replaced only with --overwrite; an output that cannot be written is an error
 before anything is converted.
@@ -25,7 +30,8 @@ TARGETS = ("v0", "v1", "v2", "hf")
 
 
 def add_arguments(parser):
-    parser.add_argument("input", help="model file: llama2.c .bin (v0/v1/v2) or llm.c GPT-2 checkpoint")
+    parser.add_argument("input", help="model file: llama2.c .bin (v0/v1/v2) or llm.c GPT-2 checkpoint, or a Hugging "
+                                      "Face Llama directory")
     parser.add_argument("output", nargs="?", default=None, help="output file (a directory for --to hf)")
     parser.add_argument("-o", "--output", dest="output_flag", default=None, metavar="OUTPUT",
                         help="the output, as a flag instead of the second argument")
@@ -70,7 +76,47 @@ def _output(args):
     return output
 
 
+def llama2c_compatible(config, where):
+    """LlmpyError unless run.c's fixed RoPE and RMSNorm constants are this model's (llama2.c files store neither)."""
+    from llmpy.formats.llama2c import ROPE_THETA
+    from llmpy.llama.inference import RMS_EPS
+
+    problems = []
+    if config.rope_theta != ROPE_THETA:
+        problems.append(f"rope_theta {config.rope_theta:g} (run.c uses {ROPE_THETA:g})")
+    if config.rope_scaling is not None:
+        problems.append(f"{config.rope_scaling['rope_type']} RoPE scaling (run.c has none)")
+    if config.norm_eps != RMS_EPS:
+        problems.append(f"rms_norm_eps {config.norm_eps:g} (run.c uses {RMS_EPS:g})")
+    if problems:
+        raise LlmpyError(f"{where}: a llama2.c file cannot store {', '.join(problems)}; the exported model would "
+                         "compute something else. Run the directory itself: llmpy run DIR")
+
+
+def export_hf_dir(args):
+    """A Hugging Face Llama directory -> llama2.c v0/v1/v2."""
+    from llmpy.formats.llama2c import write_llama2c
+    from llmpy.llama.hf_load import load_hf, read_config
+
+    if args.to == "hf":
+        raise LlmpyError(f"{args.input} is a Hugging Face directory already: choose --to v0, v1 or v2")
+    full = read_config(args.input)
+    llama2c_compatible(full, f"{args.input}/config.json")
+    args.output = _output(args)
+    config, weights = load_hf(args.input, max_seq_len=full.seq_len)
+    weights.pop("packed")
+    group_size, note = v2_group_size(config, args.group_size) if args.to == "v2" else (None, "")
+    if note:
+        print(note)
+    write_llama2c(args.output, config, weights, int(args.to[1:]), group_size or DEFAULT_GROUP_SIZE)
+    print(f"wrote {args.output}: Hugging Face -> {args.to}" + (f" (group size {group_size})" if group_size else "")
+          + f", {config}")
+    return 0
+
+
 def run(args):
+    if Path(args.input).is_dir():
+        return export_hf_dir(args)
     is_gpt2 = _first_int32(args.input) == GPT2_MAGIC
     args.output = _output(args)
     if is_gpt2:
