@@ -271,3 +271,30 @@ def test_shuffle_llmc_reaches_the_train_loader_only(tmp_path):
     trainer.release()
     assert trainer.train_loader.shuffle == SHUFFLE_MODES["llmc"] and trainer.train_loader.seed == 42
     assert trainer.val_loader.shuffle == SHUFFLE_MODES[False]
+
+
+def test_a_nan_gradient_skips_the_update_of_a_llama(tmp_path, monkeypatch):
+    from llmpy.train import loop
+    real = loop.accumulate_gradients
+    calls = {"n": 0}
+
+    def poisoned(model, loader, grad_accum, batches=None):
+        loss = real(model, loader, grad_accum, batches)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            model.grads[11] = np.nan
+        return loss
+    monkeypatch.setattr(loop, "accumulate_gradients", poisoned)
+    text = io.StringIO()
+    trainer = Trainer(tiny_config(tmp_path, init=LLAMA, max_steps=5, progress="lines"), stream=text)
+    real_step, before = trainer.train_step, {}
+
+    def step(s):
+        before[s] = trainer.model.params.copy()
+        return real_step(s)
+    trainer.train_step = step
+    summary = trainer.run()
+    assert text.getvalue().count("skipped the update") == 1
+    np.testing.assert_array_equal(before[3], before[2])   # step 2's update (the third) was skipped
+    assert not np.array_equal(before[2], before[1]) and not np.array_equal(before[4], before[3])
+    assert np.isfinite(summary["params"]).all()

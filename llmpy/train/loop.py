@@ -521,12 +521,12 @@ class Trainer:
 
 def make_governor(threads, dist):
     """The ThreadGovernor of the training steps: --threads N or the environment (NUMBA_NUM_THREADS,
-    OMP_NUM_THREADS) fix the count; under MPI each rank keeps the count llmpy.dist gave it; else the
-    threads the other processes leave free (llmpy/threads.py)."""
+    OMP_NUM_THREADS) fix the count; under MPI each rank keeps what llmpy.dist.configure_threads chose (and
+    the BLAS threads a user exported); else the threads the other processes leave free (llmpy/threads.py)."""
     import os
 
     import numba
-    fixed = threads or user_threads() or (dist.threads if dist.world_size > 1 else None)
+    fixed = threads or user_threads() or (numba.get_num_threads() if dist.world_size > 1 else None)
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
