@@ -298,3 +298,12 @@ def test_a_nan_gradient_skips_the_update_of_a_llama(tmp_path, monkeypatch):
     np.testing.assert_array_equal(before[3], before[2])   # step 2's update (the third) was skipped
     assert not np.array_equal(before[2], before[1]) and not np.array_equal(before[4], before[3])
     assert np.isfinite(summary["params"]).all()
+
+
+def test_gpt2_data_for_a_llama(tmp_path):
+    """Shards prepro recorded as GPT-2's (llmpy.data.vocab): a Llama needs sentencepiece data."""
+    train, val = write_corpus(tmp_path)
+    names = {Path(f).name: int(np.fromfile(f, dtype=np.int32, count=3)[2]) for f in (train, val)}
+    (tmp_path / "prepro.json").write_text(json.dumps({"train": Path(train).name, "val": Path(val).name,
+                                                      "tokenizer": "gpt2", "files": names}))
+    refused(tiny_config(tmp_path, init="llama:d16l1h2"), "holds GPT-2 tokens", "--vocab-size")

@@ -54,7 +54,7 @@ def start_token(vocab_size):
 class GPT2Family:
     """GPT-2 as llm.c: llmpy.gpt2.model, checkpoints in llm.c's format (llmpy.formats.llmc)."""
 
-    name = "GPT-2"
+    name, key = "GPT-2", "gpt2"   # key: the family as llmpy.data.vocab.check_data_fits names it
 
     def __init__(self, config):
         self.config = config
@@ -94,7 +94,7 @@ class LlamaFamily:
     """Llama 2 as llama2.c: llmpy.llama.train_model, checkpoints as llama2.c v0 files (what `llmpy run` and
     `llmpy export` read), sampled through llmpy.llama.inference's Transformer."""
 
-    name = "Llama"
+    name, key = "Llama", "llama"
 
     def __init__(self, config):
         llama.check_config(config)
@@ -225,26 +225,8 @@ def init_family(cfg, data_vocab, rng):
 
 
 def data_vocab_size(pattern):
-    """The vocabulary of the tokenizer that made the shards of `pattern`, or None when nothing says:
-    llmpy.data.prepro's data_tokenizer when it exists, else the prepro.json record beside the shards."""
-    import glob
-
-    from llmpy.data import prepro
-    files = sorted(glob.glob(pattern))
-    if not files:
-        return None
-    finder = getattr(prepro, "data_tokenizer", None)
-    if finder is not None:
-        try:
-            tok = finder(pattern)
-        except LlmpyError:
-            tok = None
-        for attr in ("vocab_size", "n_vocab"):
-            if tok is not None and isinstance(getattr(tok, attr, None), int):
-                return getattr(tok, attr)
-    info = prepro.read_done(Path(files[0]).parent)
-    if not info:
-        return None
-    if info.get("vocab_size"):
-        return int(info["vocab_size"])
-    return gpt2.GPT2_VOCAB_SIZE if info.get("tokenizer", "gpt2") == "gpt2" else None
+    """The vocabulary of the tokenizer that made the shards of `pattern` (llmpy prepro's record beside them),
+    or None when nothing says."""
+    from llmpy.data.vocab import data_tokenizer
+    tok = data_tokenizer(pattern)
+    return None if tok is None else tok.vocab_size

@@ -35,6 +35,7 @@ import numpy as np
 
 from llmpy import dist as distmod
 from llmpy.data.dataloader import DataLoader
+from llmpy.data.vocab import check_data_fits, text_decoder
 from llmpy.dist import CollectiveError, RankExit
 from llmpy.errors import LlmpyError
 from llmpy.formats.tokens import read_shard
@@ -221,6 +222,7 @@ class Trainer:
             self.val_loader = DataLoader(val_pattern, B, T, dist.rank, W, shuffle=False, vocab_size=V)
         files = self.train_loader.files + (self.val_loader.files if self.val_loader else [])
         check_data_vocab(files, V, data_vocab)
+        check_data_fits(train_pattern, family.key, V)   # e.g. GPT-2 tokens for a Llama
         self.tokens_per_step = B * T * W if cfg.total_batch_size == -1 else cfg.total_batch_size
         self.grad_accum = self.tokens_per_step // (B * T * W)
         self.max_steps = cfg.max_steps
@@ -535,19 +537,15 @@ def make_governor(threads, dist):
 
 
 def decode(tokens, vocab_size, pattern, data_file):
-    """Text for token ids: the data's own decoder (llmpy.data.prepro.text_decoder) when there is one, else
-    GPT-2's tokenizer for GPT-2's vocab, a sentencepiece tok{V}.model beside the data (llmpy prepro text
-    --vocab-size), else the ids themselves."""
+    """Text for token ids: the tokenizer prepro recorded beside the data (llmpy.data.vocab.text_decoder), else
+    GPT-2's tokenizer for GPT-2's vocab, a sentencepiece tok{V}.model beside the data, else the ids themselves."""
     tokens = [int(t) for t in tokens]
-    from llmpy.data import prepro
-    text_decoder = getattr(prepro, "text_decoder", None)
-    if text_decoder is not None:
-        try:
-            decoder = text_decoder(pattern)
-        except LlmpyError:
-            decoder = None
-        if decoder is not None:
-            return decoder(tokens) if callable(decoder) else decoder.decode(tokens)
+    try:
+        decoder = text_decoder(pattern)
+    except LlmpyError:   # its tokenizer file is gone: the fallbacks below
+        decoder = None
+    if decoder is not None:
+        return decoder(tokens)
     if vocab_size == GPT2_VOCAB_SIZE:
         from llmpy.tokenizers.gpt2 import get_gpt2_tokenizer
         return get_gpt2_tokenizer().decode(tokens)
