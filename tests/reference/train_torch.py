@@ -9,6 +9,8 @@ llm.c's `p -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * p)`), and a warmup + cosi
     losses = train(init_flat, cfg, batches, steps, grad_accum, lr=..., warmup=..., final_frac=..., wd=...)
 
 `batches` yields (x, y) int32 numpy arrays (B,T); the caller feeds the same ones llmpy's loader gives.
+A Llama trains in the same loop: `train(..., model=llama_model(config))`, the forward of llama_train_torch.py
+(llama2.c's model.py) over the flat vector cut in llama2.c's v0 order, weight decay on its 2-D weights.
 """
 
 import math
@@ -29,6 +31,26 @@ def decay_mask(cfg):
     return torch.cat(parts)
 
 
+def llama_model(config):
+    """(loss_fn(w, x, y), decay mask) of a Llama (llmpy.llama's LlamaConfig) on the flat vector w: its weights
+    are views of w in llama2.c's v0 order (llmpy.llama.train_model.param_shapes, the layout of the file)."""
+    import llama_train_torch
+
+    from llmpy.llama.train_model import MATRIX_PARAMS, param_shapes
+
+    shapes = param_shapes(config)
+
+    def loss_fn(w, x, y):
+        views, offset = {}, 0
+        for name, shape in shapes.items():
+            views[name] = w[offset:offset + math.prod(shape)].view(shape)
+            offset += math.prod(shape)
+        return llama_train_torch.forward(config, views, x, y)[1]
+
+    mask = torch.cat([torch.full((math.prod(s),), n in MATRIX_PARAMS, dtype=torch.bool) for n, s in shapes.items()])
+    return loss_fn, mask
+
+
 def cosine_lr(step, lr, warmup, steps, final_frac):
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -38,14 +60,18 @@ def cosine_lr(step, lr, warmup, steps, final_frac):
 
 
 def train(init_flat, cfg, batches, steps, grad_accum=1, lr=1e-3, warmup=0, final_frac=1.0, weight_decay=0.0,
-          beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0, threads=None):
-    """Per-step mean train losses (and seconds per step) of `steps` optimizer steps."""
+          beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0, threads=None, model=None):
+    """Per-step mean train losses (and seconds per step) of `steps` optimizer steps.
+
+    model: (loss_fn(w, x, y), decay mask) of another model than GPT-2 (llama_model(config)); cfg is then unused."""
     if threads:
         torch.set_num_threads(threads)
-    cfg = RefConfig(**{k: getattr(cfg, k) for k in RefConfig.__dataclass_fields__})
+    if model is None:
+        cfg = RefConfig(**{k: getattr(cfg, k) for k in RefConfig.__dataclass_fields__})
+        model = (lambda w, x, y: gpt2_forward(w, cfg, x, y)[1]), decay_mask(cfg)
+    loss_fn, mask = model
     w = torch.tensor(np.asarray(init_flat, dtype=np.float32)).requires_grad_(True)
     opt = torch.optim.AdamW([w], lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=0.0)
-    mask = decay_mask(cfg)
     losses, seconds = [], []
     it = iter(batches)
     for step in range(steps):
@@ -53,7 +79,7 @@ def train(init_flat, cfg, batches, steps, grad_accum=1, lr=1e-3, warmup=0, final
         total = 0.0
         for _ in range(grad_accum):
             x, y = next(it)
-            _, loss = gpt2_forward(w, cfg, torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y)))
+            loss = loss_fn(w, torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y)))
             (loss / grad_accum).backward()
             total += loss.item() / grad_accum
         with torch.no_grad():
