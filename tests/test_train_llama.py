@@ -195,6 +195,7 @@ def refused(cfg, *needles):
     ("llama:d30l2h4", ("dim=30 is not divisible by n_heads=4",)),
     ("llama:d12l2h4", ("head size dim/n_heads = 3 is odd",)),
     ("llama:d32l2", ("llama:d<dim>l<layers>h<heads>[kv<kv_heads>]",)),
+    ("llama:d32l2h4kv0", ("must be >= 1",)),
 ])
 def test_llama_shapes_that_cannot_work(tmp_path, init, needles):
     refused(tiny_config(tmp_path, init=init), *needles)

@@ -170,8 +170,8 @@ def llama_config_from_name(init, vocab_size, max_seq_len):
                              f"e.g. -e llama:d64l2h4kv2 (or one of {', '.join(LLAMA_SHAPES)})")
         dim, n_layers, n_heads = (int(m.group(i)) for i in (1, 2, 3))
         n_kv_heads = int(m.group(4)) if m.group(4) else None
-        if min(dim, n_layers, n_heads, n_kv_heads or 1) < 1:
-            raise LlmpyError(f"-e {init}: dim, layers and heads must be >= 1")
+        if min(dim, n_layers, n_heads, n_heads if n_kv_heads is None else n_kv_heads) < 1:
+            raise LlmpyError(f"-e {init}: dim, layers, heads and kv heads must be >= 1")
     return llama.make_config(dim, n_layers, n_heads, vocab_size, max_seq_len, n_kv_heads=n_kv_heads)
 
 
