@@ -16,28 +16,28 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from llmpy.cli import main  # noqa: E402
-from llmpy.errors import LlmpyError  # noqa: E402
-from llmpy.formats.llama2c import read_llama2c  # noqa: E402
-from llmpy.formats.safetensors import read_safetensors, write_safetensors  # noqa: E402
-from llmpy.llama.hf import permute_rope_rows  # noqa: E402
-from llmpy.llama.hf_load import load_hf, unpermute_rope_rows  # noqa: E402
-from llmpy.llama.inference import Transformer  # noqa: E402
+from llmpy.cli import main
+from llmpy.errors import LlmpyError
+from llmpy.formats.llama2c import read_llama2c
+from llmpy.formats.safetensors import read_safetensors, write_safetensors
+from llmpy.llama.hf import permute_rope_rows
+from llmpy.llama.hf_load import load_hf, unpermute_rope_rows
+from llmpy.llama.inference import Transformer
 
 V = 96
-BASE = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, initializer_range=0.1,
-            tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+BASE = {"vocab_size": V, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64, "rms_norm_eps": 1e-6,
+        "initializer_range": 0.1, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2}
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 16, "rope_theta": 500000.0}
 VARIANTS = {
     "gqa": {},
-    "mqa_tied": dict(num_key_value_heads=1, tie_word_embeddings=True),
-    "mha_head_dim": dict(num_key_value_heads=4, head_dim=8, hidden_size=32),
-    "theta_eps": dict(rope_parameters={"rope_type": "default", "rope_theta": 500000.0}, rms_norm_eps=1e-5),
-    "llama3": dict(hidden_size=64, num_attention_heads=4, rope_parameters=LLAMA3),
-    "linear": dict(rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}),
-    "eos_list": dict(eos_token_id=[2, 5], num_key_value_heads=1),
+    "mqa_tied": {"num_key_value_heads": 1, "tie_word_embeddings": True},
+    "mha_head_dim": {"num_key_value_heads": 4, "head_dim": 8, "hidden_size": 32},
+    "theta_eps": {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}, "rms_norm_eps": 1e-5},
+    "llama3": {"hidden_size": 64, "num_attention_heads": 4, "rope_parameters": LLAMA3},
+    "linear": {"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}},
+    "eos_list": {"eos_token_id": [2, 5], "num_key_value_heads": 1},
 }
 
 
@@ -167,18 +167,18 @@ def checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(architectures=["MistralForCausalLM"], model_type="mistral"), "not supported"),
-    (dict(attention_bias=True), "attention_bias=true is not supported"),
-    (dict(mlp_bias=True), "mlp_bias=true"),
-    (dict(hidden_act="gelu"), "hidden_act"),
-    (dict(sliding_window=16), "sliding-window"),
-    (dict(head_dim=16), "head_dim = hidden_size / num_attention_heads"),
-    (dict(rope_parameters={"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}), "'yarn' is not supported"),
-    (dict(rope_parameters={"rope_type": "llama3", "rope_theta": 1e4}), "needs factor"),
-    (dict(intermediate_size=40), "has shape (48, 32) but config.json asks for (40, 32)"),
-    (dict(num_hidden_layers=3), "model.layers.2."),
-    (dict(vocab_size=0), "vocab_size must be a positive integer"),
-    (dict(eos_token_id="x"), "eos_token_id must be"),
+    ({"architectures": ["MistralForCausalLM"], "model_type": "mistral"}, "not supported"),
+    ({"attention_bias": True}, "attention_bias=true is not supported"),
+    ({"mlp_bias": True}, "mlp_bias=true"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"sliding_window": 16}, "sliding-window"),
+    ({"head_dim": 16}, "head_dim = hidden_size / num_attention_heads"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}}, "'yarn' is not supported"),
+    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4}}, "needs factor"),
+    ({"intermediate_size": 40}, "has shape (48, 32) but config.json asks for (40, 32)"),
+    ({"num_hidden_layers": 3}, "model.layers.2."),
+    ({"vocab_size": 0}, "vocab_size must be a positive integer"),
+    ({"eos_token_id": "x"}, "eos_token_id must be"),
 ])
 def test_unsupported_configs_are_refused(checkpoint, changes, message):
     edit_config(checkpoint, **changes)
@@ -250,9 +250,9 @@ def test_export_to_llama2c(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 5e5}), "rope_theta 500000"),
-    (dict(rms_norm_eps=1e-5, rope_parameters=LLAMA3, hidden_size=64), "llama3 RoPE scaling"),
-    (dict(rms_norm_eps=1e-6), "rms_norm_eps 1e-06"),
+    ({"rms_norm_eps": 1e-5, "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}, "rope_theta 500000"),
+    ({"rms_norm_eps": 1e-5, "rope_parameters": LLAMA3, "hidden_size": 64}, "llama3 RoPE scaling"),
+    ({"rms_norm_eps": 1e-6}, "rms_norm_eps 1e-06"),
 ])
 def test_export_refuses_what_llama2c_cannot_store(tmp_path, capsys, overrides, message):
     d = tmp_path / "hf"

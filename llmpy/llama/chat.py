@@ -155,7 +155,7 @@ def chat_with_template(transformer, tokenizer, template, sampler, steps, inp, ou
             logits = transformer.forward_token(nxt, len(cached))
             cached.append(nxt)
             nxt = sampler.sample(logits)
-        out.write(b"\n")
+        out.write(pieces.finish() + b"\n")
         messages.append({"role": "assistant", "content": tokenizer.decode_ids(answer, skip_special_tokens=True)})
     out.write(b"\n")
     out.flush()

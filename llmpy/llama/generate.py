@@ -40,10 +40,13 @@ class Llama2Pieces:
         self.prev = token
         return piece
 
+    def finish(self):
+        return b""
+
 
 def piece_stream(tokenizer):
     """An object whose push(token) returns the bytes to print for it (the first token of a sequence prints
-    nothing with llama2.c's tokenizer: it is BOS)."""
+    nothing with llama2.c's tokenizer: it is BOS), and finish() what is left at the end."""
     return tokenizer.stream() if hasattr(tokenizer, "stream") else Llama2Pieces(tokenizer)
 
 
@@ -86,6 +89,9 @@ def generate(transformer, tokenizer, sampler, prompt, steps, out=None, stream=0,
         emit(tokens[i - 1], tokens[i])
     if n_prompt > steps:  # run.c never gets past the prompt
         transformer.prefill(tokens[:steps], stream=stream, logits="none")
+        printed.append(pieces.finish())
+        if out is not None:
+            out.write(printed[-1])
         return Generation(tokens[:steps + 1], n_prompt, 0.0, b"".join(printed))
     logits = transformer.prefill(tokens, stream=stream)[0]
     pos = n_prompt
@@ -102,8 +108,10 @@ def generate(transformer, tokenizer, sampler, prompt, steps, out=None, stream=0,
         n_timed += 1
         nxt = sampler.sample(logits)
     elapsed = time.perf_counter() - start
+    tail = pieces.finish()  # a character still incomplete when generation ended
+    printed.append(tail)
     if out is not None:
-        out.write(b"\n")
+        out.write(tail + b"\n")
         out.flush()
     return Generation(tokens, n_prompt, n_timed / elapsed if n_timed and elapsed > 0 else 0.0, b"".join(printed))
 
@@ -147,6 +155,6 @@ def generate_batch(transformer, tokenizer, samplers, prompts, steps, stop_ids=(B
     results = []
     for s in range(n):
         pieces = piece_stream(tokenizer)
-        text = b"".join(pieces.push(t) for t in seqs[s])
+        text = b"".join(pieces.push(t) for t in seqs[s]) + pieces.finish()
         results.append(Generation(seqs[s], n_prompt[s], rate, text))
     return results

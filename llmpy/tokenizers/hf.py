@@ -8,7 +8,8 @@
 tokenizer.json carries the whole pipeline (normalizer, pre-tokenizer, BPE model with byte-level or
 byte-fallback pieces, the post-processor that adds BOS, the decoder), so byte-level BPE (SmolLM2, Llama 3)
 and SentencePiece-style BPE (TinyLlama, Llama 2) encode and decode exactly as transformers' fast tokenizers.
-tokenizer_config.json gives the chat template, the special tokens' text and clean_up_tokenization_spaces.
+tokenizer_config.json gives the chat template, the special tokens' text and clean_up_tokenization_spaces
+(which transformers applies to BPE models only when forced).
 The interface is that of llmpy.tokenizers.llama2.Llama2Tokenizer as generate/chat use it: encode(text, bos,
 eos) -> ids, and stream() -> an object whose push(token) returns the bytes that became printable.
 
@@ -24,20 +25,24 @@ are AutoTokenizer's:
 
 Streaming (the scheme of Hugging Face's text-generation-inference): the text of the tokens since a recent
 offset is decoded twice, without and with the new token; the difference is printed once the decoded text
-does not end in U+FFFD (an incomplete UTF-8 sequence of byte tokens), so merged pieces and dropped spaces
-come out as the full decode does.
+does not end in U+FFFD (an incomplete UTF-8 sequence), so merged pieces and dropped spaces come out as the
+full decode does. With byte-fallback vocabularies a run of <0xXX> tokens is held until it ends (the decoder
+turns a whole run that is not valid UTF-8 into U+FFFDs); finish() prints what is still held at the end.
+The concatenated stream equals decode_ids(all tokens).
 
 Not handled: SentencePiece .model files without tokenizer.json, slow (Python) tokenizers, tokenizer
 options from tokenizer_config.json other than those named above.
 """
 
 import json
+import re
 from pathlib import Path
 
 from llmpy.errors import LlmpyError
 
 TOKENIZER = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
+BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 # transformers' clean_up_tokenization: spaces before punctuation and English contractions
 CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
@@ -107,14 +112,21 @@ def _template_processing(spec, config):
 
 
 class HFTokenizer:
-    def __init__(self, tokenizer, config=None, where="tokenizer"):
-        """tokenizer: a tokenizers.Tokenizer; config: tokenizer_config.json's dict."""
+    def __init__(self, tokenizer, config=None, where="tokenizer", byte_fallback=False):
+        """tokenizer: a tokenizers.Tokenizer; config: tokenizer_config.json's dict; byte_fallback: the decoder
+        turns <0xXX> tokens into bytes (SentencePiece-style vocabularies)."""
         self.tokenizer = tokenizer
+        vocab = tokenizer.get_vocab(with_added_tokens=False) if byte_fallback else {}
+        self.byte_ids = frozenset(i for piece, i in vocab.items() if BYTE_PIECE.fullmatch(piece))
+        self.special_ids = frozenset(i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special)
         self.config = config or {}
         self.where = where
         self.special_tokens = {k: _token_text(self.config.get(k)) for k in SPECIAL_KEYS}
         self.special_tokens = {k: v for k, v in self.special_tokens.items() if v is not None}
-        self.cleanup = bool(self.config.get("clean_up_tokenization_spaces", False))
+        # transformers 5 ignores clean_up_tokenization_spaces for BPE models (it would eat real spaces) unless forced
+        forced = self.config.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False)
+        bpe = type(tokenizer.model).__name__ == "BPE"
+        self.cleanup = bool(self.config.get("clean_up_tokenization_spaces", False)) and (not bpe or bool(forced))
         template = self.config.get("chat_template")
         if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -155,7 +167,8 @@ class HFTokenizer:
             tokenizer = Tokenizer.from_str(json.dumps(as_transformers_loads(spec, config)))
         except Exception as e:  # the Rust library raises plain Exceptions for malformed files
             raise LlmpyError(f"{path} is not a tokenizers file ({e}): download it again") from e
-        tok = cls(tokenizer, config, str(path))
+        decoder = json.dumps(spec.get("decoder"))
+        tok = cls(tokenizer, config, str(path), byte_fallback='"ByteFallback"' in decoder)
         if vocab_size is not None and tok.max_id() >= vocab_size:
             raise LlmpyError(f"{path} has token ids up to {tok.max_id()} but the model embeds only {vocab_size} "
                              "tokens (config.json's vocab_size): use the tokenizer that belongs to this model")
@@ -195,9 +208,18 @@ class StreamDecoder:
 
     def push(self, token):
         self.ids.append(int(token))
+        if int(token) in self.tokenizer.byte_ids or (self.skip and int(token) in self.tokenizer.special_ids):
+            return b""  # inside a run of byte tokens (skipped special tokens join runs): known when the run ends
+        return self._new_text(final=False)
+
+    def finish(self):
+        """What is still held back (an unfinished character or byte run) when the sequence ends."""
+        return self._new_text(final=True)
+
+    def _new_text(self, final):
         before = self.tokenizer.decode_ids(self.ids[self.prefix:self.read], self.skip)
         text = self.tokenizer.decode_ids(self.ids[self.prefix:], self.skip)
-        if len(text) > len(before) and not text.endswith("\ufffd"):
+        if len(text) > len(before) and (final or not text.endswith("\ufffd")):
             self.prefix, self.read = self.read, len(self.ids)
             return text[len(before):].encode("utf-8")
         return b""
