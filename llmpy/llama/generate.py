@@ -84,7 +84,10 @@ def generate(transformer, tokenizer, sampler, prompt, steps, out=None, stream=0,
             out.write(piece)
             out.flush()
 
-    pieces.push(tokens[0])
+    first = pieces.push(tokens[0])  # nothing for BOS; the first word of a prompt without one
+    printed.append(first)
+    if out is not None and first:
+        out.write(first)
     for i in range(1, min(n_prompt, steps + 1)):  # run.c prints the forced prompt tokens as it goes
         emit(tokens[i - 1], tokens[i])
     if n_prompt > steps:  # run.c never gets past the prompt
