@@ -356,3 +356,25 @@ def test_chat_keeps_the_kv_cache_across_turns(tmp_path, name):
     want = Transformer(config, weights).prefill(cached, logits="all")[-1]
     got = transformer.forward_token(cached[-1], len(cached) - 1)
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_run_chat_mode_and_its_errors(tmp_path, monkeypatch, capsysbinary):
+    from llmpy.cli import main
+
+    model_dir(tmp_path, "tinyllama", max_position_embeddings=256)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi there\nAnd again?\n"))
+    assert main(["run", str(tmp_path), "-m", "chat", "-t", "0", "-n", "0", "-y", "Be brief."]) == 0
+    out = capsysbinary.readouterr().out
+    assert out.count(b"Assistant: ") >= 1 and out.startswith(b"User: ")
+    # a tokenizer without a chat template cannot chat
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    assert main(["run", str(tmp_path), "-m", "chat", "-y", "", "-i", "hi"]) == 2
+    assert b"has no chat_template" in capsysbinary.readouterr().err
+    # a model directory whose weights are gone: an error before anything runs
+    for f in tmp_path.glob("*.safetensors"):
+        f.unlink()
+    assert main(["run", str(tmp_path), "-i", "hi"]) == 2
+    captured = capsysbinary.readouterr()
+    assert b"no weights to load" in captured.err and captured.out == b""

@@ -89,11 +89,14 @@ def load_hf_model(args, model_dir, batch):
     config, weights = load_hf(model_dir, args.context, args.allow_nonfinite)
     tokenizer = HFTokenizer.load(Path(args.tokenizer) if args.tokenizer else model_dir, config.vocab_size)
     transformer = Transformer(config, weights, n_streams=batch, threads=args.threads)
-    stop_ids = config.eos_ids or (tokenizer.token_id(tokenizer.special_tokens.get("eos_token")),)
-    if None in stop_ids:
+    # config.json's eos ids (generation_config.json's added) and the tokenizer's eos_token (a chat model's
+    # end of turn, e.g. <|im_end|>, is sometimes named only there)
+    eos = tokenizer.token_id(tokenizer.special_tokens.get("eos_token"))
+    stop_ids = tuple(config.eos_ids) + ((eos,) if eos is not None and eos not in config.eos_ids else ())
+    if not stop_ids:
         raise LlmpyError(f"{model_dir}: neither config.json nor the tokenizer names an eos token: generation "
                          "could not stop")
-    return transformer, tokenizer, tuple(stop_ids)
+    return transformer, tokenizer, stop_ids
 
 
 def tokenizer_path(args, model, vocab_size):

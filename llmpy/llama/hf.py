@@ -5,7 +5,8 @@ rotates adjacent pairs, so wq and wk rows are permuted within each head: HF row 
 llama2.c row (h, 2i + half) (the permutation llama2.c's export.py applies for its hf export).
 The safetensors file is written directly (an 8-byte header length, a JSON header, raw data).
 
-Not handled: reading Hugging Face checkpoints (use llama2.c's export.py), dtypes other than fp32.
+Reading Hugging Face checkpoints: llmpy/llama/hf_load.py (with unpermute_rope_rows, the inverse below).
+Not handled: writing dtypes other than fp32.
 """
 
 import json
