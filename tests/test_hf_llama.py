@@ -216,11 +216,13 @@ def test_missing_shard_and_missing_tensor(tmp_path):
 def test_unsupported_dtype_and_nonfinite(checkpoint):
     path = checkpoint / "model.safetensors"
     tensors = {k: np.array(v) for k, v in read_safetensors(path)[0].items()}
-    tensors["model.norm.weight"] = tensors["model.norm.weight"].astype(np.float64)
-    write_safetensors(path, tensors)
-    with pytest.raises(LlmpyError, match="model.norm.weight has dtype float64"):
-        load_hf(checkpoint)
-    tensors["model.norm.weight"] = tensors["model.norm.weight"].astype(np.float32)
+    norm = tensors["model.norm.weight"]
+    for dtype in ("float64", "uint16", "int8"):  # uint16: not to be taken for raw bf16
+        tensors["model.norm.weight"] = norm.astype(dtype)
+        write_safetensors(path, tensors)
+        with pytest.raises(LlmpyError, match=f"model.norm.weight has dtype {dtype}: only fp32, bf16 and fp16"):
+            load_hf(checkpoint)
+    tensors["model.norm.weight"] = norm
     tensors["model.layers.1.mlp.up_proj.weight"][3, 4] = np.nan
     write_safetensors(path, tensors)
     with pytest.raises(LlmpyError, match="model.layers.1.mlp.up_proj.weight holds a non-finite value"):

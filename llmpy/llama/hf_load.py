@@ -47,7 +47,7 @@ GENERATION_CONFIG = "generation_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 DEFAULT_CONTEXT = 4096  # KV cache positions allocated unless --context asks (Llama 3.2's 131072 would be 8 GiB)
 ARCHITECTURE = "LlamaForCausalLM"
-DTYPES = {np.dtype("float32"), np.dtype("float16"), np.dtype("uint16")}  # uint16 = raw bf16
+FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float16"))  # and BF16, read raw (uint16) and converted
 # tensors a checkpoint may carry that inference does not need (old transformers saved the RoPE frequencies)
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 LAYER_TENSORS = {  # HF name inside model.layers.{l}. -> llama2.c name
@@ -55,10 +55,6 @@ LAYER_TENSORS = {  # HF name inside model.layers.{l}. -> llama2.c name
     "self_attn.o_proj.weight": "wo", "mlp.gate_proj.weight": "w1", "mlp.down_proj.weight": "w2",
     "mlp.up_proj.weight": "w3", "input_layernorm.weight": "rms_att", "post_attention_layernorm.weight": "rms_ffn",
 }
-
-
-def is_hf_dir(path):
-    return Path(path).is_dir()
 
 
 def unpermute_rope_rows(w, n_heads):
@@ -223,8 +219,10 @@ def tensor_files(model_dir):
 class _Tensors:
     """The tensors of a checkpoint, read from each file's memory map on demand (raw bf16 as uint16)."""
 
-    def __init__(self, files):
+    def __init__(self, model_dir, files, bf16):
+        self.model_dir = model_dir
         self.files = files
+        self.bf16 = bf16  # names of the BF16 tensors
         self.open = {}
 
     def path(self, name):
@@ -233,8 +231,8 @@ class _Tensors:
     def raw(self, name):
         if name not in self.files:
             shards = sorted({p.name for p in self.files.values()})
-            raise LlmpyError(f"{self.files and next(iter(self.files.values())).parent}: tensor {name} is in none "
-                             f"of {', '.join(shards)}: not a complete {ARCHITECTURE} checkpoint")
+            raise LlmpyError(f"{self.model_dir}: tensor {name} is in none of {', '.join(shards)}: not a complete "
+                             f"{ARCHITECTURE} checkpoint; download it again")
         path = self.files[name]
         if path not in self.open:
             self.open[path] = read_safetensors(path, raw_bf16=True)[0]
@@ -244,17 +242,17 @@ class _Tensors:
                              "damaged; fetch it again")
         return tensors[name]
 
-    def into(self, out, name, shape, bf16, allow_nonfinite, rows=None):
+    def into(self, out, name, shape, allow_nonfinite, rows=None):
         """Copy tensor `name` (checked to have `shape`) into the fp32 array `out`, converted from its dtype;
         rows: a function applied to the fp32 rows first (the RoPE un-permutation)."""
         a = self.raw(name)
         if tuple(a.shape) != tuple(shape):
             raise LlmpyError(f"{self.files[name]}: tensor {name} has shape {tuple(a.shape)} but config.json asks for "
                              f"{tuple(shape)}: the weights do not belong to this config.json")
-        if a.dtype not in DTYPES:
+        if name not in self.bf16 and a.dtype not in FLOAT_DTYPES:
             raise LlmpyError(f"{self.files[name]}: tensor {name} has dtype {a.dtype}: only fp32, bf16 and fp16 "
-                             "weights are supported")
-        x = bf16_to_fp32(a) if name in bf16 else np.asarray(a, dtype=np.float32)
+                             "weights are supported (quantized checkpoints are not)")
+        x = bf16_to_fp32(a) if name in self.bf16 else np.asarray(a, dtype=np.float32)
         check_finite(self.files[name], {name: x}, allow_nonfinite)
         out[...] = rows(x) if rows is not None else x
 
@@ -289,8 +287,7 @@ def load_hf(model_dir, max_seq_len=None, allow_nonfinite=False):
     if unknown:
         raise LlmpyError(f"{files[unknown[0]]}: tensor {unknown[0]} (and {len(unknown) - 1} more) is not part of "
                          f"a {ARCHITECTURE} llmpy can run (biases or another architecture)")
-    tensors = _Tensors(files)
-    bf16 = _bf16_names(files)
+    tensors = _Tensors(model_dir, files, _bf16_names(files))
     L, C, H, V, KV = config.n_layers, config.dim, config.hidden_dim, config.vocab_size, config.kv_dim
     f32 = np.float32
     wqkv, wo = np.empty((L, C + 2 * KV, C), f32), np.empty((L, C, C), f32)
@@ -299,7 +296,7 @@ def load_hf(model_dir, max_seq_len=None, allow_nonfinite=False):
     tok_emb, rms_final = np.empty((V, C), f32), np.empty(C, f32)
 
     def take(out, name, shape, rows=None):
-        tensors.into(out, name, shape, bf16, allow_nonfinite, rows)
+        tensors.into(out, name, shape, allow_nonfinite, rows)
 
     take(tok_emb, "model.embed_tokens.weight", (V, C))
     take(rms_final, "model.norm.weight", (C,))
@@ -345,9 +342,10 @@ def _known(name, config):
 # the hub
 
 def looks_like_hub_id(spec):
-    """owner/name that is not a local path."""
+    """owner/name that is not a local path (nor a missing model file: a name ending in .bin)."""
     parts = str(spec).split("/")
-    return len(parts) == 2 and all(parts) and not Path(spec).exists() and not str(spec).startswith((".", "~"))
+    return (len(parts) == 2 and all(parts) and not Path(spec).exists() and not str(spec).startswith((".", "~"))
+            and not str(spec).endswith(".bin"))
 
 
 def hf_snapshot(repo):
