@@ -1,6 +1,7 @@
 """DataLoader: llm.c's batch layout, rank slicing, shuffling, exact resume, and bad input."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -110,3 +111,47 @@ def test_raw_uint16_files(tmp_path):
     np.testing.assert_array_equal(y.ravel(), np.arange(1, B * T + 1))
     with pytest.raises(LlmpyError, match="raw_uint16"):
         DataLoader(str(tmp_path / "train.bin"), B, T)
+
+
+def test_a_shard_truncated_or_replaced_under_a_run_is_an_error(shards, tmp_path):
+    pattern, _ = shards
+    loader = DataLoader(pattern, B, T)
+    np.testing.assert_array_equal(loader.next_batch()[0].ravel(), np.arange(B * T))
+    first = tmp_path / "data_train_000000.bin"
+    os.truncate(first, 1024 + 2 * 12)   # 12 of its 41 tokens left: the next batch reads past them
+    with pytest.raises(LlmpyError, match="data_train_000000.bin is shorter than when it was opened"):
+        loader.next_batch()
+    # replaced atomically (a new file renamed over it) by one of another length: named when the loader gets there
+    loader = DataLoader(str(tmp_path / "data_train_00000[12].bin"), B, T)
+    write_shard(tmp_path / "data_train_000002.bin", np.arange(20))
+    for _ in range(loader.samples_per_shard[0]):
+        loader.next_batch()
+    with pytest.raises(LlmpyError, match="data_train_000002.bin now holds 20 tokens, 33 when this run started"):
+        loader.next_batch()
+
+
+def test_uint32_ids_are_checked_per_batch_not_at_start(tmp_path):
+    tokens = np.arange(81, dtype=np.uint32) + 70000
+    tokens[50] = 2**31   # beyond any vocabulary: int32 would wrap it negative
+    write_shard(tmp_path / "big.bin", tokens, vocab_size=2**31 + 1)
+    loader = DataLoader(tmp_path / "big.bin", B, T)   # no scan of the file at start
+    for i in range(6):   # the batches before token 50: uint32 ids come through as int32
+        x, _ = loader.next_batch()
+        np.testing.assert_array_equal(x.ravel(), 70000 + np.arange(i * 8, i * 8 + 8))
+    with pytest.raises(LlmpyError, match="big.bin holds token id 2,147,483,648 at position 50"):
+        loader.next_batch()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd to count open files")
+def test_one_shard_open_at_a_time(tmp_path):
+    for s in range(40):   # llm.c's fineweb has 100-1000 shards: not one open file each
+        write_shard(tmp_path / f"many_{s:03d}.bin", s * 100 + np.arange(17))
+    before = len(os.listdir("/proc/self/fd"))
+    loader = DataLoader(str(tmp_path / "many_*.bin"), B, T, shuffle=True)
+    seen = set()
+    for _ in range(loader.batches_per_epoch):
+        seen.add(int(loader.next_batch()[0][0, 0]) // 100)
+        assert len(os.listdir("/proc/self/fd")) <= before + 1
+    assert seen == set(range(40))
+    loader.close()
+    assert len(os.listdir("/proc/self/fd")) == before

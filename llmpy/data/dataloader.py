@@ -1,4 +1,4 @@
-"""The distributed DataLoader of llm.c (llmc/dataloader.h) over memory-mapped token shards.
+"""The distributed DataLoader of llm.c (llmc/dataloader.h) over token shards read batch by batch.
 
 A glob of shards is read in (B,T) batches: `next_batch()` returns inputs x and targets y, both int32 (B,T),
 y being x shifted by one token. With `world_size` processes, sample i of a shard is the
@@ -19,8 +19,15 @@ seed): `state_dict()` is a few plain ints that np.savez or JSON store without pi
 yields exactly the batches an uninterrupted one would have. Without shuffling (validation) the shards and
 samples are read in order.
 
-Not handled: shards that change while a loader reads them, documents aligned to batch rows (batches cut
-across EOT tokens, as in llm.c).
+Reading: at start every shard's header is checked and its length noted (no pass over the tokens); like
+llm.c, the loader then keeps only the shard it is in open, a llmpy.formats.tokens.ShardReader that reads each
+batch's B*T+1 tokens with one os.pread. A shard truncated under a running job is an LlmpyError naming it,
+never a SIGBUS, and the ids of uint32 shards are checked in each batch read, not in a scan of every shard at
+start. A shard replaced by one of another length after the loader started is an LlmpyError when the loader
+reaches it.
+
+Not handled: shards whose contents change (same length) while a loader reads them, documents aligned to batch
+rows (batches cut across EOT tokens, as in llm.c).
 """
 
 import glob
@@ -29,7 +36,7 @@ import numpy as np
 
 from llmpy.data.llmc_rand import LLMC_SHUFFLE_SEED, LlmcShuffle
 from llmpy.errors import LlmpyError
-from llmpy.formats.tokens import read_shard
+from llmpy.formats.tokens import ShardReader
 
 STATE_VERSION = 1
 SHUFFLE_MODES = {False: 0, True: 1, "llmc": 2}  # what `shuffle` takes -> its code in state_dict()
@@ -65,18 +72,45 @@ class DataLoader:
             self.files = sorted(glob.glob(str(pattern)))
         if not self.files:
             raise LlmpyError(f"no token shards match {pattern!r}; run `llmpy prepro NAME` first or fix the path")
-        self.shards = [read_shard(f, mmap=True, fmt=fmt) for f in self.files]  # validates every header
+        self.fmt = fmt
+        self.lengths = [self._shard_length(f) for f in self.files]  # validates every header
         self.samples_per_shard = []
-        for path, tokens in zip(self.files, self.shards):
-            n = (len(tokens) - 1) // self.global_batch_tokens if len(tokens) else 0
+        for path, ntok in zip(self.files, self.lengths):
+            n = (ntok - 1) // self.global_batch_tokens if ntok else 0
             if n < 1:
-                raise LlmpyError(f"{path} holds {len(tokens):,} tokens, fewer than one batch needs "
+                raise LlmpyError(f"{path} holds {ntok:,} tokens, fewer than one batch needs "
                                  f"(world_size*B*T+1 = {self.global_batch_tokens + 1:,}); use smaller B or T, or "
                                  "make bigger shards")
             self.samples_per_shard.append(n)
-        self.num_tokens = int(sum(len(s) for s in self.shards))
+        self.num_tokens = int(sum(self.lengths))
+        self.reader, self.reader_shard = None, None   # the current shard's ShardReader, opened when a batch needs it
         self.llmc_order = self._llmc_order()
         self.reset()
+
+    def _shard_length(self, path):
+        reader = ShardReader(path, fmt=self.fmt)
+        reader.close()
+        return len(reader)
+
+    def _open_current(self):
+        """The ShardReader of the current shard: the open one, or the shard opened now (the one before closed)."""
+        if self.reader is not None and self.reader_shard == self.current_shard:
+            return self.reader
+        self.close()
+        path = self.files[self.current_shard]
+        reader = ShardReader(path, fmt=self.fmt)
+        if len(reader) != self.lengths[self.current_shard]:
+            reader.close()
+            raise LlmpyError(f"{path} now holds {len(reader):,} tokens, {self.lengths[self.current_shard]:,} when "
+                             "this run started: the shard was replaced; restart the run with the new data")
+        self.reader, self.reader_shard = reader, self.current_shard
+        return reader
+
+    def close(self):
+        """Close the open shard (a later batch opens it again)."""
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
 
     def _llmc_order(self):
         if self.shuffle != SHUFFLE_MODES["llmc"]:
@@ -124,7 +158,7 @@ class DataLoader:
         B, T = self.B, self.T
         sample = int(self.sample_order[self.sample_pos])
         start = sample * self.global_batch_tokens + self.rank * B * T
-        buf = np.asarray(self.shards[self.current_shard][start:start + B * T + 1], dtype=np.int32)  # (B*T+1,)
+        buf = self._open_current()[start:start + B * T + 1].astype(np.int32)  # (B*T+1,)
         if self.vocab_size is not None and buf.max() >= self.vocab_size:
             raise LlmpyError(f"token id {int(buf.max())} >= vocab_size {self.vocab_size} in "
                              f"{self.files[self.current_shard]} (tokens {start}..{start + B * T}); the shard was "

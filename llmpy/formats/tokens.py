@@ -19,7 +19,8 @@ Memory mapping (kept for shards, unlike model files: a training set can be far l
 mapped shard truncated or rewritten in place during training kills the process with SIGBUS when a batch
 touches the lost pages. Replace shards atomically (write a new file and rename it over the old one, as
 llmpy's writers do): a mapping keeps the old file alive and valid. Pass mmap=False to read into memory,
-or use ShardReader (reads each slice with os.pread: a truncated shard is an LlmpyError, never SIGBUS).
+or use ShardReader (reads each slice with os.pread: a truncated shard is an LlmpyError, never SIGBUS),
+as llmpy.data.dataloader's DataLoader does.
 """
 
 import os
