@@ -53,6 +53,17 @@ def test_llama_trainer_matches_the_pytorch_loop(tmp_path, data):
     assert ours[0] == pytest.approx(theirs[0], abs=1e-5)
 
 
+def test_gpt2_trainer_matches_the_pytorch_loop_too(tmp_path):
+    train_torch = import_reference("train_torch")
+    (tmp_path / "input.txt").write_text(shakespeare_like(3000))
+    data = prepro.prepare_tinyshakespeare(tmp_path / "ts", source=tmp_path / "input.txt", verbose=False)
+    args = tiny_args(tmp_path, "--arch", "gpt2", "--compare-steps", "6")
+    ours, theirs, _, _, model = quality.compare_losses(args, data, tmp_path / "out", train_torch)
+    assert "L=2 C=32 NH=4 V=50257" in model
+    assert theirs[-1] < theirs[0] - 0.3
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-4)
+
+
 def test_val_loss_at_marks():
     summary = {"val_losses": {0: 6.0, 10: 5.0, 20: 4.0, 30: 3.5}, "val_seconds": {0: 1, 10: 250, 20: 500, 30: 930}}
     assert quality.val_loss_at_marks(summary, [5, 15]) == [(5, 10, 250 / 60, 5.0), (15, 30, 15.5, 3.5)]
