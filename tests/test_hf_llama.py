@@ -101,6 +101,12 @@ def test_config_fields(tmp_path):
     config, weights = load_hf(tmp_path)
     assert config.eos_ids == (2, 5, 7) and config.bos_id == 1 and config.shared_classifier
     assert weights["wcls"] is weights["tok_emb"] and config.n_kv_heads == 1
+    # the loader's fp32 stacks are the Transformer's: no second copy of the weights during a load
+    transformer = Transformer(config, weights)
+    packed = weights["packed"]
+    assert transformer.wqkv is packed["wqkv"] and transformer.w13 is packed["w13"] and transformer.w2 is packed["w2"]
+    assert transformer.tok_emb is weights["tok_emb"] and transformer.wcls is weights["tok_emb"]
+    assert np.shares_memory(weights["wq"][1], packed["wqkv"])
 
 
 def test_old_rope_scaling_key(tmp_path):

@@ -9,6 +9,7 @@ The chat templates are the models' own (from their tokenizer_config.json).
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -378,3 +379,40 @@ def test_run_chat_mode_and_its_errors(tmp_path, monkeypatch, capsysbinary):
     assert main(["run", str(tmp_path), "-i", "hi"]) == 2
     captured = capsysbinary.readouterr()
     assert b"no weights to load" in captured.err and captured.out == b""
+
+
+SHARED_LLAMA2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "llama2" / "tokenizer.model"
+
+
+@pytest.mark.skipif(not SHARED_LLAMA2.exists(), reason="../shared/data/llama2 is absent")
+def test_real_llama2_vocabulary(tmp_path):
+    """Llama 2's 32000-token vocabulary as a tokenizer.json (merges from the sentencepiece scores, as transformers'
+    converter makes them): AutoTokenizer's ids, and sentencepiece's own for text without leading spaces or tags."""
+    spm = pytest.importorskip("sentencepiece")
+    from transformers.tokenization_utils_base import generate_merges
+
+    sp = spm.SentencePieceProcessor(model_file=str(SHARED_LLAMA2))
+    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    merges = generate_merges(vocab, {sp.id_to_piece(i): sp.get_score(i) for i in range(sp.get_piece_size())})
+    tok = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<unk>", "<s>", "</s>")])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "legacy": False, "add_bos_token": True, "bos_token": "<s>",
+         "eos_token": "</s>", "unk_token": "<unk>", "chat_template": LLAMA2_TEMPLATE}))
+    mine = HFTokenizer.load(tmp_path, 32000)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for text in [*CORPUS, "Once upon a time, there was a little girl named Lily."]:
+        ids = theirs(text)["input_ids"]
+        assert mine.encode(text) == ids, text
+        assert mine.decode_ids(ids) == theirs.decode(ids), text
+        if not text.startswith(" ") and "<" not in text:
+            assert ids == [1, *sp.encode(text)], text
+    messages = conversation(2)[:-1]
+    template = ChatTemplate(mine.chat_template, mine.special_tokens)
+    assert encode_conversation(mine, template, messages) == apply_chat_template(theirs, messages, tokenize=True)
