@@ -38,6 +38,8 @@ VARIANTS = {
     "llama3": {"hidden_size": 64, "num_attention_heads": 4, "rope_parameters": LLAMA3},
     "linear": {"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}},
     "eos_list": {"eos_token_id": [2, 5], "num_key_value_heads": 1},
+    "9_heads_3_groups": {"hidden_size": 72, "num_attention_heads": 9, "num_key_value_heads": 3,
+                         "intermediate_size": 50},  # SmolLM2-135M's head layout; an ffn size not a multiple of 4
 }
 
 

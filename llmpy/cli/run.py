@@ -46,7 +46,8 @@ def add_arguments(parser):
                              f"default {DEFAULT_STEPS} or seq_len if smaller)")
     parser.add_argument("-i", "--prompt", action="append", help="input prompt (repeat for --batch)")
     parser.add_argument("-z", "--tokenizer", default=None,
-                        help="tokenizer.bin (default: next to the model, else ./tokenizer.bin, else llama2.c's)")
+                        help="tokenizer.bin (default: next to the model, else ./tokenizer.bin, else llama2.c's); for a "
+                             "Hugging Face model a directory with tokenizer.json (default: the model's)")
     parser.add_argument("-m", "--mode", default="generate", choices=["generate", "chat"], help="mode")
     parser.add_argument("-y", "--system-prompt", default=None, help="system prompt in chat mode")
     parser.add_argument("--batch", type=int, default=1, help="streams generated at once (generate mode)")
