@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 
 import numba
 import numpy as np
@@ -17,7 +18,7 @@ from llmpy.llama import inference
 from llmpy.llama.inference import Transformer, as_dtype
 from llmpy.llama.kernels import embed_row, matmul_forward, matmul_swiglu_forward, widen_rows
 from llmpy.llama.model import LlamaConfig, random_weights
-from llmpy.llama.quant import quantize_q80
+from llmpy.llama.quant import QTensor, quantize_q80
 
 torch = pytest.importorskip("torch")
 
@@ -240,3 +241,38 @@ def test_kernels_compiled_without_avx512(cpu, features, vectors, tmp_path):
         assert zmm == "False"
         assert ymm == str(vectors == "ymm")
         assert cvt == str(dtype == "fp16" and "f16c" in features)
+
+
+def _matrix_bytes(t):
+    return sum(w.q.nbytes if isinstance(w, QTensor) else w.nbytes for w in (t.wqkv, t.wo, t.w13, t.w2))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_conversions_on_load_hold_one_matrix_at_a_time(packed):
+    """dtype="bf16" and quantize="q8" on fp32 weights (lists of matrices, or a loader's packed stacks): the logits
+    of the same model converted by hand, and no transient fp32 copy of the model (tracemalloc sees NumPy's
+    allocations)."""
+    config = LlamaConfig(64, 192, 8, 4, 2, 67, 8, False)
+    weights = random_weights(config, np.random.default_rng(6), scale=0.15)
+    if packed:  # as llmpy.llama.hf_load hands them: stacks in llmpy's layout, used without a copy
+        fp32 = Transformer(config, weights)
+        weights = dict(weights, packed={"wqkv": fp32.wqkv, "wo": fp32.wo, "w13": fp32.w13, "w2": fp32.w2})
+    by_hand = {"bf16": Transformer(config, given(weights, "bf16") if not packed else dict(
+        given({k: w for k, w in weights.items() if k != "packed"}, "bf16"),
+        packed={k: as_dtype(w, "bf16") for k, w in weights["packed"].items()}))}
+    q = {k: [quantize_q80(m, 64) for m in weights[k]] for k in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")}
+    by_hand["q8"] = Transformer(config, dict(weights, **q, tok_emb=quantize_q80(weights["tok_emb"], 64),
+                                             wcls=quantize_q80(weights["wcls"], 64), packed=None))
+    fp32_bytes = sum(weights[k].nbytes for k in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"))
+    tokens = [1, 5, 9, 2]
+    for how, kwargs in (("bf16", {"dtype": "bf16"}), ("q8", {"quantize": "q8"})):
+        tracemalloc.start()
+        t = Transformer(config, weights, max_rows=4, **kwargs)
+        kept, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert t.dtype == ("int8" if how == "q8" else "bf16")
+        np.testing.assert_array_equal(t.prefill(tokens, logits="all"), by_hand[how].prefill(tokens, logits="all"))
+        # what it keeps is the converted stacks (and a small run state); what it held on the way, one matrix's
+        # transients, far below a second fp32 copy of the matrices
+        assert _matrix_bytes(t) <= kept < 0.6 * fp32_bytes, (how, kept, fp32_bytes)
+        assert peak - kept < 0.25 * fp32_bytes, (how, peak, kept, fp32_bytes)

@@ -1,12 +1,15 @@
 """`llmpy bench run`: Llama 2 decode tok/s against the memory-bandwidth limit, measured in the same run.
 
-For random-weight models with the shapes of llama2.c's stories15M / 42M / 110M: greedy decode of
+For random-weight models with the shapes of llama2.c's stories15M / 42M / 110M (and, chosen with --models,
+SmolLM2-135M and TinyLlama-1.1B: GQA, long context, 0.5 and 4.4 GB of fp32 weights): greedy decode of
 --tokens tokens after a BOS, one token per forward (run.c's loop). The limit is the sustained read
 bandwidth of this machine (2 threads summing a 512 MiB array as 8 sequential streams, as the decode
 matmuls read, BW_PASSES times in a row; one such run right before each decode run, and the best of
 each, so that both sides are measured alike on this shared machine) divided by the bytes one token
 reads: every weight once, plus the keys and values of the KV cache at the average position of the run
-(token p attends over p + 1 positions). Also int8 (Q8_0) on the 110M shape against fp32, and --batch
+(token p attends over p + 1 positions). Every shape also in bf16 (the weights rounded to bfloat16 and read as
+such: half the bytes), int8 (Q8_0) on 110M, SmolLM2-135M and TinyLlama-1.1B, each against its own limit (bytes
+actually read) and against fp32, and --batch
 streams against one stream on the 15M shape: the variants of a model take turns in every round, so that
 a ratio compares runs from the same minutes of this shared machine (printed as best / best and as the
 median of the per-round ratios).
@@ -23,19 +26,25 @@ SHAPES = {  # name: (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size,
     "15M": (288, 768, 6, 6, 6, 32000, 256),
     "42M": (512, 1376, 8, 8, 8, 32000, 1024),
     "110M": (768, 2048, 12, 12, 12, 32000, 1024),
+    "SmolLM2-135M": (576, 1536, 30, 9, 3, 49152, 2048),  # head size 64, GQA 3:1
+    "TinyLlama-1.1B": (2048, 5632, 22, 32, 4, 32000, 2048),  # head size 64, GQA 8:1
 }
+UNTIED = {"TinyLlama-1.1B"}  # its own classifier matrix (the others share the embedding table)
+INT8 = {"110M", "SmolLM2-135M", "TinyLlama-1.1B"}  # shapes also measured in int8 (Q8_0, group size 64)
 BW_BYTES = 512 * 1024 * 1024  # bandwidth probe size, well beyond the last-level cache
 BW_PASSES = 16  # passes over the probe array per timed run (~0.3 s: a sustained rate, not one lucky pass)
 BW_STREAMS = 8  # sequential streams the probe reads at once (kernels.STREAMS, as the decode matmuls read)
 
 
 def add_arguments(parser):
-    parser.add_argument("--models", default="15M,42M,110M", help="comma-separated shapes among " + ",".join(SHAPES))
+    parser.add_argument("--models", default="15M,42M,110M",
+                        help="comma-separated shapes among " + ",".join(SHAPES) + " (TinyLlama-1.1B: ~8 GB of memory)")
     parser.add_argument("--tokens", type=int, default=256, help="tokens generated per measurement")
     parser.add_argument("--batch", type=int, default=8, help="streams for the batched measurement (15M)")
     parser.add_argument("--repeats", type=int, default=5,
                         help="best of this many timed runs (each after a bandwidth probe run, also best of)")
-    parser.add_argument("--no-int8", action="store_true", help="skip the int8 measurement")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 measurements")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 measurements")
     parser.add_argument("--contended", action="store_true",
                         help="instead: the default threads against one thread, idle and with a CPU-burning process "
                              "per core (started by the bench), in the same run")
@@ -129,20 +138,64 @@ def _ratio_note(what, rate, base, rounds, base_rounds):
     return f"{what} = {rate / base:.2f}x (median of rounds {per_round:.2f}x)"
 
 
-def _model_weights(name, rng, int8):
-    """[(kind, config, weights)] for a shape: fp32 random weights, and their Q8_0 copy when int8."""
-    from llmpy.llama.model import LlamaConfig, random_weights
-    from llmpy.llama.quant import quantize_q80
+def _random_packed(config, rng, tied):
+    """Random fp32 weights already stacked as the Transformer keeps them (weights["packed"]): the fp32 Transformer
+    uses them without a copy (TinyLlama's shape: 4.4 GB once, not twice)."""
+    import numpy as np
 
-    config = LlamaConfig(*SHAPES[name], shared_classifier=True)
-    weights = random_weights(config, rng)
-    out = [("fp32", config, weights)]
+    c = config
+
+    def mat(*shape):  # ~N(0, 0.02^2) as model.random_weights, made in place
+        w = rng.standard_normal(shape, dtype=np.float32)
+        w *= np.float32(0.02)
+        return w
+
+    def norm(*shape):
+        w = rng.standard_normal(shape, dtype=np.float32)
+        w *= np.float32(0.1)
+        w += np.float32(1.0)
+        return w
+
+    L, C, H, KV, V = c.n_layers, c.dim, c.hidden_dim, c.kv_dim, c.vocab_size
+    weights = {"tok_emb": mat(V, C), "rms_att": norm(L, C), "rms_ffn": norm(L, C), "rms_final": norm(C),
+               "packed": {"wqkv": mat(L, C + 2 * KV, C), "wo": mat(L, C, C), "w13": mat(L, 2 * H, C),
+                          "w2": mat(L, C, H)}}
+    weights["wcls"] = weights["tok_emb"] if tied else mat(V, C)
+    return weights
+
+
+def _quantized(weights):
+    """The Q8_0 copy (group size 64) of packed fp32 weights, a layer at a time."""
+    import numpy as np
+
+    from llmpy.llama.quant import QTensor, quantize_q80
+
+    def stack(w):
+        q = np.empty(w.shape, np.int8)
+        s = np.empty((*w.shape[:2], w.shape[2] // 64), np.float32)
+        for i in range(w.shape[0]):
+            t = quantize_q80(w[i], 64)
+            q[i], s[i] = t.q, t.s
+        return QTensor(q, s, 64)
+
+    out = dict(weights, packed={k: stack(w) for k, w in weights["packed"].items()})
+    out["tok_emb"] = quantize_q80(weights["tok_emb"], 64)
+    out["wcls"] = out["tok_emb"] if weights["wcls"] is weights["tok_emb"] else quantize_q80(weights["wcls"], 64)
+    return out
+
+
+def _model_weights(name, rng, int8, bf16=False):
+    """[(kind, config, weights, dtype)] for a shape: fp32 random weights, the same rounded to bf16 when bf16 (the
+    Transformer converts them: dtype), and their Q8_0 copy when int8."""
+    from llmpy.llama.model import LlamaConfig
+
+    config = LlamaConfig(*SHAPES[name], shared_classifier=name not in UNTIED)
+    weights = _random_packed(config, rng, name not in UNTIED)
+    out = [("fp32", config, weights, None)]
+    if bf16:
+        out.append(("bf16", config, weights, "bf16"))
     if int8:
-        qweights = dict(weights)
-        for k in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"):
-            qweights[k] = [quantize_q80(w, 64) for w in weights[k]]
-        qweights["tok_emb"] = qweights["wcls"] = quantize_q80(weights["tok_emb"], 64)
-        out.append(("int8", config, qweights))
+        out.append(("int8", config, _quantized(weights), None))
     return out
 
 
@@ -158,12 +211,14 @@ def _contended(args, names):
     rows = []
     rng = np.random.default_rng(0)
     for name in names:
-        for kind, config, weights in _model_weights(name, rng, name == "110M" and not args.no_int8):
+        for kind, config, weights, dtype in _model_weights(name, rng, name in INT8 and not args.no_int8,
+                                                           not args.no_bf16):
             row = [name, kind]
             for busy in (False, True):
                 with busy_cpus() if busy else contextlib.nullcontext():
                     # made here: the governor looks at the machine from now on
-                    pair = [Transformer(config, weights), Transformer(config, weights, threads=1)]
+                    pair = [Transformer(config, weights, dtype=dtype), Transformer(config, weights, threads=1,
+                                                                                   dtype=dtype)]
                     rates = _decode_rates([(t, 1) for t in pair], args.tokens, args.repeats, lambda: 1.0)
                     chosen = pair[0].governor.current
                 row += [rates[0][0], rates[1][0], np.median(np.array(rates[0][2]) / np.array(rates[1][2])), chosen]
@@ -194,9 +249,9 @@ def run(args):
     rows = []  # (model, kind, bytes per token or None, tok/s, read bandwidth, note)
     rng = np.random.default_rng(0)
     for name in names:
-        built = _model_weights(name, rng, name == "110M" and not args.no_int8)
-        _, config, weights = built[0]
-        variants = [(Transformer(config, w), 1) for _, _, w in built]
+        built = _model_weights(name, rng, name in INT8 and not args.no_int8, not args.no_bf16)
+        _, config, weights, _ = built[0]
+        variants = [(Transformer(config, w, dtype=dtype), 1) for _, _, w, dtype in built]
         del built
         if name == "15M" and args.batch > 1:
             variants.append((Transformer(config, weights, n_streams=args.batch), args.batch))
@@ -206,11 +261,12 @@ def run(args):
         nbytes = variants[0][0].weight_bytes_per_token() + kv_bytes
         rows.append((name, "fp32", nbytes, rate, bw, _limit_note(nbytes, base_rounds, base_probes)))
         for (t, n_streams), (vrate, vbw, vrounds, vprobes) in zip(variants[1:], results[1:]):
-            if t.quantized:
-                qbytes = t.weight_bytes_per_token() + kv_bytes
-                note = _limit_note(qbytes, vrounds, vprobes) + "; " + _ratio_note("int8 / fp32", vrate, rate, vrounds,
-                                                                                  base_rounds)
-                rows.append((name, "int8 Q8_0", qbytes, vrate, vbw, note))
+            if n_streams == 1:  # another dtype: against its own limit (the bytes it reads) and against fp32
+                kind = {"int8": "int8 Q8_0"}.get(t.dtype, t.dtype)
+                vbytes = t.weight_bytes_per_token() + kv_bytes
+                note = _limit_note(vbytes, vrounds, vprobes) + "; " + _ratio_note(f"{t.dtype} / fp32", vrate, rate,
+                                                                                  vrounds, base_rounds)
+                rows.append((name, kind, vbytes, vrate, vbw, note))
             else:
                 note = _ratio_note(f"{n_streams} streams / 1 stream", vrate, rate, vrounds, base_rounds)
                 rows.append((name, f"fp32 x{n_streams}", None, vrate, None, note + " (tok/s summed over streams)"))
@@ -220,12 +276,12 @@ def run(args):
           "limit = best probe / bytes per token (and each round against its own probe run: median of rounds)\n"
           "(bytes per token = weights + KV cache read at the average position, "
           f"{(args.tokens + 1) / 2:g} positions)")
-    print(f"{'model':>6} {'kind':>10} {'MB/token':>9} {'GB/s':>6} {'limit tok/s':>12} {'tok/s':>8} {'of limit':>9}")
+    print(f"{'model':>14} {'kind':>10} {'MB/token':>9} {'GB/s':>6} {'limit tok/s':>12} {'tok/s':>8} {'of limit':>9}")
     for name, kind, nbytes, rate, bw, note in rows:
         if nbytes is None:
-            print(f"{name:>6} {kind:>10} {'':>9} {'':>6} {'':>12} {rate:8.1f} {'':>9}   {note}")
+            print(f"{name:>14} {kind:>10} {'':>9} {'':>6} {'':>12} {rate:8.1f} {'':>9}   {note}")
         else:
             limit = bw / nbytes
-            print(f"{name:>6} {kind:>10} {nbytes / 1e6:9.1f} {bw / 1e9:6.1f} {limit:12.1f} {rate:8.1f} "
+            print(f"{name:>14} {kind:>10} {nbytes / 1e6:9.1f} {bw / 1e9:6.1f} {limit:12.1f} {rate:8.1f} "
                   f"{rate / limit:8.0%}   {note}")
     return 0

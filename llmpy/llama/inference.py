@@ -19,8 +19,9 @@ cache for the header's seq_len or a shorter context chosen with max_seq_len.
 Weight dtypes (Transformer's dtype): fp32; bf16, kept as bfloat16 bits in uint16 arrays and read as such by the
 decode kernels (fp32 sums: rowdot.py), half the bytes per token; fp16, kept as float16 bits in int16 arrays (Numba
 has no float16 arrays), read the same way; int8 (Q8_0 QTensors). Weights are kept in the dtype they come in unless
-dtype= asks for fp32 or bf16 (fp32 -> bf16 rounds to nearest even, as PyTorch does). Prefill of bf16 / fp16
-weights widens WIDEN_BYTES of a matrix at a time into fp32 scratch for sgemm.
+dtype= asks for fp32 or bf16 (fp32 -> bf16 rounds to nearest even, as PyTorch does) or quantize="q8" for Q8_0,
+converted a matrix at a time (no transient fp32 copy of the model). Prefill of bf16 / fp16 weights widens
+WIDEN_BYTES of a matrix at a time into fp32 scratch for sgemm.
 
 RoPE tables follow config.rope_theta and rope_scaling (llmpy/llama/rope.py), RMSNorm config.norm_eps.
 
@@ -48,7 +49,7 @@ from llmpy.llama.kernels import (
     swiglu_forward,
     widen_rows,
 )
-from llmpy.llama.quant import QTensor, dequantize
+from llmpy.llama.quant import QTensor, dequantize, quantize_q80
 from llmpy.threads import ThreadGovernor, user_threads
 
 RMS_EPS = 1e-5
@@ -99,11 +100,16 @@ def as_dtype(w, dtype, copy=True):
     bfloat16 bits (rounded to nearest even from wider floats) or int16 float16 bits. copy=False: w itself when it
     is stored so already (a private array: no copy)."""
     have = dtype_of(w)
-    if have == dtype:
-        w = np.asarray(w)
-        return (w.view(np.int16) if dtype == "fp16" else w).copy() if copy else (
-            w.view(np.int16) if dtype == "fp16" else w)
-    fp32 = bf16_to_fp32(np.asarray(w)) if have == "bf16" else np.asarray(w, np.float32)
+    w = np.asarray(w)
+    if have == dtype and (dtype != "fp32" or w.dtype == np.float32):
+        w = w.view(np.int16) if dtype == "fp16" else w
+        return w.copy() if copy else w
+    if w.ndim == 3:  # a stack of matrices (a loader's): one at a time, no transient copy of the whole stack
+        out = np.empty(w.shape, STORED[dtype])
+        for i in range(w.shape[0]):
+            out[i] = as_dtype(w[i], dtype, copy=False)
+        return out
+    fp32 = bf16_to_fp32(w) if have == "bf16" else np.asarray(w, np.float32)
     if dtype == "bf16":
         return fp32_to_bf16(fp32)
     return fp32.astype(np.float16).view(np.int16) if dtype == "fp16" else fp32
@@ -126,6 +132,27 @@ def _stack(per_layer, dtype):
     return out
 
 
+def _stack_q8(per_layer, group_size):
+    """_stack into one QTensor: each layer's matrix widened to fp32 and quantized by itself (Q8_0 on load, no fp32
+    copy of the model; groups run along rows, so quantizing [wq; wk; wv] equals quantizing each)."""
+    OC, IC = sum(m.shape[0] for m in per_layer[0]), per_layer[0][0].shape[1]
+    q = np.empty((len(per_layer), OC, IC), np.int8)
+    s = np.empty((len(per_layer), OC, IC // group_size), np.float32)
+    for layer, mats in enumerate(per_layer):
+        t = quantize_q80(np.concatenate([as_dtype(m, "fp32", copy=False) for m in mats]), group_size)
+        q[layer], s[layer] = t.q, t.s
+    return QTensor(q, s, group_size)
+
+
+def q8_group_size(config):
+    """Q8_0 group size for quantizing on load: 64 (llama2.c's export default), halved until it divides dim and
+    hidden_dim (the rows of every matrix)."""
+    gs = 64
+    while config.dim % gs or config.hidden_dim % gs:
+        gs //= 2
+    return gs
+
+
 def _pair(w):
     """(values, scales) of a weight for the fused kernels; fp32 weights have no scales."""
     return (w.q, w.s) if isinstance(w, QTensor) else (w, None)
@@ -140,12 +167,14 @@ class Transformer:
     """
 
     def __init__(self, config, weights, n_streams=1, max_rows=DEFAULT_MAX_ROWS, threads=None, max_seq_len=None,
-                 dtype=None):
+                 dtype=None, quantize=None):
         """threads: None picks them per call from the cores other processes leave free (llmpy/threads.py),
         unless NUMBA_NUM_THREADS / OMP_NUM_THREADS fix them; a number fixes them.
         max_seq_len: allocate the KV cache for min(seq_len, max_seq_len) positions (a shorter context).
         dtype: None keeps the weights' own dtype (fp32 arrays, uint16 bf16 bits, float16, Q8_0 QTensors);
-        "fp32" or "bf16" converts float weights to it (a matrix at a time: no transient copy of the model)."""
+        "fp32" or "bf16" converts float weights to it (a matrix at a time: no transient copy of the model).
+        quantize: "q8" quantizes float weights to Q8_0 (q8_group_size) a layer's matrix at a time (runq.c's model,
+        with the embedding table quantized and dequantized as export.py and runq.c do)."""
         if max_seq_len is not None:
             if max_seq_len < 1:
                 raise LlmpyError(f"max_seq_len (the context) must be >= 1, got {max_seq_len}")
@@ -155,16 +184,24 @@ class Transformer:
         L = c.n_layers
         packed = weights.get("packed")  # stacks a loader built in private memory (llmpy.llama.hf_load): no copy
         first = packed["wqkv"] if packed is not None else weights["wq"][0]
-        self.quantized = isinstance(first, QTensor)
-        self.group_size = first.group_size if self.quantized else None
-        if dtype is not None and (dtype not in DTYPES or self.quantized):
+        given_q8 = isinstance(first, QTensor)
+        if dtype is not None and (dtype not in DTYPES or given_q8):
             raise ValueError(f"dtype must be one of {DTYPES} for float weights (int8 weights: None), got {dtype!r}")
-        self.dtype = dtype or dtype_of(first)  # "fp32", "bf16", "fp16" or "int8"
+        if quantize is not None and (quantize != "q8" or given_q8 or dtype is not None):
+            raise ValueError(f"quantize must be None or 'q8' for float weights without a dtype, got {quantize!r}")
+        self.quantized = given_q8 or quantize == "q8"
+        self.group_size = first.group_size if given_q8 else q8_group_size(c) if self.quantized else None
+        self.dtype = "int8" if self.quantized else dtype or dtype_of(first)  # "fp32", "bf16", "fp16" or "int8"
         wdtype = "fp32" if self.quantized else self.dtype  # the embedding table of int8 models is fp32
         # every weight is copied into private memory (the stacks below copy anyway): a model file changed on
         # disk during a long run cannot touch it (no SIGBUS from a truncated memory map)
         emb = weights["tok_emb"]
         private = packed is not None  # the loader's arrays are private already
+        wcls = weights["wcls"]
+        if quantize:
+            emb_q = quantize_q80(as_dtype(emb, "fp32", copy=False), self.group_size)
+            wcls = emb_q if wcls is emb else quantize_q80(as_dtype(wcls, "fp32", copy=False), self.group_size)
+            emb = emb_q
         if isinstance(emb, QTensor):
             self.tok_emb = dequantize(emb)  # (V, C)
         else:
@@ -173,16 +210,21 @@ class Transformer:
         self.rms_ffn = np.array(weights["rms_ffn"], dtype=np.float32)  # (L, C)
         self.rms_final = np.array(weights["rms_final"], dtype=np.float32)  # (C,)
         if packed is not None:
-            self.wqkv, self.wo, self.w13, self.w2 = (
-                packed[k] if self.quantized else as_dtype(packed[k], wdtype, copy=False)
-                for k in ("wqkv", "wo", "w13", "w2"))
+            per_layer = {k: [[packed[k][i]] for i in range(L)] for k in ("wqkv", "wo", "w13", "w2")}
         else:
-            self.wqkv = _stack([[weights["wq"][i], weights["wk"][i], weights["wv"][i]]
-                                for i in range(L)], wdtype)  # (L, C+2KV, C)
-            self.wo = _stack([[weights["wo"][i]] for i in range(L)], wdtype)  # (L, C, C)
-            self.w13 = _stack([[weights["w1"][i], weights["w3"][i]] for i in range(L)], wdtype)  # (L, 2H, C)
-            self.w2 = _stack([[weights["w2"][i]] for i in range(L)], wdtype)  # (L, C, H)
-        wcls = weights["wcls"]
+            per_layer = {"wqkv": [[weights["wq"][i], weights["wk"][i], weights["wv"][i]] for i in range(L)],
+                         "wo": [[weights["wo"][i]] for i in range(L)],
+                         "w13": [[weights["w1"][i], weights["w3"][i]] for i in range(L)],
+                         "w2": [[weights["w2"][i]] for i in range(L)]}
+        if quantize:
+            stacks = [_stack_q8(per_layer[k], self.group_size) for k in ("wqkv", "wo", "w13", "w2")]
+        elif packed is not None:  # the loader's stacks themselves (or converted to dtype)
+            stacks = [packed[k] if given_q8 else as_dtype(packed[k], wdtype, copy=False)
+                      for k in ("wqkv", "wo", "w13", "w2")]
+        else:
+            stacks = [_stack(per_layer[k], wdtype) for k in ("wqkv", "wo", "w13", "w2")]
+        # wqkv (L, C+2KV, C), wo (L, C, C), w13 (L, 2H, C), w2 (L, C, H)
+        self.wqkv, self.wo, self.w13, self.w2 = stacks
         if isinstance(wcls, QTensor):
             self.wcls = QTensor(np.array(wcls.q), np.array(wcls.s, np.float32), wcls.group_size)  # (V, C)
         elif wcls is emb:
