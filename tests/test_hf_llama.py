@@ -271,3 +271,23 @@ def test_export_refuses_what_llama2c_cannot_store(tmp_path, capsys, overrides, m
     err = capsys.readouterr().err
     assert message in err and "llama2.c file cannot store" in err
     assert not (tmp_path / "out.bin").exists()
+
+
+def test_bf16_load_holds_no_second_copy(tmp_path):
+    """Loading converts one tensor at a time into the final fp32 stacks: the allocation peak stays within a
+    few tensors of what the Transformer finally holds (a second full fp32 copy would be ~all of it again)."""
+    import tracemalloc
+
+    make_checkpoint(tmp_path, dtype="bfloat16", hidden_size=128, intermediate_size=256, num_hidden_layers=6,
+                    vocab_size=512, num_key_value_heads=4, max_position_embeddings=16)
+    tracemalloc.start()
+    try:
+        config, weights = load_hf(tmp_path)
+        transformer = Transformer(config, weights)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    largest = 4 * max(512 * 128, 256 * 128)  # bytes of the largest tensor in fp32
+    arrays = {id(a): a for a in vars(transformer).values() if isinstance(a, np.ndarray)}
+    kept = sum(a.nbytes for a in arrays.values())  # weights, KV cache, activations
+    assert kept <= held and peak - kept < 3 * largest < kept / 4, (peak, held, kept)
