@@ -180,6 +180,7 @@ def checkpoint(tmp_path):
     ({"mlp_bias": True}, "mlp_bias=true"),
     ({"hidden_act": "gelu"}, "hidden_act"),
     ({"sliding_window": 16}, "sliding-window"),
+    ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, "a quantized checkpoint (gptq)"),
     ({"head_dim": 16}, "head_dim = hidden_size / num_attention_heads"),
     ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}}, "'yarn' is not supported"),
     ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4}}, "needs factor"),

@@ -137,6 +137,11 @@ def config_from_hf(hf, path, generation=None):
             raise LlmpyError(f"{path}: {key}=true is not supported (llmpy's Llama linears have no biases)")
     if hf.get("hidden_act", "silu") != "silu":
         raise LlmpyError(f"{path}: hidden_act {hf.get('hidden_act')!r} is not supported (SwiGLU with silu only)")
+    if hf.get("quantization_config"):
+        method = hf["quantization_config"].get("quant_method", "?") if isinstance(hf["quantization_config"], dict) \
+            else "?"
+        raise LlmpyError(f"{path}: a quantized checkpoint ({method}) is not supported: use the fp32/bf16/fp16 "
+                         "original (llmpy export ... --to v2 makes an int8 llama2.c file)")
     if hf.get("sliding_window") or hf.get("use_sliding_window"):
         raise LlmpyError(f"{path}: sliding-window attention is not supported")
     required = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
