@@ -36,7 +36,7 @@ import numpy as np
 
 from llmpy.errors import LlmpyError
 from llmpy.formats.finite import check_finite
-from llmpy.formats.safetensors import bf16_to_fp32, read_safetensors
+from llmpy.formats.safetensors import bf16_to_fp32, read_header, read_safetensors
 from llmpy.llama.model import LlamaConfig
 from llmpy.llama.rope import ROPE_TYPES
 
@@ -215,8 +215,6 @@ def tensor_files(model_dir):
         other = " (pytorch_model.bin is a pickle, which llmpy never loads: convert it to safetensors)" if \
             (model_dir / "pytorch_model.bin").exists() else ""
         raise LlmpyError(f"{model_dir} has neither {SINGLE} nor {INDEX}: no weights to load{other}")
-    from llmpy.formats.safetensors import read_header
-
     header = read_header(single)[0]
     return {name: single for name in header}
 
@@ -264,8 +262,6 @@ class _Tensors:
 
 def _bf16_names(files):
     """Names of the tensors stored as BF16 (read_safetensors gives them as raw uint16)."""
-    from llmpy.formats.safetensors import read_header
-
     names = set()
     for path in sorted(set(files.values())):
         header = read_header(path)[0]
