@@ -13,6 +13,7 @@ import numba
 import numpy as np
 import pytest
 
+from llmpy.errors import LlmpyError
 from llmpy.formats.llama2c import write_llama2c
 from llmpy.llama import inference
 from llmpy.llama.inference import Transformer, as_dtype
@@ -177,6 +178,9 @@ def test_bf16_reads_half_the_bytes_and_from_file(tmp_path):
     loaded = Transformer.from_file(path, dtype="bf16")
     assert loaded.dtype == "bf16"
     np.testing.assert_array_equal(loaded.prefill([1, 5, 9]), bf16.prefill([1, 5, 9]))
+    q8 = Transformer.from_file(path, quantize="q8")
+    assert q8.dtype == "int8" and q8.group_size == 2  # dim 96, hidden 70 = 2 * 35: 64 halved until it divides both
+    np.testing.assert_array_equal(q8.prefill([1, 5, 9]), Transformer(config, weights, quantize="q8").prefill([1, 5, 9]))
     back = Transformer(config, given(weights, "bf16"), dtype="fp32")
     assert back.wqkv.dtype == np.float32
     np.testing.assert_array_equal(back.prefill([1, 5, 9]), bf16.prefill([1, 5, 9]))
@@ -185,13 +189,17 @@ def test_bf16_reads_half_the_bytes_and_from_file(tmp_path):
 def test_bad_dtypes_are_refused():
     config = CONFIGS[1]
     weights = random_weights(config, np.random.default_rng(5), scale=0.15)
-    with pytest.raises(ValueError, match="dtype must be one of"):
+    with pytest.raises(LlmpyError, match="dtype must be one of"):
         Transformer(config, weights, dtype="int4")
+    with pytest.raises(LlmpyError, match="quantize must be None or 'q8'.* with dtype 'bf16'"):
+        Transformer(config, weights, dtype="bf16", quantize="q8")
     q = dict(weights)
     for k in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"):
         q[k] = [quantize_q80(m, 8) for m in weights[k]]
-    with pytest.raises(ValueError, match="int8 weights"):
+    with pytest.raises(LlmpyError, match="int8 .Q8_0. weights: leave the dtype out"):
         Transformer(config, q, dtype="bf16")
+    with pytest.raises(LlmpyError, match="quantized already"):
+        Transformer(config, q, quantize="q8")
 
 
 FALLBACK = textwrap.dedent("""

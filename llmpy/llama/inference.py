@@ -186,9 +186,12 @@ class Transformer:
         first = packed["wqkv"] if packed is not None else weights["wq"][0]
         given_q8 = isinstance(first, QTensor)
         if dtype is not None and (dtype not in DTYPES or given_q8):
-            raise ValueError(f"dtype must be one of {DTYPES} for float weights (int8 weights: None), got {dtype!r}")
+            raise LlmpyError(f"dtype must be one of {DTYPES} for float weights, got {dtype!r}"
+                             + (" for int8 (Q8_0) weights: leave the dtype out" if given_q8 else ""))
         if quantize is not None and (quantize != "q8" or given_q8 or dtype is not None):
-            raise ValueError(f"quantize must be None or 'q8' for float weights without a dtype, got {quantize!r}")
+            raise LlmpyError(f"quantize must be None or 'q8', for float weights and without a dtype; got {quantize!r}"
+                             + (" for int8 (Q8_0) weights: they are quantized already" if given_q8 else "")
+                             + (f" with dtype {dtype!r}" if dtype is not None else ""))
         self.quantized = given_q8 or quantize == "q8"
         self.group_size = first.group_size if given_q8 else q8_group_size(c) if self.quantized else None
         self.dtype = "int8" if self.quantized else dtype or dtype_of(first)  # "fp32", "bf16", "fp16" or "int8"
@@ -267,17 +270,19 @@ class Transformer:
 
     @classmethod
     def from_file(cls, path, n_streams=1, max_rows=DEFAULT_MAX_ROWS, max_seq_len=None, allow_nonfinite=False,
-                  threads=None, dtype=None):
+                  threads=None, dtype=None, quantize=None):
         """Load a llama2.c file (llmpy.formats.llama2c.read_llama2c checks it) into private memory.
 
         max_seq_len: the context to allocate (default: the header's seq_len, refused when its KV cache is out
         of proportion to the weights: a corrupt header); allow_nonfinite: load NaN/inf weights with a warning;
-        threads, dtype: as for the constructor (dtype="bf16": the fp32 file's weights rounded to bf16).
+        threads, dtype, quantize: as for the constructor (dtype="bf16": the fp32 file's weights rounded to bf16;
+        quantize="q8": Q8_0 on load, a matrix at a time from the file's memory map).
         """
         from llmpy.formats.llama2c import read_llama2c
 
         config, weights, _, _ = read_llama2c(path, max_seq_len, allow_nonfinite)
-        return cls(config, weights, n_streams, max_rows, threads=threads, max_seq_len=max_seq_len, dtype=dtype)
+        return cls(config, weights, n_streams, max_rows, threads=threads, max_seq_len=max_seq_len, dtype=dtype,
+                   quantize=quantize)
 
     def weight_bytes_per_token(self):
         """Bytes of weights one decode step reads: every matrix once and one embedding row."""
