@@ -34,6 +34,19 @@ def test_log_format_and_plot(tmp_path, capsys):
     assert (b / "loss.png").read_bytes()[:8] == PNG_MAGIC
 
 
+def test_comparison_does_not_replace_a_runs_own_plot(tmp_path, monkeypatch, capsys):
+    a, b = _run(tmp_path, "a"), _run(tmp_path, "b")
+    assert main(["plot", str(a)]) == 0
+    own = (a / "loss.png").read_bytes()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["plot", str(a), str(b)]) == 0
+    assert (a / "loss.png").read_bytes() == own and not (b / "loss.png").exists()
+    assert (work / "loss_a_vs_b.png").read_bytes()[:8] == PNG_MAGIC
+    assert "loss_a_vs_b.png" in capsys.readouterr().out
+
+
 def test_plot_missing_run(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "nope")]) == 2
     assert "llmpy train -o DIR" in capsys.readouterr().err

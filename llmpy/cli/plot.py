@@ -15,7 +15,9 @@ from llmpy.train.log import LOG_NAME, parse_log
 
 def add_arguments(parser):
     parser.add_argument("runs", nargs="+", metavar="OUT_DIR", help="run directories holding main.log (or log files)")
-    parser.add_argument("-o", "--output", default=None, help="PNG to write (default: OUT_DIR/loss.png of the first)")
+    parser.add_argument("-o", "--output", default=None,
+                        help="PNG to write (default: OUT_DIR/loss.png for one run; for several, "
+                             "loss_A_vs_B[...].png in the current directory: no run's own plot is replaced)")
     parser.add_argument("--title", default=None, help="title of the loss panel (default: loss)")
 
 
@@ -74,8 +76,18 @@ def plot_runs(runs, output, title=None):
     return output
 
 
+def default_output(runs):
+    """A single run's own loss.png; a comparison goes to the current directory, named after the runs, so that
+    `llmpy plot A B` does not overwrite the plot `llmpy train` wrote into A."""
+    dirs = [_log_path(r).parent for r in runs]
+    if len(dirs) == 1:
+        return dirs[0] / "loss.png"
+    names = [d.resolve().name or "run" for d in dirs]
+    return Path("loss_" + "_vs_".join(names)[:200] + ".png")
+
+
 def run(args):
-    output = args.output or (_log_path(args.runs[0]).parent / "loss.png")
+    output = args.output or default_output(args.runs)
     path = plot_runs(args.runs, output, args.title)
     print(f"wrote {path}")
     return 0
