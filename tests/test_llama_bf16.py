@@ -191,6 +191,8 @@ def test_bad_dtypes_are_refused():
     weights = random_weights(config, np.random.default_rng(5), scale=0.15)
     with pytest.raises(LlmpyError, match="dtype must be one of"):
         Transformer(config, weights, dtype="int4")
+    with pytest.raises(LlmpyError, match="a weight of dtype int16"):
+        Transformer(config, dict(weights, wq=weights["wq"].astype(np.int16)))
     with pytest.raises(LlmpyError, match="quantize must be None or 'q8'.* with dtype 'bf16'"):
         Transformer(config, weights, dtype="bf16", quantize="q8")
     q = dict(weights)

@@ -92,7 +92,10 @@ def dtype_of(w):
     """The dtype a weight comes in: "int8" (QTensor), "bf16" (uint16 bits), "fp16" (float16) or "fp32"."""
     if isinstance(w, QTensor):
         return "int8"
-    return {np.dtype(np.uint16): "bf16", np.dtype(np.float16): "fp16"}.get(np.asarray(w).dtype, "fp32")
+    dt = np.asarray(w).dtype
+    if dt != np.uint16 and dt.kind != "f":
+        raise LlmpyError(f"a weight of dtype {dt}: give float32 / float16 arrays, bf16 bits as uint16, or Q8_0")
+    return {np.dtype(np.uint16): "bf16", np.dtype(np.float16): "fp16"}.get(dt, "fp32")
 
 
 def as_dtype(w, dtype, copy=True):
