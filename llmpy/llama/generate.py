@@ -77,19 +77,15 @@ def generate(transformer, tokenizer, sampler, prompt, steps, out=None, stream=0,
     printed = []
     pieces = piece_stream(tokenizer)
 
-    def emit(prev, tok):
+    def emit(tok):
         piece = pieces.push(tok)
         printed.append(piece)
         if out is not None and piece:
             out.write(piece)
             out.flush()
 
-    first = pieces.push(tokens[0])  # nothing for BOS; the first word of a prompt without one
-    printed.append(first)
-    if out is not None and first:
-        out.write(first)
-    for i in range(1, min(n_prompt, steps + 1)):  # run.c prints the forced prompt tokens as it goes
-        emit(tokens[i - 1], tokens[i])
+    for i in range(min(n_prompt, steps + 1)):  # run.c prints the forced prompt tokens as it goes
+        emit(tokens[i])  # nothing for BOS; the first word of a prompt without one
     if n_prompt > steps:  # run.c never gets past the prompt
         transformer.prefill(tokens[:steps], stream=stream, logits="none")
         printed.append(pieces.finish())
@@ -101,7 +97,7 @@ def generate(transformer, tokenizer, sampler, prompt, steps, out=None, stream=0,
     token, nxt = tokens[-1], sampler.sample(logits)
     start, n_timed = time.perf_counter(), 0
     while nxt not in stop_ids:  # run.c: BOS delimits sequences
-        emit(token, nxt)
+        emit(nxt)
         tokens.append(nxt)
         token = nxt
         if pos >= steps:
