@@ -225,10 +225,11 @@ def _contended(args, names):
             rows.append(row)
     print(f"greedy decode of {args.tokens} tokens from BOS, best of {args.repeats} runs, the default threads and one "
           "thread taking turns; busy = one CPU-burning process per core")
-    print(f"{'model':>6} {'kind':>5} | {'idle: default':>13} {'1 thread':>9} {'ratio':>6} {'thr':>3} | "
+    print(f"{'model':>14} {'kind':>5} | {'idle: default':>13} {'1 thread':>9} {'ratio':>6} {'thr':>3} | "
           f"{'busy: default':>13} {'1 thread':>9} {'ratio':>6} {'thr':>3}   (tok/s; ratio = median of rounds)")
     for name, kind, d0, o0, r0, t0, d1, o1, r1, t1 in rows:
-        print(f"{name:>6} {kind:>5} | {d0:13.1f} {o0:9.1f} {r0:5.2f}x {t0:3d} | {d1:13.1f} {o1:9.1f} {r1:5.2f}x {t1:3d}")
+        print(f"{name:>14} {kind:>5} | {d0:13.1f} {o0:9.1f} {r0:5.2f}x {t0:3d} | "
+              f"{d1:13.1f} {o1:9.1f} {r1:5.2f}x {t1:3d}")
     return 0
 
 
@@ -256,7 +257,8 @@ def run(args):
         if name == "15M" and args.batch > 1:
             variants.append((Transformer(config, weights, n_streams=args.batch), args.batch))
         results = _decode_rates(variants, args.tokens, args.repeats, probe)
-        kv_bytes = variants[0][0].kv_bytes_per_token((args.tokens + 1) / 2)  # positions 0..tokens-1 attend over 1..tokens
+        # positions 0..tokens-1 attend over 1..tokens
+        kv_bytes = variants[0][0].kv_bytes_per_token((args.tokens + 1) / 2)
         (rate, bw, base_rounds, base_probes) = results[0]
         nbytes = variants[0][0].weight_bytes_per_token() + kv_bytes
         rows.append((name, "fp32", nbytes, rate, bw, _limit_note(nbytes, base_rounds, base_probes)))
@@ -272,7 +274,8 @@ def run(args):
                 rows.append((name, f"fp32 x{n_streams}", None, vrate, None, note + " (tok/s summed over streams)"))
         del variants, weights
     print(f"greedy decode of {args.tokens} tokens from BOS, best of {args.repeats} runs (a model's variants take turns "
-          f"in each round), each right after a read bandwidth probe run\n(2 threads, {BW_STREAMS} streams, {BW_PASSES} passes over {BW_BYTES >> 20} MiB); "
+          "in each round), each right after a read bandwidth probe run\n"
+          f"(2 threads, {BW_STREAMS} streams, {BW_PASSES} passes over {BW_BYTES >> 20} MiB); "
           "limit = best probe / bytes per token (and each round against its own probe run: median of rounds)\n"
           "(bytes per token = weights + KV cache read at the average position, "
           f"{(args.tokens + 1) / 2:g} positions)")

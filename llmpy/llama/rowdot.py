@@ -1,4 +1,4 @@
-"""Dot products of a few fp32 weight rows with one or a few activation rows, written in LLVM IR: the inner
+"""Dot products of a few weight rows (fp32, bf16, fp16) with one or a few fp32 activation rows, in LLVM IR: the inner
 loops of the decode matmuls (kernels.matmul_forward, matmul_swiglu_forward).
 
 Decode (one token per stream) reads every weight once per token, so the matmul runs at the speed memory
@@ -16,13 +16,14 @@ dot_block_f32 is the batched-decode block (4 activation rows x 4 weight rows: 16
 registers, no spills) and hsum the tree sum of a vector's lanes: with it the block is +10% over Numba's
 4x4 loop on 8 stories15M streams (lane-by-lane sums of 16 accumulators had made it 17-24% slower).
 
-Weights are read in their stored dtype and widened in registers, the sums staying fp32: float32; uint16 = bfloat16
-bits (the top half of an fp32: zero-extend to 32 bits and shift left by 16, vpmovzxwd + vpslld); int16 = float16
-bits (Numba has no float16 arrays; fpext, vcvtph2ps on x86 with F16C, else the bits moved by hand). A bf16 or fp16 row is half the bytes of an
-fp32 one, so decode reads half as much. The IR is plain LLVM vectors of 16 lanes: LLVM picks the instructions for
-the CPU Numba compiles for (one 512-bit register on AVX-512, two 256-bit ones on AVX2, four 128-bit ones on SSE2),
-so there is no variant to select here; tests compile it for an AVX2-only CPU (NUMBA_CPU_NAME=haswell) to run the
-code Zen 3 gets. weight_f32 widens one stored weight the same way for the scalar loops of the kernels.
+Weights are read in their stored dtype and widened in registers, the sums staying fp32: float32; uint16 =
+bfloat16 bits (the top half of an fp32: zero-extend to 32 bits and shift left by 16, vpmovzxwd + vpslld);
+int16 = float16 bits (Numba has no float16 arrays; fpext, which is vcvtph2ps on x86 with F16C, else the bits
+moved by hand). A bf16 or fp16 row is half the bytes of an fp32 one, so decode reads half as much. The IR is
+plain LLVM vectors of 16 lanes: LLVM picks the instructions for the CPU Numba compiles for (one 512-bit register
+on AVX-512, two 256-bit ones on AVX2, 128-bit ones on SSE2), so there is no variant to select at run time;
+tests compile it for CPUs without AVX-512 (NUMBA_CPU_NAME=haswell: Zen 3's AVX2 and F16C; x86-64: SSE2 only) to
+run the code those machines get. weight_f32 widens one stored weight the same way for the kernels' scalar loops.
 """
 
 from llvmlite import ir
@@ -81,7 +82,8 @@ def _has_f16c(context):
 def _load_lanes(context, builder, ptr, kind):
     """LANES weights at ptr (a pointer to the stored type) as a float32 vector."""
     vec = ir.VectorType(ptr.type.pointee, LANES)
-    return widen(context, builder, builder.load(builder.bitcast(ptr, vec.as_pointer()), align=4 if kind == "f32" else 2), kind)
+    stored = builder.load(builder.bitcast(ptr, vec.as_pointer()), align=4 if kind == "f32" else 2)
+    return widen(context, builder, stored, kind)
 
 
 @intrinsic
@@ -116,7 +118,8 @@ def prefetch_l1(builder, ptr):
     fn = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]), "llvm.prefetch.p0")
     # read (0), locality 3 (keep in all cache levels: prefetcht0), data cache (1)
-    builder.call(fn, [builder.bitcast(ptr, i8.as_pointer()), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+    builder.call(fn, [builder.bitcast(ptr, i8.as_pointer()), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                      ir.Constant(i32, 1)])
 
 
 def _dot_block(context, builder, x_rows, w_rows, n, kind):
