@@ -243,6 +243,8 @@ BAD_BODIES = [
     ({"prompt": "hi", "max_tokens": 2.5}, 400, "max_tokens"),
     ({"prompt": "hi", "max_tokens": 1000}, 400, "max_tokens"),
     ({"prompt": "hi " * 200}, 400, "prompt"),
+    ({"prompt": "x" * 100_000}, 400, "prompt"),
+    (b"[" * 100_000 + b"]" * 100_000, 400, None),
     ({"prompt": 42}, 400, "prompt"),
     ({"prompt": "hi", "model": "gpt-4"}, 404, "model"),
     ({"prompt": "hi", "n": 2}, 400, "n"),
@@ -255,6 +257,7 @@ BAD_BODIES = [
 ]
 BAD_CHATS = [
     ({"messages": []}, 400, "messages"),
+    ({"messages": [{"role": "user", "content": "hi " * 100_000}]}, 400, "messages"),
     ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400, "tools"),
     ({"messages": [{"role": "assistant", "content": "hi"}]}, 400, "messages[0]"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}, 400, "messages[1]"),

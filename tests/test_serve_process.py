@@ -142,3 +142,13 @@ def test_chat_page_streams_a_conversation_in_a_browser(files):
         assert second == "Assistant: " + r2.choices[0].message.content
     finally:
         s.close()
+
+
+def test_bench_serve_smoke(capsys):
+    """The benchmark on the tiny shape: every level reports, the soak loses no request, the server exits 0."""
+    from llmpy.cli import main
+
+    code = main(["bench", "serve", "--models", "tiny", "--clients", "1,2", "--tokens", "8", "--soak-seconds", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert re.search(r"^ +2 +[\d.]+ ", out, re.MULTILINE) and " 0 lost" in out and "x llmpy run" in out

@@ -93,6 +93,7 @@ def _stream(port, tokens, seed):
             data = line[6:].strip()
             if data == b"[DONE]":
                 done = True
+                resp.read()  # the end of the chunked body: the connection closes cleanly
                 break
             event = json.loads(data)
             if "error" in event:
@@ -172,7 +173,8 @@ def _start_server(model, slots):
                              str(slots)], stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         m = re.search(r"on http://127\.0\.0\.1:(\d+)/", line)
-        if m:
+        if m:  # from now on the server's messages go to ours (a full pipe would block the server)
+            threading.Thread(target=lambda: [sys.stderr.write(x) for x in proc.stderr], daemon=True).start()
             return proc, int(m.group(1))
     raise RuntimeError(f"llmpy serve did not start (exit status {proc.wait()})")
 

@@ -52,7 +52,7 @@ class ApiError(Exception):
 def parse_json(raw):
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise ApiError(400, f"the body is not valid JSON: {e}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_json")
@@ -213,6 +213,11 @@ def parse_call(body, model, chat):
         if not isinstance(prompt, str):
             raise ApiError(400, "'prompt' must be a string (lists of prompts and token arrays are not supported)",
                            param="prompt")
+    texts = [t for turn in conversation[1] for t in turn if t] + [conversation[0]] if chat else [prompt]
+    n_bytes = sum(len(t.encode("utf-8", errors="replace")) for t in texts)
+    if n_bytes > model.max_prompt_bytes:  # more tokens than the context for sure: not worth encoding
+        raise ApiError(400, f"the prompt is {n_bytes} bytes, more than a context of {model.ctx} tokens can hold",
+                       param="messages" if chat else "prompt", code="context_length_exceeded")
     try:
         tokens = model.encode_chat(*conversation) if chat else model.encode_prompt(prompt)
     except LlmpyError as e:  # a prompt longer than the context, text the vocabulary cannot encode

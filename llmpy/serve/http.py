@@ -23,6 +23,7 @@ import json
 import queue
 import select
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,6 +56,12 @@ class Server(ThreadingHTTPServer):
     def serve_forever(self, poll_interval=0.1):
         self.serving = True
         super().serve_forever(poll_interval)
+
+    def handle_error(self, request, client_address):
+        """A client that went away (reset, broken pipe) is not the server's error: no traceback for it."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     def process_request(self, request, client_address):
         with self.connections_lock:

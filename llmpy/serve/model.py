@@ -1,7 +1,8 @@
 """The model family object the serving engine talks to: a llama2.c model and its tokenizer.
 
 The engine (engine.py) never looks inside a model; it needs only what LlamaServed has:
-    name, ctx (positions per slot), n_slots, step_rows (rows per forward that keep one kernel path)
+    name, ctx (positions per slot), n_slots, step_rows (rows per forward that keep one kernel path),
+    max_prompt_bytes (a longer prompt is refused without encoding it)
     encode_prompt(text) / encode_chat(system, turns) -> token ids (with BOS)
     completion_stop_ids / chat_stop_ids: sampled tokens that end a reply
     text_decoder(prompt) -> an object whose push(token) gives the bytes that token adds to the reply
@@ -49,6 +50,8 @@ class LlamaServed:
         self.n_slots = transformer.n_streams
         # up to SMALL_BATCH rows a forward is one fused numba call (decode's kernels); prefill chunks fill the rest
         self.step_rows = max(SMALL_BATCH, self.n_slots)
+        # a token is at most max_token_length bytes: a longer text cannot fit in the context
+        self.max_prompt_bytes = self.ctx * max(1, tokenizer.max_token_length)
         self.completion_stop_ids = frozenset([BOS])
         self.chat_stop_ids = frozenset([EOS])
 
