@@ -50,8 +50,46 @@ def max_abs_diff(a, b):
 
 def report(name, diff, tol):
     ok = diff <= tol  # NaN compares False: a NaN anywhere fails
-    print(f"{name:<10} max abs diff {diff:.6e} (tol {tol:g}) {'OK' if ok else 'NOT OK'}")
+    print(f"{name:<10} max abs diff {diff:.6e} (tol {tol:.3g}) {'OK' if ok else 'NOT OK'}")
     return ok
+
+
+def check_against_state(model, opt, state, shapes, steps, logits_tol, loss_tol, grad_atol, grad_rtol=0.0,
+                        reference_losses=None):
+    """llm.c's test_gpt2 loop for any model family; returns (okay, the loss before each step).
+
+    `model` is a training model (forward(x, y) -> loss, logits(), zero_grad(), backward(), params, grads) built
+    on the state's batch, `opt` the optimizer of its `steps` updates, `shapes` its parameter table in the flat
+    order of state.grads. Step 0 checks the logits and the loss against the state's, and each parameter's
+    gradient to grad_atol + grad_rtol * max|reference gradient of the tensor|; every step prints its loss, and
+    checks it to loss_tol against reference_losses[step] where one is given.
+    """
+    okay, losses = True, []
+    for step in range(steps):
+        loss = model.forward(state.x, state.y)
+        if step == 0:
+            okay &= report("logits", max_abs_diff(model.logits(), state.logits), logits_tol)
+            okay &= report("loss", abs(loss - state.loss), loss_tol)
+        model.zero_grad()
+        model.backward()
+        if step == 0:
+            offset = 0
+            for name, shape in shapes.items():
+                n = int(np.prod(shape))
+                want = state.grads[offset:offset + n]
+                tol = grad_atol + grad_rtol * float(np.max(np.abs(want), initial=0.0))
+                okay &= report("d" + name, max_abs_diff(model.grads[offset:offset + n], want), tol)
+                offset += n
+        if reference_losses is not None and step < len(reference_losses):
+            want = float(reference_losses[step])
+            ok = abs(loss - want) <= loss_tol
+            print(f"step {step}: loss {loss:.6f} (reference {want:.6f}) {'OK' if ok else 'NOT OK'}")
+            okay &= ok
+        else:
+            print(f"step {step}: loss {loss:.6f}")
+        opt.step(model.params, model.grads)
+        losses.append(loss)
+    return okay, losses
 
 
 def run(args):
@@ -65,25 +103,7 @@ def run(args):
 
     model = GPT2(config, params, B, T, fused=False if args.plain else None)
     opt = AdamW(params.size, lr=LR, beta1=BETA1, beta2=BETA2, eps=EPS, weight_decay=WEIGHT_DECAY)
-    okay = True
-    losses = []
-    for step in range(STEPS):
-        loss = model.forward(state.x, state.y)
-        if step == 0:
-            okay &= report("logits", max_abs_diff(model.logits(), state.logits), LOGITS_TOL)
-            okay &= report("loss", abs(loss - state.loss), LOSS_TOL)
-        model.zero_grad()
-        model.backward()
-        if step == 0:
-            offset = 0
-            for name, shape in param_shapes(config).items():
-                n = int(np.prod(shape))
-                diff = max_abs_diff(model.grads[offset:offset + n], state.grads[offset:offset + n])
-                okay &= report("d" + name, diff, GRAD_TOL)
-                offset += n
-        opt.step(model.params, model.grads)
-        losses.append(loss)
-        print(f"step {step}: loss {loss:.6f}")
+    okay, losses = check_against_state(model, opt, state, param_shapes(config), STEPS, LOGITS_TOL, LOSS_TOL, GRAD_TOL)
     if expected_losses is not None:
         for step, (got, want) in enumerate(zip(losses, expected_losses)):
             if not abs(got - want) <= LOSS_TOL:

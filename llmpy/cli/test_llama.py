@@ -15,8 +15,7 @@ the bounds below leave a wide margin over that and are still far below any real 
 a bound relative to the tensor's largest reference gradient, so small-gradient tensors are checked as closely.
 """
 
-import numpy as np
-
+from llmpy.cli.test_gpt2 import check_against_state
 from llmpy.errors import LlmpyError
 from llmpy.formats import llama_debug
 from llmpy.formats.llama2c import read_llama2c
@@ -34,16 +33,6 @@ def add_arguments(parser):
                         help="the Llama debug state written for it (tests/reference/make_llama_fixtures.py)")
     parser.add_argument("--plain", action="store_true",
                         help="run the plain layers instead of the fused CPU kernels")
-
-
-def max_abs_diff(a, b):
-    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
-
-
-def report(name, diff, tol):
-    ok = diff <= tol  # NaN compares False: a NaN anywhere fails
-    print(f"{name:<10} max abs diff {diff:.6e} (tol {tol:.3g}) {'OK' if ok else 'NOT OK'}")
-    return ok
 
 
 def load(model_path, state_path):
@@ -69,27 +58,8 @@ def run(args):
     opt = AdamW(params.size, lr=llama_debug.TRAIN_LR, beta1=llama_debug.TRAIN_BETA1, beta2=llama_debug.TRAIN_BETA2,
                 eps=llama_debug.TRAIN_EPS, weight_decay=llama_debug.TRAIN_WEIGHT_DECAY,
                 decay_ranges=matrix_param_ranges(config))
-    okay = True
-    for step in range(max(1, state.losses.size)):
-        loss = model.forward(state.x, state.y)
-        if step == 0:
-            okay &= report("logits", max_abs_diff(model.logits(), state.logits), LOGITS_TOL)
-            okay &= report("loss", abs(loss - state.loss), LOSS_TOL)
-        model.zero_grad()
-        model.backward()
-        if step == 0:
-            offset = 0
-            for name, shape in param_shapes(config).items():
-                n = int(np.prod(shape))
-                want = state.grads[offset:offset + n]
-                tol = GRAD_ATOL + GRAD_RTOL * float(np.max(np.abs(want)))
-                okay &= report("d" + name, max_abs_diff(model.grads[offset:offset + n], want), tol)
-                offset += n
-        if step < state.losses.size:
-            want = float(state.losses[step])
-            ok = abs(loss - want) <= LOSS_TOL
-            print(f"step {step}: loss {loss:.6f} (reference {want:.6f}) {'OK' if ok else 'NOT OK'}")
-            okay &= ok
-        opt.step(model.params, model.grads)
+    steps = max(1, state.losses.size)
+    okay, _ = check_against_state(model, opt, state, param_shapes(config), steps, LOGITS_TOL, LOSS_TOL, GRAD_ATOL,
+                                  GRAD_RTOL, reference_losses=state.losses)
     print(f"overall okay: {int(okay)}")
     return 0 if okay else 1
