@@ -15,9 +15,11 @@ Hugging Face rotates the two halves of each head (rotate_half); llama2.c's kerne
 so the rows of q_proj and k_proj are un-permuted within each head at load (unpermute_rope_rows, the inverse
 of llmpy.llama.hf.permute_rope_rows): attention scores are the same, since q.k is summed over the same pairs.
 
-fp32, bf16 and fp16 tensors are read from the files' memory maps and converted, one layer's tensor at a time,
-into the final fp32 stacks the inference Transformer uses (weights["packed"]: wqkv, wo, w13, w2), so loading
-holds no second full fp32 copy. The per-layer lists (weights["wq"][l], ...) are views into those stacks.
+fp32, bf16 and fp16 tensors are read from the files' memory maps and converted a block of rows at a time
+(BLOCK_ELEMENTS) into the final stacks the inference Transformer uses (weights["packed"]: wqkv, wo, w13, w2),
+stored as fp32, bf16 (dtype="bf16") or Q8_0 (quantize="q8"), so loading holds no fp32 copy of the model, nor of
+a tensor: an int8 Llama-2-7B (~7 GB) loads from its bf16 shards in that much memory plus the fp32 embedding
+table the Transformer dequantizes. The per-layer lists (weights["wq"][l], ...) are views into those stacks.
 
 Config keys read: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads
 (GQA/MQA), head_dim (must be hidden_size / num_attention_heads: the kernels' head size), vocab_size,
@@ -35,9 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from llmpy.errors import LlmpyError
-from llmpy.formats.finite import check_finite
+from llmpy.formats.finite import check_finite, first_nonfinite
+from llmpy.formats.llmc import fp32_to_bf16
 from llmpy.formats.safetensors import bf16_to_fp32, read_header, read_safetensors
+from llmpy.llama.inference import q8_group_size
 from llmpy.llama.model import LlamaConfig
+from llmpy.llama.quant import QTensor, quantize_q80
 from llmpy.llama.rope import ROPE_TYPES
 
 CONFIG = "config.json"
@@ -50,6 +55,8 @@ ARCHITECTURE = "LlamaForCausalLM"
 FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float16"))  # and BF16, read raw (uint16) and converted
 # tensors a checkpoint may carry that inference does not need (old transformers saved the RoPE frequencies)
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+BLOCK_ELEMENTS = 1 << 18  # a tensor is converted (and quantized) this many elements at a time: no fp32 copy of it
+DTYPES = ("fp32", "bf16")  # load_hf's dtype=; quantize="q8" for Q8_0
 LAYER_TENSORS = {  # HF name inside model.layers.{l}. -> llama2.c name
     "self_attn.q_proj.weight": "wq", "self_attn.k_proj.weight": "wk", "self_attn.v_proj.weight": "wv",
     "self_attn.o_proj.weight": "wo", "mlp.gate_proj.weight": "w1", "mlp.down_proj.weight": "w2",
@@ -245,9 +252,10 @@ class _Tensors:
                              "damaged; fetch it again")
         return tensors[name]
 
-    def into(self, out, name, shape, allow_nonfinite, rows=None):
-        """Copy tensor `name` (checked to have `shape`) into the fp32 array `out`, converted from its dtype;
-        rows: a function applied to the fp32 rows first (the RoPE un-permutation)."""
+    def into(self, out, name, shape, allow_nonfinite, heads=None):
+        """Copy tensor `name` (checked to have `shape`) into `out`: an fp32 array, a uint16 array (rounded to
+        bf16) or a QTensor (quantized to Q8_0), BLOCK_ELEMENTS at a time (whole rows), so that no fp32 copy of
+        the whole tensor is ever made. heads: the head count whose rows are un-permuted (q_proj, k_proj)."""
         a = self.raw(name)
         if tuple(a.shape) != tuple(shape):
             raise LlmpyError(f"{self.files[name]}: tensor {name} has shape {tuple(a.shape)} but config.json asks for "
@@ -255,9 +263,43 @@ class _Tensors:
         if name not in self.bf16 and a.dtype not in FLOAT_DTYPES:
             raise LlmpyError(f"{self.files[name]}: tensor {name} has dtype {a.dtype}: only fp32, bf16 and fp16 "
                              "weights are supported (quantized checkpoints are not)")
-        x = bf16_to_fp32(a) if name in self.bf16 else np.asarray(a, dtype=np.float32)
-        check_finite(self.files[name], {name: x}, allow_nonfinite)
-        out[...] = rows(x) if rows is not None else x
+        rows = a.reshape(shape[0] if len(shape) > 1 else 1, -1)
+        order = None if heads is None else unpermute_rope_rows(np.arange(shape[0])[:, None], heads)[:, 0]
+        n = max(1, BLOCK_ELEMENTS // rows.shape[1])  # rows per block
+        checked = False
+        for r in range(0, rows.shape[0], n):
+            block = rows[r:r + n] if order is None else rows[order[r:r + n]]
+            x = bf16_to_fp32(block) if name in self.bf16 else np.asarray(block, dtype=np.float32)
+            if not checked and first_nonfinite(x) is not None:  # a warned tensor (allow_nonfinite): not again
+                label = name if n >= rows.shape[0] else f"{name} (llmpy's rows {r}..{r + len(x) - 1})"
+                check_finite(self.files[name], {label: x}, allow_nonfinite)
+                checked = True
+            _store(out, r, x if len(shape) > 1 else x.reshape(-1))
+
+
+def _store(out, row, x):
+    """out[row:row + len(x)] = fp32 rows x, as out keeps them: fp32, bf16 bits (uint16) or Q8_0 (QTensor)."""
+    end = row + len(x)
+    if isinstance(out, QTensor):
+        t = quantize_q80(x, out.group_size)
+        out.q[row:end], out.s[row:end] = t.q, t.s
+    elif out.dtype == np.uint16:
+        out[row:end] = fp32_to_bf16(x)
+    else:
+        out[row:end] = x
+
+
+def _empty(shape, dtype, group_size):
+    """An uninitialized weight of `shape` stored as dtype: "fp32", "bf16" (uint16 bits) or "q8" (QTensor)."""
+    if dtype == "q8":
+        return QTensor(np.empty(shape, np.int8), np.empty((*shape[:-1], shape[-1] // group_size), np.float32),
+                       group_size)
+    return np.empty(shape, np.uint16 if dtype == "bf16" else np.float32)
+
+
+def _part(w, *index):
+    """w[index] of an array or a QTensor (a view: rows of one layer's stacked matrix)."""
+    return QTensor(w.q[index], w.s[index], w.group_size) if isinstance(w, QTensor) else w[index]
 
 
 def _bf16_names(files):
@@ -269,11 +311,19 @@ def _bf16_names(files):
     return names
 
 
-def load_hf(model_dir, max_seq_len=None, allow_nonfinite=False):
+def load_hf(model_dir, max_seq_len=None, allow_nonfinite=False, dtype="fp32", quantize=None):
     """(LlamaConfig, weights) of a Hugging Face Llama directory, ready for llmpy.llama.inference.Transformer.
 
-    max_seq_len: the context (KV cache positions); default min(max_position_embeddings, DEFAULT_CONTEXT)."""
+    max_seq_len: the context (KV cache positions); default min(max_position_embeddings, DEFAULT_CONTEXT).
+    dtype: the matrices and embedding stored as "fp32" or "bf16" (uint16 bits, rounded to nearest even);
+    quantize="q8": stored as Q8_0 in groups of inference.q8_group_size (the Transformer dequantizes the embedding
+    table, as runq.c does). Each tensor is converted a block of rows at a time straight from the file's memory
+    map into its final place: the peak is the stored model plus one block (an int8 Llama-2-7B is ~7 GB)."""
     model_dir = Path(model_dir)
+    if dtype not in DTYPES:
+        raise LlmpyError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if quantize not in (None, "q8"):
+        raise LlmpyError(f"quantize must be None or 'q8', got {quantize!r}")
     if not model_dir.is_dir():
         raise LlmpyError(f"{model_dir} is not a directory: pass a Hugging Face model directory or hub id")
     config = read_config(model_dir)
@@ -290,27 +340,30 @@ def load_hf(model_dir, max_seq_len=None, allow_nonfinite=False):
                          f"a {ARCHITECTURE} llmpy can run (biases or another architecture)")
     tensors = _Tensors(model_dir, files, _bf16_names(files))
     L, C, H, V, KV = config.n_layers, config.dim, config.hidden_dim, config.vocab_size, config.kv_dim
-    f32 = np.float32
-    wqkv, wo = np.empty((L, C + 2 * KV, C), f32), np.empty((L, C, C), f32)
-    w13, w2 = np.empty((L, 2 * H, C), f32), np.empty((L, C, H), f32)
-    rms_att, rms_ffn = np.empty((L, C), f32), np.empty((L, C), f32)
-    tok_emb, rms_final = np.empty((V, C), f32), np.empty(C, f32)
+    store = quantize or dtype
+    gs = q8_group_size(config)
 
-    def take(out, name, shape, rows=None):
-        tensors.into(out, name, shape, allow_nonfinite, rows)
+    def empty(*shape):
+        return _empty(shape, store, gs)
+
+    wqkv, wo, w13, w2 = empty(L, C + 2 * KV, C), empty(L, C, C), empty(L, 2 * H, C), empty(L, C, H)
+    rms_att, rms_ffn = np.empty((L, C), np.float32), np.empty((L, C), np.float32)
+    tok_emb, rms_final = empty(V, C), np.empty(C, np.float32)
+
+    def take(out, name, shape, heads=None):
+        tensors.into(out, name, shape, allow_nonfinite, heads)
 
     take(tok_emb, "model.embed_tokens.weight", (V, C))
     take(rms_final, "model.norm.weight", (C,))
     for i in range(L):
         p = f"model.layers.{i}."
-        take(wqkv[i, :C], p + "self_attn.q_proj.weight", (C, C), lambda w: unpermute_rope_rows(w, config.n_heads))
-        take(wqkv[i, C:C + KV], p + "self_attn.k_proj.weight", (KV, C),
-             lambda w: unpermute_rope_rows(w, config.n_kv_heads))
-        take(wqkv[i, C + KV:], p + "self_attn.v_proj.weight", (KV, C))
-        take(wo[i], p + "self_attn.o_proj.weight", (C, C))
-        take(w13[i, :H], p + "mlp.gate_proj.weight", (H, C))
-        take(w13[i, H:], p + "mlp.up_proj.weight", (H, C))
-        take(w2[i], p + "mlp.down_proj.weight", (C, H))
+        take(_part(wqkv, i, slice(0, C)), p + "self_attn.q_proj.weight", (C, C), config.n_heads)
+        take(_part(wqkv, i, slice(C, C + KV)), p + "self_attn.k_proj.weight", (KV, C), config.n_kv_heads)
+        take(_part(wqkv, i, slice(C + KV, None)), p + "self_attn.v_proj.weight", (KV, C))
+        take(_part(wo, i), p + "self_attn.o_proj.weight", (C, C))
+        take(_part(w13, i, slice(0, H)), p + "mlp.gate_proj.weight", (H, C))
+        take(_part(w13, i, slice(H, None)), p + "mlp.up_proj.weight", (H, C))
+        take(_part(w2, i), p + "mlp.down_proj.weight", (C, H))
         take(rms_att[i], p + "input_layernorm.weight", (C,))
         take(rms_ffn[i], p + "post_attention_layernorm.weight", (C,))
     if config.shared_classifier:
@@ -319,13 +372,14 @@ def load_hf(model_dir, max_seq_len=None, allow_nonfinite=False):
         if "lm_head.weight" not in files:
             raise LlmpyError(f"{model_dir}: config.json says tie_word_embeddings=false but no shard has "
                              "lm_head.weight: the checkpoint is incomplete")
-        wcls = np.empty((V, C), f32)
+        wcls = empty(V, C)
         take(wcls, "lm_head.weight", (V, C))
     weights = {
         "tok_emb": tok_emb, "rms_att": rms_att, "rms_ffn": rms_ffn, "rms_final": rms_final, "wcls": wcls,
-        "wq": [wqkv[i, :C] for i in range(L)], "wk": [wqkv[i, C:C + KV] for i in range(L)],
-        "wv": [wqkv[i, C + KV:] for i in range(L)], "wo": [wo[i] for i in range(L)],
-        "w1": [w13[i, :H] for i in range(L)], "w3": [w13[i, H:] for i in range(L)], "w2": [w2[i] for i in range(L)],
+        "wq": [_part(wqkv, i, slice(0, C)) for i in range(L)], "wk": [_part(wqkv, i, slice(C, C + KV)) for i in range(L)],
+        "wv": [_part(wqkv, i, slice(C + KV, None)) for i in range(L)], "wo": [_part(wo, i) for i in range(L)],
+        "w1": [_part(w13, i, slice(0, H)) for i in range(L)], "w3": [_part(w13, i, slice(H, None)) for i in range(L)],
+        "w2": [_part(w2, i) for i in range(L)],
         "packed": {"wqkv": wqkv, "wo": wo, "w13": w13, "w2": w2},
     }
     return config, weights
