@@ -11,11 +11,12 @@ import pytest
 
 from llmpy.cli import main
 from llmpy.errors import LlmpyError
-from llmpy.formats import finite, hellaswag, llama2c, llmc, safetensors, sniff, tokenizer_file, tokens
+from llmpy.formats import finite, hellaswag, llama2c, llama_debug, llmc, safetensors, sniff, tokenizer_file, tokens
 from llmpy.gpt2 import hf
 from llmpy.gpt2.model import GPT2Config, init_params, num_parameters
 from llmpy.llama.inference import Transformer
 from llmpy.llama.model import LlamaConfig, random_weights
+from llmpy.llama.train_model import num_parameters as llama_num_parameters
 from llmpy.tokenizers.llama2 import Llama2Tokenizer
 
 GPT = GPT2Config(max_seq_len=16, vocab_size=70, padded_vocab_size=128, num_layers=2, num_heads=4, channels=32)
@@ -325,6 +326,11 @@ def _files(tmp_path):
     paths["llmc_model"] = d / "gpt2.bin"
     llmc.save_checkpoint(paths["llmc_model"], GPT, gpt_params())
     paths["llmc_state"] = write_debug_state(d / "state.bin", GPT)
+    rng = np.random.default_rng(1)
+    paths["llama_state"] = d / "llama_state.bin"
+    llama_debug.save_llama_debug_state(paths["llama_state"], LLAMA, np.zeros((1, 4), int), np.ones((1, 4), int),
+                                       rng.standard_normal((1, 4, LLAMA.vocab_size)), 1.5,
+                                       rng.standard_normal(llama_num_parameters(LLAMA)), [1.5])
     paths["llmc_tokenizer"] = d / "gpt2_tokenizer.bin"
     tokenizer_file.write_tokenizer(paths["llmc_tokenizer"], ByteVocab())
     paths["shard"] = d / "shard.bin"
@@ -358,6 +364,8 @@ def test_sniff_names_every_kind(tmp_path):
 READERS = {
     "load_checkpoint": (llmc.load_checkpoint, "llmc_model"),
     "load_debug_state": (lambda p: llmc.load_debug_state(p, GPT), "llmc_state"),
+    "load_llama_debug_state": (lambda p: llama_debug.load_llama_debug_state(p, LLAMA, llama_num_parameters(LLAMA)),
+                               "llama_state"),
     "read_tokenizer": (tokenizer_file.read_tokenizer, "llmc_tokenizer"),
     "read_shard": (tokens.read_shard, "shard"),
     "read_evalfile": (hellaswag.read_evalfile, "evalfile"),
@@ -412,6 +420,13 @@ def test_cli_test_gpt2_model_directory(tmp_path, capsys):
     assert main(["test-gpt2", "--model", str(tmp_path), "--state", str(state)]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path} is a directory, not an llm.c model checkpoint" in err and "Traceback" not in err
+
+
+def test_cli_test_gpt2_given_a_llama_state(tmp_path, capsys):
+    files = _files(tmp_path)
+    assert main(["test-gpt2", "--model", str(files["llmc_model"]), "--state", str(files["llama_state"])]) == 2
+    err = capsys.readouterr().err
+    assert f"{files['llama_state']} is a Llama debug state" in err and "`llmpy test-llama --state`" in err, err
 
 
 def test_transformer_keeps_no_mapping(tmp_path):

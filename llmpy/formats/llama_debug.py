@@ -93,7 +93,7 @@ def load_llama_debug_state(path, config, n_params):
     LlmpyError, naming the file, for: another kind of file, a wrong magic or version, a header whose sizes do
     not match the model's (the state belongs to another model), a file shorter or longer than its header says,
     token ids outside the vocabulary, non-finite values."""
-    sniff.check_kind(path, (), "a Llama debug state")
+    sniff.check_kind(path, ("llama_state",), "a Llama debug state")
     raw, size = read_head(path, HEADER_BYTES, "Llama debug state")
     if size < HEADER_BYTES:
         raise LlmpyError(f"{path} is not a Llama debug state: {size} bytes, shorter than the {HEADER_BYTES}-byte "

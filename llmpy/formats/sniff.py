@@ -8,7 +8,7 @@ recognisably another kind. A file of no known kind passes: the reader's own chec
 
 Recognised (magic numbers and versions are the format modules' constants):
     llm.c GPT-2 checkpoint 20240326, debug state 20240327, tokenizer file 20240328, token shard
-    20240520 / 20240801, eval file 20240522; llama2.c model v1/v2 ("ak42"), v0 (no magic: seven
+    20240520 / 20240801, eval file 20240522; llmpy's Llama debug state 20260416; llama2.c model v1/v2 ("ak42"), v0 (no magic: seven
     header ints that describe exactly the file's size); llama2.c tokenizer.bin (no magic: a small
     max_token_length, then score/length/bytes records that parse); safetensors (a header length that
     fits, then "{"); NumPy .npz (a zip archive: llmpy's training state).
@@ -44,6 +44,7 @@ KINDS = {k.key: k for k in (
     Kind("llmc_model", "an llm.c GPT-2 checkpoint",
          "`llmpy sample`, `llmpy train -e`, `llmpy test-gpt2 --model` and `llmpy export --to hf` take it"),
     Kind("llmc_state", "an llm.c debug state (PyTorch's reference tensors)", "`llmpy test-gpt2 --state` takes it"),
+    Kind("llama_state", "a Llama debug state (PyTorch's reference tensors)", "`llmpy test-llama --state` takes it"),
     Kind("llmc_tokenizer", "an llm.c GPT-2 tokenizer file (gpt2_tokenizer.bin, written by `llmpy prepro`)",
          "llm.c's C programs decode with it; `llmpy run -z` needs llama2.c's tokenizer.bin instead"),
     Kind("shard", "an llm.c token shard", "`llmpy train -i/-j` reads it as training or validation data"),
@@ -60,13 +61,14 @@ KINDS = {k.key: k for k in (
 def identify(head, size):
     """The Kind of a file from its first bytes `head` (up to 1024) and its size, or None if unknown."""
     # imported here, not at the top: every format module imports this one
-    from llmpy.formats import hellaswag, llama2c, llmc, tokenizer_file, tokens
+    from llmpy.formats import hellaswag, llama2c, llama_debug, llmc, tokenizer_file, tokens
 
     # (magic, version) of the formats with a magic number: a known magic with an unknown version is left to
     # the reader, whose message about the version is the more useful one
     by_magic = {(llmc.MODEL_MAGIC, llmc.MODEL_VERSION_FP32): "llmc_model",
                 (llmc.MODEL_MAGIC, llmc.MODEL_VERSION_BF16): "llmc_model",
                 (llmc.STATE_MAGIC, llmc.STATE_VERSION): "llmc_state",
+                (llama_debug.STATE_MAGIC, llama_debug.STATE_VERSION): "llama_state",
                 (tokenizer_file.TOKENIZER_MAGIC, tokenizer_file.VERSION_GPT2): "llmc_tokenizer",
                 (tokenizer_file.TOKENIZER_MAGIC, tokenizer_file.VERSION_WITH_EOT): "llmc_tokenizer",
                 (tokens.MAGIC_UINT16, tokens.VERSION_UINT16): "shard", (tokens.MAGIC_UINT32, tokens.VERSION_UINT32): "shard",
