@@ -2,10 +2,10 @@
 
 import hashlib
 import http.server
-import threading
 from typing import ClassVar
 
 import pytest
+from conftest import http_server
 
 from llmpy.data import download
 from llmpy.data.download import download_file
@@ -55,12 +55,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with http_server(Handler) as url:
+        yield url
 
 
 def test_download_with_progress(server, tmp_path, capsys):

@@ -10,13 +10,12 @@ import http.server
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pytest
-from conftest import import_reference
+from conftest import http_server, import_reference
 
 from llmpy.cli import main
 from llmpy.errors import LlmpyError
@@ -73,12 +72,8 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def hub_server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with http_server(HubHandler) as url:
+        yield url
 
 
 @pytest.fixture

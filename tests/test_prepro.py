@@ -1,16 +1,13 @@
 """Dataset preparation: llm.c's tinyshakespeare split, the offline default corpus, the user's text files
 (GPT-2 and custom sentencepiece vocabularies), sharding, tinystories and fineweb on local files."""
 
-import functools
 import glob
 import gzip
 import hashlib
-import http.server
 import io
 import json
 import random
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -34,23 +31,9 @@ def enc():
     return get_gpt2_tokenizer()
 
 
-@pytest.fixture
-def serve(tmp_path):
-    """A static HTTP server on 127.0.0.1 over a temporary directory; yields (root dir, base url)."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
 @pytest.mark.skipif(not SHAKESPEARE.exists(), reason="../shared/data/tinyshakespeare is absent")
-def test_tinyshakespeare_matches_llmc(tmp_path, serve, enc):
-    root, url = serve
+def test_tinyshakespeare_matches_llmc(tmp_path, static_server, enc):
+    root, url = static_server
     (root / "input.txt").write_bytes(SHAKESPEARE.read_bytes())
     train, val = prepro.prepare_tinyshakespeare(tmp_path / "ts", url=f"{url}/input.txt", verbose=False)
     v, t = read_shard(val), read_shard(train)
@@ -67,8 +50,8 @@ def test_tinyshakespeare_matches_llmc(tmp_path, serve, enc):
     assert (tmp_path / "ts" / "gpt2_tokenizer.bin").read_bytes() == (tmp_path / "ref.bin").read_bytes()
 
 
-def test_tinyshakespeare_bad_download(tmp_path, serve):
-    root, url = serve
+def test_tinyshakespeare_bad_download(tmp_path, static_server):
+    root, url = static_server
     (root / "input.txt").write_text("not shakespeare\n\nat all")
     with pytest.raises(LlmpyError, match="but the file is 1,115,394 bytes"):
         prepro.prepare_tinyshakespeare(tmp_path / "ts", url=f"{url}/input.txt", verbose=False)
@@ -221,8 +204,8 @@ def test_tinystories_from_local_archive(tmp_path, enc):
     assert read_shard(train).tolist() == expected(["data01.json", "data02.json"])
 
 
-def test_fineweb_pipeline_on_local_server(tmp_path, serve, monkeypatch, enc):
-    root, url = serve
+def test_fineweb_pipeline_on_local_server(tmp_path, static_server, monkeypatch, enc):
+    root, url = static_server
     tree = root / "api" / "datasets" / "HuggingFaceFW" / "fineweb" / "tree" / "main" / "sample"
     tree.mkdir(parents=True)
     data = root / "datasets" / "HuggingFaceFW" / "fineweb" / "resolve" / "main" / "sample" / "10BT"

@@ -4,15 +4,12 @@
 References: the sentencepiece library itself (trained and run here directly with llama2.c's settings),
 llama2.c's shipped tokenizer.bin, and the texts the shards were made from."""
 
-import functools
 import gzip
 import hashlib
-import http.server
 import io
 import json
 import random
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -50,20 +47,6 @@ def documents_of(tokens, bos):
     """The documents of a token stream in which every document starts with bos (asserted)."""
     assert tokens[0] == bos
     return np.split(tokens, np.flatnonzero(tokens == bos))[1:]
-
-
-@pytest.fixture
-def serve(tmp_path):
-    """A static HTTP server on 127.0.0.1 over a temporary directory; yields (root dir, base url)."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +176,8 @@ def test_default_corpus_with_a_small_vocab(tmp_path, monkeypatch, capsys):
     assert not (base / "prepro.json").exists()
 
 
-def test_llama2_tokenizer_download(tmp_path, serve, monkeypatch):
-    root, url = serve
+def test_llama2_tokenizer_download(tmp_path, static_server, monkeypatch):
+    root, url = static_server
     # Llama 2's tokenizer.model when ../shared has it, else a small model of the same kind
     if LLAMA2_MODEL.exists():
         model = LLAMA2_MODEL.read_bytes()
@@ -365,10 +348,10 @@ def test_tinyshakespeare_4096_vocab_on_the_real_text(tmp_path):
     assert 0.05 < len(val_text) / len(text) < 0.12 and text.startswith(sections[0])
 
 
-def test_fineweb_with_a_custom_vocab(tmp_path, serve, monkeypatch):
+def test_fineweb_with_a_custom_vocab(tmp_path, static_server, monkeypatch):
     from llmpy.data import fineweb
 
-    root, url = serve
+    root, url = static_server
     tree = root / "api" / "datasets" / "HuggingFaceFW" / "fineweb-edu" / "tree" / "main" / "sample"
     data = root / "datasets" / "HuggingFaceFW" / "fineweb-edu" / "resolve" / "main" / "sample" / "10BT"
     tree.mkdir(parents=True)
