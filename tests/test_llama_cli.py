@@ -11,6 +11,7 @@ import pytest
 from llmpy.cli import main
 from llmpy.formats.llama2c import write_llama2c
 from llmpy.llama.chat import chat
+from llmpy.llama.generate import generate, generate_batch
 from llmpy.llama.inference import Transformer
 from llmpy.llama.model import EOS, LlamaConfig, random_weights
 from llmpy.sampler import Sampler
@@ -151,3 +152,100 @@ def test_bad_files(files, tmp_path, capsysbinary):
     assert code == 2 and "truncated" in err
     code, _, err = run_cli(capsysbinary, tmp_path / "missing.bin")
     assert code == 2 and "cannot read model file" in err
+
+
+# -----------------------------------------------------------------------------
+# past the context: stop with a notice, or --context-shift
+
+SHIFT_LEN = 32
+
+
+@pytest.fixture(scope="module")
+def short(files):
+    """A model with a 32-token context (and the tiny tokenizer), written to model32.bin."""
+    d, _config, _weights, tok = files
+    config = LlamaConfig(32, 64, 2, 4, 2, len(tok.vocab), SHIFT_LEN, True)
+    weights = random_weights(config, np.random.default_rng(7), scale=0.3)
+    write_llama2c(d / "model32.bin", config, weights, 0)
+    return d / "model32.bin", config, weights, tok
+
+
+def shifted_reference(config, weights, prompt, total, keep):
+    """Greedy tokens (prompt included, `total` in all unless BOS comes) where each step runs a fresh Transformer
+    over the whole window: the first `keep` tokens and, once the window would pass seq_len, the most recent half
+    of the others."""
+    window, seq = list(prompt), list(prompt)
+    recent = (config.seq_len - keep) // 2
+    while len(seq) < total:
+        if len(window) > config.seq_len:
+            window = window[:keep] + window[len(window) - recent:]
+        nxt = int(np.argmax(Transformer(config, weights).prefill(window)[0]))
+        if nxt == 1:  # BOS: the loop's stop
+            break
+        seq.append(nxt)
+        window.append(nxt)
+    return seq
+
+
+@pytest.mark.parametrize("prompt", ["hello world", "the world " * 9])  # keep: the prompt, or half the window
+def test_context_shift_equals_recomputing_the_window(short, prompt):
+    path, config, weights, tok = short
+    t = Transformer.from_file(path)
+    err = io.StringIO()
+    got = generate(t, tok, Sampler(config.vocab_size, 0.0, 0.9, 1), prompt, 80, context_shift=True, err=err)
+    tokens = tok.encode(prompt, bos=True)
+    want = shifted_reference(config, weights, tokens, 81, min(len(tokens), SHIFT_LEN // 2))
+    assert len(want) == 81 and got.tokens == want and err.getvalue() == ""
+    # without the flag: the same tokens up to the end of the window, then the notice
+    stopped = generate(Transformer.from_file(path), tok, Sampler(config.vocab_size, 0.0, 0.9, 1), prompt, 80,
+                       err=err)
+    assert stopped.tokens == want[:SHIFT_LEN + 1] and "[context full" in err.getvalue()
+    # batched: each stream shifts by itself and equals its single run
+    samplers = [Sampler(config.vocab_size, 0.0, 0.9, 1) for _ in range(2)]
+    both = generate_batch(Transformer.from_file(path, n_streams=2), tok, samplers, [prompt, "hello"], 80,
+                          context_shift=True)
+    alone = generate(Transformer.from_file(path), tok, Sampler(config.vocab_size, 0.0, 0.9, 1), "hello", 80,
+                     context_shift=True)
+    assert both[0].tokens == want and both[1].tokens == alone.tokens
+
+
+def test_context_shift_cli(short, capsysbinary):
+    path = short[0]
+    code, out, err = run_cli(capsysbinary, path, "-t", 0, "-n", 80, "-i", "hello world")
+    _, out32, _ = run_cli(capsysbinary, path, "-t", 0, "-n", 32, "-i", "hello world")
+    assert code == 0 and "[context full" in err and "--context-shift" in err and out == out32
+    code, longer, err = run_cli(capsysbinary, path, "-t", 0, "-n", 80, "-i", "hello world", "--context-shift")
+    assert code == 0 and "[context full" not in err and longer.startswith(out32[:-1]) and len(longer) > len(out32)
+
+
+class EosAfter:
+    """Greedy sampling that answers EOS after n tokens (a chat model that stops late)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def sample(self, logits):
+        self.n -= 1
+        return EOS if self.n < 0 else int(np.argmax(logits))
+
+
+def test_chat_context_shift(short):
+    path, config, weights, tok = short
+    turn1 = tok.encode("[INST] hi [/INST]", bos=True)
+    keep = len(turn1)
+    out = io.BytesIO()
+    cache = chat(Transformer.from_file(path), tok, EosAfter(50), 0, io.StringIO("hi\nthe\n"), out, system_prompt="",
+                 context_shift=True)
+    # the first answer: 50 tokens past a 32-token window, as the reference recomputes them
+    answer = shifted_reference(config, weights, turn1, len(turn1) + 50, keep)[len(turn1):]
+    printed = b"".join(safe_piece(tok.decode(a, b)) for a, b in itertools.pairwise([turn1[-1], *answer]))
+    assert out.getvalue().startswith(b"User: Assistant: " + printed + b"\nUser: Assistant: ")
+    # the second turn went after a shifted window: the first turn, then recent tokens, then EOS + turn 2 + answer
+    turn2 = tok.encode("[INST] the [/INST]", bos=True)
+    assert cache[:keep] == turn1 and len(cache) < SHIFT_LEN and cache.count(EOS) >= 1
+    at = len(cache) - 1 - cache[::-1].index(EOS)
+    assert cache[at + 1:at + 1 + len(turn2)] == turn2
+    # without the flag the first answer hits the end of the window
+    out = io.BytesIO()
+    chat(Transformer.from_file(path), tok, EosAfter(50), 0, io.StringIO("hi\n"), out, system_prompt="")
+    assert b"[context full" in out.getvalue()

@@ -16,8 +16,11 @@ encodes, -m chat uses its chat template, generation stops at its eos ids (llmpy/
 context defaults to min(max_position_embeddings, 4096) positions (--context N for more).
 
 Flags and defaults are run.c's (temperature 1.0, top-p 0.9, 256 steps, seed from the clock when 0);
-values run.c would silently replace are errors here, -n beyond the model's seq_len included (when -n is
-not given, 256 is lowered to seq_len). --batch N runs N streams (N samples of one prompt, or one per -i)
+values run.c would silently replace are errors here (when -n is not given, 256 is lowered to seq_len). A generation
+that reaches the end of the context (seq_len, or --context) stops there with a notice on stderr; with
+--context-shift it keeps the prompt (at most half the window) and the most recent half of the rest, forwards
+them again and goes on (llmpy/llama/generate.py); -m chat likewise, keeping the first turn. --quantize q8 quantizes
+fp32/bf16/fp16 weights to Q8_0 on load, a tensor at a time; --dtype bf16 keeps them as bf16. --batch N runs N streams (N samples of one prompt, or one per -i)
 sharing every weight read; stream i uses seed + i. Threads: as many as the other processes leave cores free,
 checked while it runs (llmpy/threads.py), so a busy laptop is never slower than one thread; --threads N fixes it.
 """
@@ -54,6 +57,14 @@ def add_arguments(parser):
     parser.add_argument("--context", type=int, default=None, metavar="N",
                         help="positions of KV cache to allocate (default: the model's seq_len; needed for a header "
                              "whose seq_len is out of proportion to the weights)")
+    parser.add_argument("--context-shift", action="store_true",
+                        help="past the context, keep the prompt (or the chat's first turn; at most half the window) "
+                             "and the most recent half of the rest, and go on (default: stop with a notice)")
+    parser.add_argument("--quantize", choices=["q8"], default=None,
+                        help="quantize float weights to Q8_0 (int8) on load, a tensor at a time (group size 64, "
+                             "halved until it divides dim and hidden_dim)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
+                        help="keep float weights as fp32 (default) or bf16 (half the memory, rounded to nearest even)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="threads (default: the cores other processes leave free, checked as it runs; "
                              "NUMBA_NUM_THREADS caps it)")
@@ -87,7 +98,7 @@ def load_hf_model(args, model_dir, batch):
     from llmpy.llama.inference import Transformer
     from llmpy.tokenizers.hf import HFTokenizer
 
-    config, weights = load_hf(model_dir, args.context, args.allow_nonfinite)
+    config, weights = load_hf(model_dir, args.context, args.allow_nonfinite, args.dtype or "fp32", args.quantize)
     tokenizer = HFTokenizer.load(Path(args.tokenizer) if args.tokenizer else model_dir, config.vocab_size)
     transformer = Transformer(config, weights, n_streams=batch, threads=args.threads)
     # config.json's eos ids (generation_config.json's added) and the tokenizer's eos_token (a chat model's
@@ -114,8 +125,11 @@ def tokenizer_path(args, model, vocab_size):
 
 
 def steps_for(args, seq_len):
-    """-n as given (checked against seq_len by generate/chat), or run.c's 256 lowered to the model's seq_len."""
-    return min(DEFAULT_STEPS, seq_len) if args.max_tokens is None else args.max_tokens
+    """-n as given (checked against seq_len by generate/chat), or run.c's 256 lowered to the model's seq_len
+    (not lowered in generate mode with --context-shift, which goes past seq_len)."""
+    if args.max_tokens is not None:
+        return args.max_tokens
+    return DEFAULT_STEPS if args.context_shift and args.mode == "generate" else min(DEFAULT_STEPS, seq_len)
 
 
 def run(args):
@@ -141,6 +155,8 @@ def run(args):
     batch = args.batch if args.batch > 1 or len(prompts) == 1 else len(prompts)
     if len(prompts) not in (1, batch):
         raise LlmpyError(f"{len(prompts)} prompts (-i) for --batch {batch}: give one prompt or one per stream")
+    if args.dtype is not None and args.quantize is not None:
+        raise LlmpyError(f"--dtype {args.dtype} and --quantize {args.quantize} ask for two weight types: give one")
     if args.mode == "chat" and (batch > 1 or len(prompts) > 1):
         raise LlmpyError("chat mode is one conversation: drop --batch and extra -i prompts")
     seed = args.seed if args.seed > 0 else int(time.time())
@@ -152,7 +168,8 @@ def run(args):
     else:
         model = model_path(args.model)
         transformer = Transformer.from_file(model, n_streams=batch, max_seq_len=args.context,
-                                            allow_nonfinite=args.allow_nonfinite, threads=args.threads)
+                                            allow_nonfinite=args.allow_nonfinite, threads=args.threads,
+                                            dtype=args.dtype, quantize=args.quantize)
         tokenizer = Llama2Tokenizer.load(tokenizer_path(args, model, transformer.config.vocab_size),
                                          transformer.config.vocab_size)
         stop_ids = (BOS,)
@@ -163,23 +180,24 @@ def run(args):
         sampler = Sampler(config.vocab_size, args.temperature, args.top_p, seed)
         user = args.prompt and prompts[0]
         if hf_dir is None:
-            chat(transformer, tokenizer, sampler, steps, sys.stdin, out, args.system_prompt, user)
+            chat(transformer, tokenizer, sampler, steps, sys.stdin, out, args.system_prompt, user, args.context_shift)
             return 0
         if tokenizer.chat_template is None:
             raise LlmpyError(f"{hf_dir}: tokenizer_config.json has no chat_template, so -m chat cannot format "
                              "turns: use -m generate, or a chat (instruct) model")
         template = ChatTemplate(tokenizer.chat_template, tokenizer.special_tokens, f"{hf_dir}/tokenizer_config.json")
         chat_with_template(transformer, tokenizer, template, sampler, steps, sys.stdin, out, args.system_prompt,
-                           user, stop_ids)
+                           user, stop_ids, args.context_shift)
         return 0
     if batch == 1:
         sampler = Sampler(config.vocab_size, args.temperature, args.top_p, seed)
-        result = generate(transformer, tokenizer, sampler, prompts[0], steps, out=out, stop_ids=stop_ids)
+        result = generate(transformer, tokenizer, sampler, prompts[0], steps, out=out, stop_ids=stop_ids,
+                          context_shift=args.context_shift)
         rate = result.tok_per_s
     else:
         samplers = [Sampler(config.vocab_size, args.temperature, args.top_p, seed + i) for i in range(batch)]
         results = generate_batch(transformer, tokenizer, samplers, prompts * (batch // len(prompts)), steps,
-                                 stop_ids)
+                                 stop_ids, args.context_shift)
         for i, r in enumerate(results):
             out.write(f"--- stream {i} ---\n".encode() + r.text + b"\n")
         out.flush()

@@ -6,7 +6,8 @@ Each user turn is rendered with the Llama 2 chat template and encoded with BOS:
 The assistant samples until it produces EOS; the EOS goes into the KV cache before the next turn's
 BOS (the `... answer </s><s>[INST] ...` layout Llama 2 chat was trained on). Input lines come from
 any text stream (a terminal or a script on stdin); end of input ends the chat. When a turn would not
-fit in the context (steps), the chat stops with a message instead of running past seq_len.
+fit in the context (steps), the chat stops with a message instead of running past seq_len; with
+context_shift it keeps the first turn and the most recent half of the rest (generate.shift_window) and goes on.
 
 Differences from run.c: the turn is forwarded as one prefill; the piece run.c prints right after EOS
 is not printed; overlong input is not cut at 512 bytes; the context limit is checked.
@@ -21,7 +22,7 @@ cache already holds are not forwarded again (usually all but the new turn), the 
 samples until any of the model's eos ids.
 """
 
-from llmpy.llama.generate import resolve_steps
+from llmpy.llama.generate import keep_for, resolve_steps, shift_window
 from llmpy.llama.model import EOS
 from llmpy.tokenizers.llama2 import safe_piece
 
@@ -64,12 +65,18 @@ def _read_line(prompt, inp, out):
     return line.removesuffix("\n")
 
 
-def chat(transformer, tokenizer, sampler, steps, inp, out, system_prompt=None, user_prompt=None):
-    """Run a conversation; inp is a text stream of user lines, out a binary stream. Returns the forwarded tokens."""
+def chat(transformer, tokenizer, sampler, steps, inp, out, system_prompt=None, user_prompt=None,
+         context_shift=False):
+    """Run a conversation; inp is a text stream of user lines, out a binary stream. Returns the tokens in the KV
+    cache at the end (every forwarded token, in order, unless the context shifted).
+
+    context_shift: when the window (steps) is full, keep the first turn (keep_for: at most half the window) and the
+    most recent half of the rest (shift_window), forward those again, and go on; a new turn that does not fit
+    in that recent half still ends the chat."""
     steps = resolve_steps(steps, transformer.config.seq_len)
-    forwarded = []  # every token that went through the model, in order (the KV cache's contents)
+    cache = []  # the tokens whose keys and values the KV cache holds, positions 0..len(cache)-1
     pending = []  # tokens to forward before the next turn (the assistant's EOS)
-    pos = 0
+    keep = None  # tokens a context shift keeps from the start: the first turn's
     first = True
     while True:
         if first:
@@ -82,40 +89,52 @@ def chat(transformer, tokenizer, sampler, steps, inp, out, system_prompt=None, u
             break
         tokens = pending + tokenizer.encode(render_turn(user, system if first else ""), bos=True, eos=False)
         first = False
-        if pos + len(tokens) >= steps:
-            out.write(f"\n[context full: this turn needs {len(tokens)} tokens but only {steps - pos} of {steps} "
+        keep = keep_for(len(tokens), steps) if keep is None else keep
+        start = len(cache)
+        if start + len(tokens) >= steps and context_shift and len(tokens) < max(1, (steps - keep) // 2):
+            cache = shift_window(cache + tokens, keep, steps)[:-len(tokens)]
+            start = keep  # the kept turn's entries stay; everything after it is forwarded again
+        if len(cache) + len(tokens) >= steps:
+            out.write(f"\n[context full: this turn needs {len(tokens)} tokens but only {steps - len(cache)} of {steps} "
                       "are left; start a new chat]\n".encode())
             break
         out.write(b"Assistant: ")
         out.flush()
-        logits = transformer.prefill(tokens, start=pos)[0]
-        forwarded += tokens
-        pos += len(tokens)
+        cache += tokens
+        logits = transformer.prefill(cache[start:], start=start)[0]
         token, nxt = tokens[-1], sampler.sample(logits)
         while nxt != EOS:
-            if pos >= steps:
+            if len(cache) >= steps and not context_shift:
                 out.write(f"\n[context full: the conversation reached {steps} tokens; start a new chat]\n".encode())
-                return forwarded
+                return cache
             out.write(safe_piece(tokenizer.decode(token, nxt)))
             out.flush()
             token = nxt
-            logits = transformer.forward_token(token, pos)
-            forwarded.append(token)
-            pos += 1
+            if len(cache) >= steps:
+                cache = shift_window(cache + [token], keep, steps)
+                logits = transformer.prefill(cache[keep:], start=keep)[0]
+            else:
+                logits = transformer.forward_token(token, len(cache))
+                cache.append(token)
             nxt = sampler.sample(logits)
         out.write(b"\n")
         pending = [EOS]
     out.write(b"\n")
     out.flush()
-    return forwarded
+    return cache
 
 
 def chat_with_template(transformer, tokenizer, template, sampler, steps, inp, out, system_prompt=None,
-                       user_prompt=None, stop_ids=(EOS,)):
-    """chat for a Hugging Face model and its chat template; returns the tokens in the KV cache at the end."""
+                       user_prompt=None, stop_ids=(EOS,), context_shift=False):
+    """chat for a Hugging Face model and its chat template; returns the tokens in the KV cache at the end.
+
+    context_shift: as chat's. The cache then holds the conversation's tokens [:keep] + [cut:], and each new
+    rendering of the conversation is cut the same way (cut again when it no longer fits)."""
     steps = resolve_steps(steps, transformer.config.seq_len)
     cached = []  # the tokens whose keys and values are in the cache, positions 0..len-1
     messages = []
+    keep, cut = None, 0  # once shifted (cut > 0): cached = conversation[:keep] + conversation[cut:]
+    done = 0  # the conversation's tokens up to the end of the last answer
     first = True
     while True:
         if first:
@@ -131,31 +150,46 @@ def chat_with_template(transformer, tokenizer, template, sampler, steps, inp, ou
         first = False
         messages.append({"role": "user", "content": user})
         tokens = encode_conversation(tokenizer, template, messages)
-        if len(tokens) >= steps:
-            out.write(f"\n[context full: the conversation needs {len(tokens)} of {steps} tokens; start a new "
+        keep = keep_for(len(tokens), steps) if keep is None else keep
+        wanted = tokens[:keep] + tokens[min(cut, len(tokens) - 1):] if cut else tokens
+        if len(wanted) >= steps and context_shift:
+            recent = shift_window(tokens, keep, steps)[keep:]
+            if len(tokens) - len(recent) <= done:  # the new turn is all in the recent half
+                cut = len(tokens) - len(recent)
+                wanted = tokens[:keep] + recent
+        if len(wanted) >= steps:
+            out.write(f"\n[context full: the conversation needs {len(wanted)} of {steps} tokens; start a new "
                       "chat]\n".encode())
             break
         same = 0  # keep the cache for the prefix the new rendering shares with it (at least one token forwarded)
-        while same < min(len(cached), len(tokens) - 1) and cached[same] == tokens[same]:
+        while same < min(len(cached), len(wanted) - 1) and cached[same] == wanted[same]:
             same += 1
         out.write(b"Assistant: ")
         out.flush()
-        logits = transformer.prefill(tokens[same:], start=same)[0]
-        cached = list(tokens)
+        logits = transformer.prefill(wanted[same:], start=same)[0]
+        cached = list(wanted)
+        n_conversation = len(tokens)  # the conversation's tokens so far, of which cached holds [:keep] + [cut:]
         pieces = tokenizer.stream()
         answer = []
         nxt = sampler.sample(logits)
         while nxt not in stop_ids:
-            if len(cached) >= steps:
+            if len(cached) >= steps and not context_shift:
                 out.write(f"\n[context full: the conversation reached {steps} tokens; start a new chat]\n".encode())
                 return cached
             out.write(pieces.push(nxt))
             out.flush()
             answer.append(nxt)
-            logits = transformer.forward_token(nxt, len(cached))
-            cached.append(nxt)
+            n_conversation += 1
+            if len(cached) >= steps:
+                cached = shift_window(cached + [nxt], keep, steps)
+                cut = n_conversation - (len(cached) - keep)
+                logits = transformer.prefill(cached[keep:], start=keep)[0]
+            else:
+                logits = transformer.forward_token(nxt, len(cached))
+                cached.append(nxt)
             nxt = sampler.sample(logits)
         out.write(pieces.finish() + b"\n")
+        done = n_conversation
         messages.append({"role": "assistant", "content": tokenizer.decode_ids(answer, skip_special_tokens=True)})
     out.write(b"\n")
     out.flush()

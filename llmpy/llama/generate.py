@@ -3,7 +3,10 @@
 generate: the prompt (with BOS) is forwarded as one batched prefill, then one token at a time;
 the printed text and the sampled tokens are those of run.c's loop (prompt pieces, then samples;
 stop after `steps` positions or when BOS is sampled). tok/s counts the tokens after the first
-forward, as run.c does. Unlike run.c, steps beyond the model's seq_len are an error, not lowered.
+forward, as run.c does. Unlike run.c, steps beyond the model's seq_len are not lowered: at the end of the
+context the generation stops with a notice on stderr, or with context_shift (llama.cpp's context shift) keeps
+the first tokens (the prompt, at most half the window: keep_for) and the most recent half of the rest
+(shift_window), forwards those again after the kept ones (whose keys and values stay valid) and goes on.
 generate_batch: N streams share every forward call (each weight matrix is read once per step for
 all of them), each with its own prompt, KV cache and Sampler.
 
@@ -12,6 +15,7 @@ Tokenizers: llama2.c's tokenizer.bin (llmpy.tokenizers.llama2) or a model's Hugg
 to print. stop_ids: the tokens that end a sequence (run.c: BOS; a Hugging Face model: its eos ids).
 """
 
+import sys
 import time
 from dataclasses import dataclass
 
@@ -50,14 +54,34 @@ def piece_stream(tokenizer):
     return tokenizer.stream() if hasattr(tokenizer, "stream") else Llama2Pieces(tokenizer)
 
 
-def resolve_steps(steps, seq_len):
-    """0 means seq_len (run.c's rule); negative or more than seq_len is an error (run.c lowers it silently)."""
+def resolve_steps(steps, seq_len, beyond=False):
+    """0 means seq_len (run.c's rule); negative is an error, and so is more than seq_len (run.c lowers it silently)
+    unless beyond: then generation stops at seq_len with a notice, or shifts the context (generate)."""
     if steps < 0:
         raise LlmpyError(f"steps (-n) must be >= 0 (0 = the model's seq_len {seq_len}), got {steps}")
-    if steps > seq_len:
+    if steps > seq_len and not beyond:
         raise LlmpyError(f"steps (-n) {steps} is more than the model's context (seq_len) of {seq_len} tokens: "
                          f"pass -n {seq_len} or less (-n 0 = all {seq_len})")
     return seq_len if steps == 0 else steps
+
+
+def keep_for(n_first, seq_len):
+    """How many tokens a context shift keeps from the start: the first n_first (the prompt, or a chat's first turn
+    with its system prompt), at most half the window."""
+    return min(n_first, seq_len // 2)
+
+
+def shift_window(cache, keep, seq_len):
+    """The tokens a full window keeps on a context shift: its first `keep` tokens and the most recent half of
+    the others (at least one), which are then forwarded again at positions keep, keep + 1, ..."""
+    recent = max(1, (seq_len - keep) // 2)
+    return cache[:keep] + cache[-recent:]
+
+
+def context_notice(seq_len, err):
+    """The notice a generation that reached the end of the context stops with (err: a text stream)."""
+    print(f"[context full: the sequence reached the model's context of {seq_len} tokens (seq_len, or --context); "
+          "--context-shift continues past it]", file=err if err is not None else sys.stderr, flush=True)
 
 
 def encode_prompt(tokenizer, prompt, seq_len):
@@ -68,10 +92,15 @@ def encode_prompt(tokenizer, prompt, seq_len):
     return tokens
 
 
-def generate(transformer, tokenizer, sampler, prompt, steps, out=None, stream=0, stop_ids=(BOS,)):
-    """Generate from prompt like run.c; pieces are written to out (a binary file) as they come."""
+def generate(transformer, tokenizer, sampler, prompt, steps, out=None, stream=0, stop_ids=(BOS,),
+             context_shift=False, err=None):
+    """Generate from prompt like run.c; pieces are written to out (a binary file) as they come.
+
+    steps beyond the context (seq_len): at the end of the window, stop with context_notice on err (default
+    stderr), or with context_shift keep the first keep_for(prompt) tokens and the most recent half of the rest
+    (shift_window), forward those again after the kept ones, and go on."""
     c = transformer.config
-    steps = resolve_steps(steps, c.seq_len)
+    steps = resolve_steps(steps, c.seq_len, beyond=True)
     tokens = encode_prompt(tokenizer, prompt, c.seq_len)
     n_prompt = len(tokens)
     printed = []
@@ -93,17 +122,24 @@ def generate(transformer, tokenizer, sampler, prompt, steps, out=None, stream=0,
             out.write(printed[-1])
         return Generation(tokens[:steps + 1], n_prompt, 0.0, b"".join(printed))
     logits = transformer.prefill(tokens, stream=stream)[0]
-    pos = n_prompt
-    token, nxt = tokens[-1], sampler.sample(logits)
+    cache = list(tokens)  # the tokens whose keys and values the KV cache holds, at positions 0..len(cache)-1
+    keep = keep_for(n_prompt, c.seq_len)
+    nxt = sampler.sample(logits)
     start, n_timed = time.perf_counter(), 0
     while nxt not in stop_ids:  # run.c: BOS delimits sequences
         emit(nxt)
         tokens.append(nxt)
-        token = nxt
-        if pos >= steps:
+        if len(tokens) > steps:
             break
-        logits = transformer.forward_token(token, pos, stream)
-        pos += 1
+        if len(cache) < c.seq_len:
+            logits = transformer.forward_token(nxt, len(cache), stream)
+            cache.append(nxt)
+        elif context_shift:
+            cache = shift_window(cache + [nxt], keep, c.seq_len)
+            logits = transformer.prefill(cache[keep:], stream=stream, start=keep)[0]
+        else:
+            context_notice(c.seq_len, err)
+            break
         n_timed += 1
         nxt = sampler.sample(logits)
     elapsed = time.perf_counter() - start
@@ -115,12 +151,13 @@ def generate(transformer, tokenizer, sampler, prompt, steps, out=None, stream=0,
     return Generation(tokens, n_prompt, n_timed / elapsed if n_timed and elapsed > 0 else 0.0, b"".join(printed))
 
 
-def generate_batch(transformer, tokenizer, samplers, prompts, steps, stop_ids=(BOS,)):
-    """Generate len(samplers) streams at once; prompts has one prompt per stream. Returns [Generation]."""
+def generate_batch(transformer, tokenizer, samplers, prompts, steps, stop_ids=(BOS,), context_shift=False, err=None):
+    """Generate len(samplers) streams at once; prompts has one prompt per stream. Returns [Generation].
+    Past the context, as generate: each stream stops (one notice) or shifts its own window (a prefill of its own)."""
     c = transformer.config
     n = len(samplers)
     assert len(prompts) == n and transformer.n_streams >= n, "one prompt and one KV cache per stream"
-    steps = resolve_steps(steps, c.seq_len)
+    steps = resolve_steps(steps, c.seq_len, beyond=True)
     seqs = [encode_prompt(tokenizer, p, c.seq_len) for p in prompts]
     n_prompt = [len(s) for s in seqs]
     nxt = []
@@ -131,21 +168,34 @@ def generate_batch(transformer, tokenizer, samplers, prompts, steps, stop_ids=(B
             nxt.append(stop_ids[0])
         else:
             nxt.append(samplers[s].sample(transformer.prefill(toks, stream=s)[0]))
-    pos = list(n_prompt)
+    caches = [list(s) for s in seqs]  # each stream's KV cache contents, as in generate
+    keep = [keep_for(k, c.seq_len) for k in n_prompt]
     active = [s for s in range(n) if nxt[s] not in stop_ids]
-    start, n_timed = time.perf_counter(), 0
+    start, n_timed, noticed = time.perf_counter(), 0, False
     while active:
         for s in active:
             seqs[s].append(nxt[s])
-        active = [s for s in active if pos[s] < steps]
-        if not active:
-            break
-        logits = transformer.forward([seqs[s][-1] for s in active], [pos[s] for s in active], active)
+        active = [s for s in active if len(seqs[s]) <= steps]
+        full = [s for s in active if len(caches[s]) >= c.seq_len]
+        if full and not context_shift:
+            if not noticed:
+                context_notice(c.seq_len, err)
+                noticed = True
+            active = [s for s in active if s not in full]
+        logits = {}
+        for s in full if context_shift else ():
+            caches[s] = shift_window(caches[s] + [nxt[s]], keep[s], c.seq_len)
+            logits[s] = transformer.prefill(caches[s][keep[s]:], stream=s, start=keep[s])[0].copy()
+        rows = [s for s in active if s not in logits]
+        if rows:
+            out = transformer.forward([nxt[s] for s in rows], [len(caches[s]) for s in rows], rows)
+            for row, s in enumerate(rows):
+                caches[s].append(nxt[s])
+                logits[s] = out[row]
         n_timed += len(active)
         still = []
-        for row, s in enumerate(active):
-            pos[s] += 1
-            nxt[s] = samplers[s].sample(logits[row])
+        for s in active:
+            nxt[s] = samplers[s].sample(logits[s])
             if nxt[s] not in stop_ids:
                 still.append(s)
         active = still
