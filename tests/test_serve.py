@@ -27,6 +27,7 @@ from llmpy.tokenizers.llama2 import Llama2Tokenizer, safe_piece
 
 openai = pytest.importorskip("openai")
 SEQ_LEN = 128
+SLOW_SEQ_LEN = 2048
 PROMPTS = ["Once upon a time", "hello world", "The cat", "", "a b c d e f g h i j k l m n o p", "big", "x", "Lily"]
 
 
@@ -38,6 +39,13 @@ def make_files(d):
     config = LlamaConfig(32, 64, 2, 4, 2, len(vocab), SEQ_LEN, True)
     write_llama2c(d / "model.bin", config, random_weights(config, np.random.default_rng(0), scale=0.3), 0)
     return d / "model.bin", tok
+
+
+def write_slow_model(path, vocab_size):
+    """A model big enough that a long reply takes seconds (so that it is still running when a test acts)."""
+    config = LlamaConfig(256, 768, 4, 8, 8, vocab_size, SLOW_SEQ_LEN, True)
+    write_llama2c(path, config, random_weights(config, np.random.default_rng(1)), 0)
+    return path
 
 
 class Served:
@@ -300,21 +308,34 @@ def _handler_threads():
     return [t for t in threading.enumerate() if t.name.startswith("Thread-") and "process_request" in t.name]
 
 
-def test_disconnected_stream_frees_its_slot(served):
+def test_disconnected_client_frees_its_slot(files):
+    served = Served(write_slow_model(files[0].with_name("slow.bin"), files[1].vocab_size), slots=2)
+    try:
+        _disconnect_mid_reply(served)
+    finally:
+        served.close()
+
+
+def _disconnect_mid_reply(served):
     baseline = len(_handler_threads())
     for stream in (True, False):
+        steps = served.server.engine.steps
         sock = socket.create_connection(("127.0.0.1", served.port), timeout=30)
-        body = json.dumps({"prompt": "Once", "max_tokens": SEQ_LEN - 10, "seed": 3, "stream": stream}).encode()
+        body = json.dumps({"prompt": "Once", "max_tokens": SLOW_SEQ_LEN - 10, "seed": 3, "stream": stream}).encode()
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         if stream:
             got = b""
             while b"data: " not in got:  # the stream has started
                 got += sock.recv(4096)
+        else:
+            while served.server.engine.steps < steps + 20:  # the reply is being generated
+                time.sleep(0.01)
         sock.close()  # gone mid-reply
         assert served.wait_idle(), "the slot of a disconnected client was not freed"
-    text, _, _ = complete(served, "The cat", 5, 10)  # served as usual
-    assert text
+        assert served.server.engine.steps - steps < SLOW_SEQ_LEN / 2  # cancelled, not run to its end
+    status, r = served.raw("POST", "/v1/completions", {"prompt": "The cat", "max_tokens": 10, "seed": 5})
+    assert status == 200 and r["usage"]["completion_tokens"] == 10  # served as usual
     end = time.time() + 10
     while len(_handler_threads()) > baseline and time.time() < end:
         time.sleep(0.05)

@@ -13,14 +13,8 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
-from test_serve import Served, make_files
-
-from llmpy.formats.llama2c import write_llama2c
-from llmpy.llama.model import LlamaConfig, random_weights
-
-SLOW_SEQ_LEN = 2048
+from test_serve import SLOW_SEQ_LEN, Served, make_files, write_slow_model
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +25,7 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def slow_model(files):
     """A model big enough that a 2000-token stream is still running when the signal comes (seconds)."""
-    path = files[0].with_name("slow.bin")
-    config = LlamaConfig(256, 768, 4, 8, 8, files[1].vocab_size, SLOW_SEQ_LEN, True)
-    write_llama2c(path, config, random_weights(config, np.random.default_rng(1)), 0)
-    return path
+    return write_slow_model(files[0].with_name("slow.bin"), files[1].vocab_size)
 
 
 def launch(*args):

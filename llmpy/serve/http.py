@@ -41,6 +41,7 @@ class Server(ThreadingHTTPServer):
     """The server: the model (for names and encoding) and the engine; tracks its connections for shutdown."""
 
     daemon_threads = False  # server_close() joins the handler threads: none is left behind
+    request_queue_size = 128  # listen backlog (socketserver's 5 dropped connections when 16 clients came at once)
     block_on_close = True
 
     def __init__(self, address, model, engine):
@@ -98,6 +99,8 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # each stream chunk leaves at once
     server_version = "llmpy"
 
+    checked = 0.0  # when _client_gone last looked (time.monotonic)
+
     def log_message(self, format, *args):  # quiet: one line per request would drown the server's own messages
         pass
 
@@ -139,14 +142,19 @@ class Handler(BaseHTTPRequestHandler):
             return True
 
     def _next_event(self, request):
-        """The engine's next event for request; ClientGone (and the request cancelled) if the client leaves."""
+        """The engine's next event for request; ClientGone (and the request cancelled) if the client leaves:
+        checked every POLL_S, also while events keep coming (a reply that is not streamed writes nothing)."""
         while True:
+            now = time.monotonic()
+            if now - self.checked >= POLL_S:
+                self.checked = now
+                if self._client_gone():
+                    request.cancel()
+                    raise ClientGone()
             try:
                 return request.events.get(timeout=POLL_S)
             except queue.Empty:
-                if self._client_gone():
-                    request.cancel()
-                    raise ClientGone() from None
+                pass
 
     # -------------------------------------------------------------------------
     # endpoints
