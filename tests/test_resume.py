@@ -2,7 +2,6 @@
 (gradient accumulation and shuffled data included); a kill mid-checkpoint leaves the previous one usable."""
 
 import io
-import os
 import signal
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_train_helpers import tiny_config
+from test_train_helpers import run_interrupted, tiny_config
 
 from llmpy.errors import LlmpyError
 from llmpy.train import checkpoint as ckpt
@@ -40,17 +39,7 @@ def _assert_same_run(a, b, dir_a, dir_b):
 def test_ctrl_c_then_resume_is_bit_identical(tmp_path):
     full = _uninterrupted(tmp_path)
     cfg = tiny_config(tmp_path, out="split", **COMMON)
-    trainer = Trainer(cfg, stream=io.StringIO())
-    real_step = trainer.train_step
-
-    def step_and_interrupt(step):
-        out = real_step(step)
-        if step == 4:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the step finishes, a checkpoint is written
-        return out
-
-    trainer.train_step = step_and_interrupt
-    first = trainer.run()
+    first = run_interrupted(cfg, after_step=4)
     assert first["interrupted"] and first["final_step"] == 5
     assert ckpt.complete_steps(tmp_path / "split") == [3, 5]
     cfg.resume = True

@@ -1,9 +1,15 @@
-"""Shared pieces of the training tests (no tests here): a tiny corpus and a tiny TrainConfig."""
+"""Shared pieces of the training tests (no tests here): a tiny corpus, a tiny TrainConfig, a run stopped by
+Ctrl-C."""
+
+import io
+import os
+import signal
 
 import numpy as np
 
 from llmpy.formats.tokens import write_shard
 from llmpy.train.config import TrainConfig
+from llmpy.train.loop import Trainer
 
 V = 64
 
@@ -33,3 +39,18 @@ def tiny_config(tmp_path, out="run", **overrides):
               "gen_tokens": 8, "output_dir": str(tmp_path / out), "progress": "none", "plot": False}
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def run_interrupted(cfg, after_step):
+    """Run a Trainer on cfg and press Ctrl-C (SIGINT) as step `after_step` finishes; returns the run's summary."""
+    trainer = Trainer(cfg, stream=io.StringIO())
+    real_step = trainer.train_step
+
+    def step_and_interrupt(step):
+        out = real_step(step)
+        if step == after_step:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the step finishes, a checkpoint is written
+        return out
+
+    trainer.train_step = step_and_interrupt
+    return trainer.run()

@@ -9,13 +9,11 @@ Every bad input is an LlmpyError before any work."""
 import importlib.util
 import io
 import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_train_helpers import V, tiny_config, write_corpus
+from test_train_helpers import V, run_interrupted, tiny_config, write_corpus
 
 from llmpy.errors import LlmpyError
 from llmpy.formats.llama2c import read_llama2c, write_llama2c
@@ -75,17 +73,7 @@ def test_a_llama_run_checkpoints_llama2c_files_and_learns(trained):
 def test_ctrl_c_then_resume_is_bit_identical(trained, tmp_path):
     full, full_dir = trained
     cfg = tiny_config(tmp_path, out="split", **COMMON)
-    trainer = Trainer(cfg, stream=io.StringIO())
-    real_step = trainer.train_step
-
-    def step_and_interrupt(step):
-        out = real_step(step)
-        if step == 4:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the step finishes, a checkpoint is written
-        return out
-
-    trainer.train_step = step_and_interrupt
-    first = trainer.run()
+    first = run_interrupted(cfg, after_step=4)
     assert first["interrupted"] and ckpt.complete_steps(tmp_path / "split") == [3, 5]
     cfg.resume = True
     second = run(cfg)
