@@ -143,6 +143,35 @@ def test_engine_queue_full_is_refused_at_once(files):
         engine.submit(Request([1, 5], 3, Sampler(model.vocab_size), frozenset([1])))
 
 
+def test_long_prompt_is_prefilled_in_chunks_between_decode_steps(files):
+    """A 100-token prompt arriving while another request decodes: every step still carries the decoder's
+    token (it gains one token per step) and the prompt goes in over several steps of at most step_rows rows."""
+    from llmpy.serve.model import LlamaServed
+
+    model = LlamaServed.load(str(files[0]), slots=2)
+    rows = []
+    forward = model.forward
+    model.forward = lambda t, p, s: rows.append(len(t)) or forward(t, p, s)
+    engine = Engine(model)  # stepped by hand: no thread
+    a = Request(model.encode_prompt("hi"), 60, Sampler(model.vocab_size, 1.0, 1.0, 3), frozenset())
+    engine.submit(a)
+    engine._admit()
+    engine._step()  # a's prompt, and its first token
+    assert a.n_generated == 1
+    b = Request(model.encode_prompt("a b c d e f g h i j k l m n o p q r s t u v w x y z " * 2), 5,
+                Sampler(model.vocab_size, 1.0, 1.0, 4), frozenset())
+    assert len(b.tokens) > 2 * model.step_rows
+    engine.submit(b)
+    engine._admit()
+    steps = 0
+    while b.n_generated == 0:
+        engine._step()
+        steps += 1
+        assert a.n_generated == 1 + steps  # a decoded in every step
+    assert steps >= 3 and max(rows) <= model.step_rows
+    assert rows[1:steps] == [model.step_rows] * (steps - 1)  # full steps while b's prompt lasts
+
+
 # -----------------------------------------------------------------------------
 # the OpenAI client
 
