@@ -1,5 +1,5 @@
-"""Shared test helpers: where fixtures live, importing the PyTorch references under tests/reference/, local HTTP
-servers on 127.0.0.1 (no real network)."""
+"""Shared test helpers: where fixtures live, importing the PyTorch references under tests/reference/, a tiny
+llama2.c model with its tokenizer, local HTTP servers on 127.0.0.1 (no real network)."""
 
 import contextlib
 import functools
@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -22,6 +23,21 @@ def import_reference(module_name):
     if str(REFERENCE_DIR) not in sys.path:
         sys.path.insert(0, str(REFERENCE_DIR))
     return importlib.import_module(module_name)
+
+
+def write_tiny_llama(d, seq_len, seed, tokenizer_name="tokenizer.bin"):
+    """A tiny llama2.c v0 model (dim 32, hidden 64, 2 layers, 4 heads over 2 key/value heads, random weights of
+    scale 0.3 from `seed`) and its tokenizer.bin (llama_torch.tiny_tokenizer_pieces) in directory d; returns
+    (model path, tokenizer path). Skips the calling test when torch is not installed."""
+    from llmpy.formats.llama2c import write_llama2c
+    from llmpy.llama.model import LlamaConfig, random_weights
+    from llmpy.tokenizers.llama2 import Llama2Tokenizer
+
+    vocab, scores = import_reference("llama_torch").tiny_tokenizer_pieces()
+    Llama2Tokenizer(vocab, scores).save(d / tokenizer_name)
+    config = LlamaConfig(32, 64, 2, 4, 2, len(vocab), seq_len, True)
+    write_llama2c(d / "model.bin", config, random_weights(config, np.random.default_rng(seed), scale=0.3), 0)
+    return d / "model.bin", d / tokenizer_name
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import import_reference
+from conftest import write_tiny_llama
 
 from llmpy.cli import EXIT_SIGPIPE, main
 from llmpy.formats.llama2c import read_llama2c, write_llama2c
@@ -16,7 +16,6 @@ from llmpy.formats.llmc import save_checkpoint
 from llmpy.gpt2.model import GPT2Config, init_params
 from llmpy.llama.model import LlamaConfig, random_weights
 from llmpy.llama.quant import dequantize
-from llmpy.tokenizers.llama2 import Llama2Tokenizer
 
 GPT2_CFG = GPT2Config(max_seq_len=64, vocab_size=50257, padded_vocab_size=50304, num_layers=1, num_heads=2,
                       channels=16)
@@ -26,12 +25,8 @@ SEQ_LEN = 48
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     """A tiny llama2.c model (seq_len 48) and its tokenizer.bin side by side."""
-    llama_torch = import_reference("llama_torch")
     d = tmp_path_factory.mktemp("cli_llama")
-    vocab, scores = llama_torch.tiny_tokenizer_pieces()
-    Llama2Tokenizer(vocab, scores).save(d / "tokenizer.bin")
-    config = LlamaConfig(32, 64, 2, 4, 2, len(vocab), SEQ_LEN, True)
-    write_llama2c(d / "model.bin", config, random_weights(config, np.random.default_rng(3), scale=0.3), 0)
+    write_tiny_llama(d, SEQ_LEN, seed=3)
     return d
 
 

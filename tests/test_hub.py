@@ -13,16 +13,12 @@ import sys
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import pytest
-from conftest import http_server, import_reference
+from conftest import http_server, write_tiny_llama
 
 from llmpy.cli import main
 from llmpy.errors import LlmpyError
-from llmpy.formats.llama2c import write_llama2c
 from llmpy.hub import TINYLLAMAS_REPO, llama2c_tokenizer
-from llmpy.llama.model import LlamaConfig, random_weights
-from llmpy.tokenizers.llama2 import Llama2Tokenizer
 
 pytest.importorskip("huggingface_hub")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # the repository revision the stand-in reports
@@ -87,13 +83,7 @@ def hub(hub_server):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(model.bin, tokenizer.bin) of a tiny llama2.c model."""
-    llama_torch = import_reference("llama_torch")
-    d = tmp_path_factory.mktemp("hub_model")
-    vocab, scores = llama_torch.tiny_tokenizer_pieces()
-    Llama2Tokenizer(vocab, scores).save(d / "tok.bin")
-    config = LlamaConfig(32, 64, 2, 4, 2, len(vocab), 64, True)
-    write_llama2c(d / "model.bin", config, random_weights(config, np.random.default_rng(7), scale=0.3), 0)
-    return d / "model.bin", d / "tok.bin"
+    return write_tiny_llama(tmp_path_factory.mktemp("hub_model"), 64, seed=7, tokenizer_name="tok.bin")
 
 
 def llmpy(tmp_path, endpoint, *argv, offline=False):
