@@ -249,3 +249,17 @@ def test_chat_context_shift(short):
     out = io.BytesIO()
     chat(Transformer.from_file(path), tok, EosAfter(50), 0, io.StringIO("hi\n"), out, system_prompt="")
     assert b"[context full" in out.getvalue()
+
+
+def test_quantize_and_dtype_on_a_llama2c_file(files, capsysbinary):
+    d, config, _weights, tok = files
+    args = ["-t", 0, "-n", 30, "-i", "hello world"]
+    code, q8, _ = run_cli(capsysbinary, d / "model.bin", "--quantize", "q8", *args)
+    _, v2, _ = run_cli(capsysbinary, d / "model_q.bin", *args)  # llama2.c's v2 export, groups of 32 (64 halved)
+    assert code == 0 and q8 == v2
+    code, b16, _ = run_cli(capsysbinary, d / "model.bin", "--dtype", "bf16", *args)
+    want = generate(Transformer.from_file(d / "model.bin", dtype="bf16"), tok, Sampler(config.vocab_size, 0.0, 0.9, 1),
+                    "hello world", 30)
+    assert code == 0 and b16 == want.text + b"\n"
+    code, _, err = run_cli(capsysbinary, d / "model_q.bin", "--quantize", "q8", *args)
+    assert code == 2 and "already" in err and "Traceback" not in err
