@@ -44,11 +44,11 @@ def add_arguments(parser):
 
 def v2_group_size(config, asked=None):
     """(group size, note): `asked` as given, or llama2.c's default halved until it divides dim and hidden_dim."""
+    from llmpy.llama.inference import q8_group_size  # the one rule, also run --quantize q8's
+
     if asked is not None:
         return asked, ""
-    group_size = DEFAULT_GROUP_SIZE
-    while config.dim % group_size or config.hidden_dim % group_size:
-        group_size //= 2
+    group_size = q8_group_size(config)
     if group_size == DEFAULT_GROUP_SIZE:
         return group_size, ""
     return group_size, (f"group size lowered from {DEFAULT_GROUP_SIZE} to {group_size} to divide dim {config.dim} "
