@@ -16,7 +16,7 @@ Not handled: private or gated repositories (tokens), revisions other than the de
 import os
 from pathlib import Path
 
-from llmpy.errors import LlmpyError
+from llmpy.errors import LlmpyError, import_optional
 
 TINYLLAMAS_REPO = "karpathy/tinyllamas"
 # llama2.c's README models (Llama 2 architecture trained on TinyStories, 32000-token Llama 2 vocabulary)
@@ -29,7 +29,6 @@ TOKENIZER_URL = "https://raw.githubusercontent.com/karpathy/llama2.c/master/toke
 TOKENIZER_SHA256 = "50a52ef822ee9e83de5ce9d0be0a025a773d019437f58b5ff9dcafb063ece361"
 TOKENIZER_NAME = "tokenizer.bin"
 PROBE_TIMEOUT_S = 10  # one metadata request, no retries: offline shows up within this
-INSTALL_HINT = "pip install huggingface_hub (or pip install 'llmpy[hf]')"
 
 
 def models_cache_dir():
@@ -39,11 +38,7 @@ def models_cache_dir():
 
 
 def _hub():
-    try:
-        import huggingface_hub
-    except ImportError as e:
-        raise LlmpyError(f"downloading from the Hugging Face hub needs huggingface_hub: {INSTALL_HINT}") from e
-    return huggingface_hub
+    return import_optional("huggingface_hub", "downloading from the Hugging Face hub", "hf")
 
 
 def hf_cached(repo, filename):

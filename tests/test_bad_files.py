@@ -5,6 +5,7 @@ fallback; and a file of another kind is named (llmpy.formats.sniff) with the com
 
 import json
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -444,3 +445,16 @@ def test_transformer_keeps_no_mapping(tmp_path):
     with open(path, "r+b") as f:
         f.truncate(0)
     np.testing.assert_array_equal(t.tok_emb[3], random_weights(config, np.random.default_rng(5))["tok_emb"][3])
+
+
+def test_a_missing_optional_package_says_how_to_install_it(monkeypatch):
+    from llmpy.cli.plot import plot_runs
+    from llmpy.tokenizers.bpe_train import SentencePieceTokenizer
+
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)  # `import sentencepiece` then raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(LlmpyError, match=r"^a custom vocabulary needs the sentencepiece package: pip install "
+                                         r"sentencepiece \(or pip install 'llmpy\[vocab\]'\)$"):
+        SentencePieceTokenizer("tok.model")
+    with pytest.raises(LlmpyError, match=r"^plotting needs the matplotlib package: .*'llmpy\[plot\]'"):
+        plot_runs(["run"], "loss.png")

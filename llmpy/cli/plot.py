@@ -8,7 +8,7 @@ Needs matplotlib (pip install 'llmpy[plot]').
 from pathlib import Path
 
 from llmpy.cli import check_output
-from llmpy.errors import LlmpyError
+from llmpy.errors import LlmpyError, import_optional
 from llmpy.fileio import atomic_write_with
 from llmpy.train.log import LOG_NAME, parse_log
 
@@ -31,10 +31,7 @@ def _log_path(run):
 
 def plot_runs(runs, output, title=None):
     """Draw the curves of `runs` (directories or main.log files) into the PNG `output`; returns its path."""
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise LlmpyError("plotting needs matplotlib: pip install 'llmpy[plot]'") from e
+    matplotlib = import_optional("matplotlib", "plotting", "plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

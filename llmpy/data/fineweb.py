@@ -32,7 +32,7 @@ from llmpy.data.prepro import (
     write_sharded,
 )
 from llmpy.data.vocab import VocabRequest
-from llmpy.errors import LlmpyError
+from llmpy.errors import LlmpyError, import_optional
 
 HF = "https://huggingface.co"
 REPOS = {"fineweb": "HuggingFaceFW/fineweb", "edu_fineweb": "HuggingFaceFW/fineweb-edu"}
@@ -55,10 +55,7 @@ def list_parquet_files(repo, folder):
 
 def parquet_texts(path):
     """The "text" column of a parquet file, batch by batch."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as e:
-        raise LlmpyError("reading FineWeb's parquet files needs pyarrow: `pip install pyarrow`") from e
+    pq = import_optional("pyarrow.parquet", "reading FineWeb's parquet files", "fineweb")
     try:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=["text"]):
             yield from batch.column(0).to_pylist()

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from llmpy.errors import LlmpyError
+from llmpy.errors import LlmpyError, import_optional
 from llmpy.fileio import atomic_write
 
 MODEL_TYPE = "bpe"
@@ -35,15 +35,10 @@ UNK_SURFACE = r" \342\201\207 "  # llama2.c's " ⁇ " for unknown pieces, writte
 SPACE_MARK = "\u2581"  # sentencepiece's "▁", which stands for a space inside pieces
 LLAMA2C_BOS_PIECE = "\n<s>\n"  # how llama2.c's tokenizer.py writes BOS and EOS into tokenizer.bin
 LLAMA2C_EOS_PIECE = "\n</s>\n"
-INSTALL_HINT = "install it with `pip install sentencepiece` (or `pip install llmpy[vocab]`)"
 
 
 def _sentencepiece():
-    try:
-        import sentencepiece
-    except ImportError as e:
-        raise LlmpyError(f"custom vocabularies need the sentencepiece package; {INSTALL_HINT}") from e
-    return sentencepiece
+    return import_optional("sentencepiece", "a custom vocabulary", "vocab")
 
 
 def vocab_paths(out_dir, vocab_size):
