@@ -31,7 +31,7 @@ SUBCOMMANDS = {
     "test-llama": ("llmpy.cli.test_llama", "check the Llama engine against a PyTorch debug state (test-gpt2's twin)"),
     "prepro": ("llmpy.cli.prepro", "download and tokenize a dataset into llm.c token shards"),
     "run": ("llmpy.cli.run", "Llama 2 inference on a llama2.c model.bin (run.c / runq.c)"),
-    "serve": ("llmpy.cli.serve", "OpenAI-compatible HTTP server with continuous batching for llama2.c models"),
+    "serve": ("llmpy.cli.serve", "OpenAI-compatible HTTP server with continuous batching (Llama models)"),
     "export": ("llmpy.cli.export", "convert model files between llm.c, llama2.c and Hugging Face formats"),
     "plot": ("llmpy.cli.plot", "plot train/val loss curves of one or more runs"),
     "bench": ("llmpy.cli.bench", "benchmarks that print ratios measured in one run"),

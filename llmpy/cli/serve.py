@@ -5,8 +5,9 @@
     curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
         -d '{"prompt": "Once upon a time", "max_tokens": 64, "seed": 42}'
 
-MODEL is anything `llmpy run` takes (a llama2.c file or stories15M | stories42M | stories110M) with its
-tokenizer found the same way (-z). --slots requests run at once (one KV cache each), --queue more wait for
+MODEL is anything `llmpy run` takes, loaded the same way: a llama2.c file or stories15M | stories42M |
+stories110M (tokenizer: -z, else found as `llmpy run` finds it), or a Hugging Face Llama directory or hub id
+(its tokenizer.json, chat template and eos ids). --slots requests run at once (one KV cache each), --queue more wait for
 a slot (beyond that: 503), --ctx shortens the context (and the KV caches) below the model's seq_len.
 SIGINT or SIGTERM ends the active requests (each gets an error event), joins every thread, and exits 0.
 """
@@ -21,7 +22,8 @@ from llmpy.errors import LlmpyError
 
 
 def add_arguments(parser):
-    parser.add_argument("model", help="llama2.c model file, or stories15M|stories42M|stories110M")
+    parser.add_argument("model", help="llama2.c model file, stories15M|stories42M|stories110M, or a Hugging Face "
+                                      "Llama directory or hub id (owner/name)")
     parser.add_argument("-z", "--tokenizer", default=None,
                         help="tokenizer.bin (default: next to the model, else ./tokenizer.bin, else llama2.c's)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")

@@ -2,7 +2,7 @@
 into an engine Request, and the JSON of replies and stream chunks.
 
 Supported fields: model, prompt (a string, or a list of one string) / messages (system, developer, user and
-assistant roles; string or text-part content), max_tokens / max_completion_tokens, temperature, top_p,
+assistant roles in the orders the model's chat template takes; string or text-part content), max_tokens / max_completion_tokens, temperature, top_p,
 seed, stop (a string or a list of up to 4), stream, stream_options.include_usage, user (ignored: it does not
 change the reply). Fields that would change the meaning of a request get a 400 unless they hold their
 neutral value (n 1, logprobs false, echo false, penalties 0, ...): several choices, tools, logprobs, echo,
@@ -147,32 +147,17 @@ def _content(message, i):
     raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts", param=f"messages[{i}]")
 
 
-def _turns(messages):
-    """(system, [(user, answer)]) from a message list: an optional system message, then user and assistant
-    alternating, ending with user (the Llama 2 chat template has no other shape)."""
+def _messages(messages):
+    """[{"role", "content"}] with string contents ("developer" is "system"); the model's template decides
+    which orders of roles it takes."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list", param="messages")
-    system, turns = "", []
+    out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES:
             raise ApiError(400, f"messages[{i}] must be an object with a role in {ROLES}", param=f"messages[{i}]")
-        role, text = m["role"], _content(m, i)
-        if role in ("system", "developer"):
-            if i != 0:
-                raise ApiError(400, "a system message must come first", param=f"messages[{i}]")
-            system = text
-        elif role == "user":
-            if turns and turns[-1][1] is None:
-                raise ApiError(400, "two user messages in a row: the Llama 2 chat template alternates user and "
-                                    "assistant", param=f"messages[{i}]")
-            turns.append((text, None))
-        else:
-            if not turns or turns[-1][1] is not None:
-                raise ApiError(400, "an assistant message must follow a user message", param=f"messages[{i}]")
-            turns[-1] = (turns[-1][0], text)
-    if not turns or turns[-1][1] is not None:
-        raise ApiError(400, "the last message must be the user's", param="messages")
-    return system, turns
+        out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": _content(m, i)})
+    return out
 
 
 @dataclass
@@ -205,7 +190,7 @@ def parse_call(body, model, chat):
     max_tokens = _max_tokens(body, ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",))
     stop, seed = _stop(body), _seed(body)
     if chat:
-        conversation = _turns(body.get("messages"))
+        messages = _messages(body.get("messages"))
     else:
         prompt = body.get("prompt", "")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -213,14 +198,14 @@ def parse_call(body, model, chat):
         if not isinstance(prompt, str):
             raise ApiError(400, "'prompt' must be a string (lists of prompts and token arrays are not supported)",
                            param="prompt")
-    texts = [t for turn in conversation[1] for t in turn if t] + [conversation[0]] if chat else [prompt]
+    texts = [m["content"] for m in messages] if chat else [prompt]
     n_bytes = sum(len(t.encode("utf-8", errors="replace")) for t in texts)
     if n_bytes > model.max_prompt_bytes:  # more tokens than the context for sure: not worth encoding
         raise ApiError(400, f"the prompt is {n_bytes} bytes, more than a context of {model.ctx} tokens can hold",
                        param="messages" if chat else "prompt", code="context_length_exceeded")
     try:
-        tokens = model.encode_chat(*conversation) if chat else model.encode_prompt(prompt)
-    except LlmpyError as e:  # a prompt longer than the context, text the vocabulary cannot encode
+        tokens = model.encode_chat(messages) if chat else model.encode_prompt(prompt)
+    except LlmpyError as e:  # longer than the context, text the vocabulary cannot encode, a template's refusal
         raise ApiError(400, str(e), param="messages" if chat else "prompt", code="invalid_prompt") from None
     left = model.ctx - len(tokens)  # new tokens that fit in the context
     if left < 1:
@@ -232,7 +217,7 @@ def parse_call(body, model, chat):
                        code="context_length_exceeded")
     sampler = Sampler(model.vocab_size, temperature, top_p, seed)
     stop_ids = model.chat_stop_ids if chat else model.completion_stop_ids
-    request = Request(tokens, max_tokens or left, sampler, stop_ids, stop)
+    request = Request(tokens, max_tokens or left, sampler, stop_ids, stop, chat=chat)
     prefix = "chatcmpl" if chat else "cmpl"
     return Call(request, chat, stream, include_usage, f"{prefix}-{uuid.uuid4().hex}", int(time.time()))
 

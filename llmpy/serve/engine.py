@@ -77,6 +77,7 @@ class Request:
     sampler: object  # llmpy.sampler.Sampler: its seed and coins are this request's own
     stop_ids: frozenset  # sampled tokens that end the reply (not part of it)
     stop: tuple = ()  # stop strings
+    chat: bool = False  # a chat reply (decoded on its own) or a completion (continuing the prompt's text)
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     cancelled: bool = False
     n_generated: int = 0  # tokens of the reply (a stop token not counted)
@@ -183,7 +184,7 @@ class Engine:
         for i in range(len(self.slots)):
             if self.slots[i] is None and self.waiting:
                 request = self.waiting.popleft()
-                self.slots[i] = Slot(i, request, self.model.text_decoder(request.tokens))
+                self.slots[i] = Slot(i, request, self.model.text_decoder(request.tokens, request.chat))
 
     def _step(self):
         """One forward: a row for every decoding slot, then prefill chunks; then each finished slot samples."""
@@ -235,7 +236,7 @@ class Engine:
 
     def _finish(self, slot, reason, message=None, flush=True):
         if flush and reason != "error":
-            text = slot.text.flush()
+            text = slot.text.feed(slot.decoder.finish())[0] + slot.text.flush()
             if text:
                 slot.request.events.put(("text", text))
         slot.request.events.put(("error", message) if reason == "error" else ("done", reason))

@@ -1,27 +1,30 @@
-"""The model family object the serving engine talks to: a llama2.c model and its tokenizer.
+"""The model family objects the serving engine talks to: a llama2.c model and its tokenizer.bin, or a Hugging
+Face Llama directory (or hub id) and its tokenizer.json and chat template; both loaded as `llmpy run` loads them.
 
-The engine (engine.py) never looks inside a model; it needs only what LlamaServed has:
-    name, ctx (positions per slot), n_slots, step_rows (rows per forward that keep one kernel path),
-    max_prompt_bytes (a longer prompt is refused without encoding it)
-    encode_prompt(text) / encode_chat(system, turns) -> token ids (with BOS)
-    completion_stop_ids / chat_stop_ids: sampled tokens that end a reply
-    text_decoder(prompt) -> an object whose push(token) gives the bytes that token adds to the reply
-    forward(tokens, positions, slots) -> logits (one row per distinct slot, in row order)
-    vocab_size (for the Sampler)
-A Hugging Face model family would plug in with the same attributes (its chat template from the model's
-own files, its own stop ids); nothing else in llmpy/serve/ would change.
+The engine (engine.py) and the API (api.py) never look inside a model; they need only:
+    name, ctx (positions per slot), n_slots, vocab_size (for the Sampler),
+    step_rows (rows per forward: up to SMALL_BATCH a forward is one fused kernel call),
+    max_prompt_bytes (a longer prompt cannot fit in ctx: refused without encoding it),
+    encode_prompt(text) / encode_chat(messages) -> token ids (LlmpyError when they do not fit the model),
+    completion_stop_ids / chat_stop_ids: sampled tokens that end a reply,
+    text_decoder(prompt, chat) -> push(token) -> bytes the token adds to the reply, finish() -> bytes held back,
+    forward(tokens, positions, slots) -> logits (one row per distinct slot, in row order).
 
-Stop tokens follow run.c: a completion ends when BOS is sampled (llama2.c's models delimit stories with
-BOS, so `llmpy run` stops there), a chat reply when EOS is sampled (run.c's chat loop).
+llama2.c models follow run.c: a completion ends when BOS is sampled (llama2.c's models delimit stories with
+BOS, so `llmpy run` stops there), a chat reply when EOS is (run.c's chat loop); chat uses Llama 2's
+[INST] <<SYS>> format (llmpy.llama.chat.encode_messages). Hugging Face models stop at their eos ids and
+format chats with their own template (llmpy.llama.template), as `llmpy run` does.
 """
 
+from argparse import Namespace
 from pathlib import Path
 
-from llmpy.llama.chat import encode_messages
+from llmpy.errors import LlmpyError
+from llmpy.llama.chat import encode_conversation, encode_messages
 from llmpy.llama.generate import encode_prompt
 from llmpy.llama.inference import SMALL_BATCH, Transformer
 from llmpy.llama.model import BOS, EOS
-from llmpy.tokenizers.llama2 import Llama2Tokenizer, safe_piece
+from llmpy.tokenizers.llama2 import safe_piece
 
 
 class PieceDecoder:
@@ -37,31 +40,47 @@ class PieceDecoder:
         self.prev = token
         return piece
 
+    def finish(self):
+        return b""
 
-class LlamaServed:
-    """A llama2.c Transformer with one KV-cache stream per slot, and its tokenizer."""
 
-    def __init__(self, transformer, tokenizer, name):
+class Served:
+    """What both families share: a Transformer with one KV-cache stream per slot."""
+
+    def __init__(self, transformer, tokenizer, name, max_token_bytes):
         self.transformer = transformer
         self.tokenizer = tokenizer
         self.name = name
         self.ctx = transformer.config.seq_len
         self.vocab_size = transformer.config.vocab_size
         self.n_slots = transformer.n_streams
-        # up to SMALL_BATCH rows a forward is one fused numba call (decode's kernels); prefill chunks fill the rest
         self.step_rows = max(SMALL_BATCH, self.n_slots)
-        # a token is at most max_token_length bytes: a longer text cannot fit in the context
-        self.max_prompt_bytes = self.ctx * max(1, tokenizer.max_token_length)
+        self.max_prompt_bytes = self.ctx * max(1, max_token_bytes)  # a token is at most max_token_bytes long
+
+    def encode_prompt(self, text):
+        return encode_prompt(self.tokenizer, text, self.ctx)
+
+    def forward(self, tokens, positions, slots):
+        return self.transformer.forward(tokens, positions, slots, logits="last")
+
+
+class LlamaServed(Served):
+    """A llama2.c model file and its tokenizer.bin."""
+
+    def __init__(self, transformer, tokenizer, name):
+        super().__init__(transformer, tokenizer, name, tokenizer.max_token_length)
         self.completion_stop_ids = frozenset([BOS])
         self.chat_stop_ids = frozenset([EOS])
 
     @classmethod
     def load(cls, model_spec, tokenizer=None, slots=1, ctx=None):
-        """Load like `llmpy run`: a llama2.c file or one of llama2.c's names; the tokenizer found the same way."""
-        from argparse import Namespace
+        """A llama2.c file or one of llama2.c's names, or a Hugging Face directory or hub id (HFServed)."""
+        from llmpy.cli.run import hf_model_dir, model_path, tokenizer_path
+        from llmpy.tokenizers.llama2 import Llama2Tokenizer
 
-        from llmpy.cli.run import model_path, tokenizer_path
-
+        hf_dir = hf_model_dir(model_spec)
+        if hf_dir is not None:
+            return HFServed.load(hf_dir, model_spec, tokenizer, slots, ctx)
         path = model_path(model_spec)
         transformer = Transformer.from_file(path, n_streams=slots, max_seq_len=ctx)
         tok_path = tokenizer_path(Namespace(tokenizer=tokenizer), path, transformer.config.vocab_size)
@@ -69,14 +88,61 @@ class LlamaServed:
         name = model_spec if not Path(model_spec).exists() else Path(model_spec).name
         return cls(transformer, tok, str(name))
 
-    def encode_prompt(self, text):
-        return encode_prompt(self.tokenizer, text, self.ctx)
-
-    def encode_chat(self, system, turns):
+    def encode_chat(self, messages):
+        """Llama 2's template takes an optional system message, then user and assistant alternating, ending
+        with the user's."""
+        start = 1 if messages[0]["role"] == "system" else 0
+        system = messages[0]["content"] if start else ""
+        turns = []
+        for i, m in enumerate(messages[start:]):
+            if m["role"] == "system":
+                raise LlmpyError("a system message must come first")
+            if (m["role"] == "user") != (i % 2 == 0):
+                raise LlmpyError("the Llama 2 chat template alternates user and assistant messages, starting and "
+                                 "ending with the user's")
+            if m["role"] == "user":
+                turns.append((m["content"], None))
+            else:
+                turns[-1] = (turns[-1][0], m["content"])
+        if not turns or turns[-1][1] is not None:
+            raise LlmpyError("the last message must be the user's")
         return encode_messages(self.tokenizer, system, turns)
 
-    def text_decoder(self, prompt):
+    def text_decoder(self, prompt, chat):
         return PieceDecoder(self.tokenizer, prompt[-1])
 
-    def forward(self, tokens, positions, slots):
-        return self.transformer.forward(tokens, positions, slots, logits="last")
+
+class HFServed(Served):
+    """A Hugging Face Llama (directory or hub id), loaded by `llmpy run`'s loader."""
+
+    def __init__(self, transformer, tokenizer, name, stop_ids):
+        vocab = tokenizer.tokenizer.get_vocab(with_added_tokens=True)
+        # a piece's text is at least as long in UTF-8 as the bytes it stands for (byte-level "Ġ", SentencePiece "▁")
+        super().__init__(transformer, tokenizer, name, max((len(p.encode()) for p in vocab), default=1))
+        self.completion_stop_ids = self.chat_stop_ids = frozenset(stop_ids)
+        self.template = None
+        if tokenizer.chat_template is not None:
+            from llmpy.llama.template import ChatTemplate
+
+            self.template = ChatTemplate(tokenizer.chat_template, tokenizer.special_tokens, tokenizer.where)
+
+    @classmethod
+    def load(cls, model_dir, model_spec, tokenizer=None, slots=1, ctx=None):
+        from llmpy.cli.run import load_hf_model
+
+        args = Namespace(context=ctx, allow_nonfinite=False, dtype=None, quantize=None, tokenizer=tokenizer,
+                         threads=None)
+        transformer, tok, stop_ids = load_hf_model(args, Path(model_dir), slots)
+        return cls(transformer, tok, str(model_spec), stop_ids)
+
+    def encode_chat(self, messages):
+        if self.template is None:
+            raise LlmpyError(f"{self.name} has no chat template (tokenizer_config.json): use /v1/completions")
+        return encode_conversation(self.tokenizer, self.template, messages)
+
+    def text_decoder(self, prompt, chat):
+        """A completion continues the prompt's text (decoded after it: a leading space stays); a chat reply is
+        decoded on its own, as `llmpy run -m chat` and transformers' decode of the new tokens give it."""
+        from llmpy.tokenizers.hf import StreamDecoder
+
+        return StreamDecoder(self.tokenizer, True, context=() if chat else prompt)
