@@ -278,6 +278,9 @@ def check_data_fits(train_pattern, family, vocab_size):
         raise LlmpyError(f"{train_pattern} holds tokens of a {tok.vocab_size}-token sentencepiece vocabulary, "
                          "not GPT-2's; prepare GPT-2 data with `llmpy prepro NAME` (no --vocab-size)")
     if tok.vocab_size > vocab_size:
-        raise LlmpyError(f"{train_pattern} is tokenized with {tok.vocab_size} tokens but the model has "
-                         f"{vocab_size}; give the model --vocab-size {tok.vocab_size}")
+        gpt2 = " (GPT-2's)" if tok.kind == GPT2 else ""
+        raise LlmpyError(f"{train_pattern} was tokenized with a vocabulary of {tok.vocab_size} tokens{gpt2} but the "
+                         f"model has {vocab_size}: tokenize the data with the model's tokenizer (llmpy prepro ... "
+                         f"--vocab-size {vocab_size}), or train a model of that vocabulary (--vocab-size "
+                         f"{tok.vocab_size}; a from-scratch -e takes the data's)")
     return tok

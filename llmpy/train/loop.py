@@ -61,14 +61,9 @@ class TrainingDiverged(CollectiveError):
     message, the others exit quietly (RankExit)."""
 
 
-def check_data_vocab(files, V, data_vocab=None):
-    """Fail before training when the data's tokenizer (data_vocab, when known) has more tokens than the model,
-    or a shard holds token ids >= the model's vocab (another tokenizer's data)."""
-    if data_vocab is not None and data_vocab > V:
-        gpt2 = " (GPT-2's)" if data_vocab == GPT2_VOCAB_SIZE else ""
-        raise LlmpyError(f"{files[0]} was tokenized with a vocabulary of {data_vocab} tokens{gpt2} but the model has "
-                         f"{V}: tokenize the data with the model's tokenizer (llmpy prepro ... --vocab-size {V}), "
-                         f"or train a model of that vocabulary (a from-scratch -e takes the data's)")
+def check_data_vocab(files, V):
+    """Fail before training when a shard holds token ids >= the model's vocab (another tokenizer's data; what
+    prepro recorded about the data is checked by llmpy.data.vocab.check_data_fits)."""
     for f in files:
         tokens = read_shard(f)
         n = min(len(tokens), VOCAB_CHECK_TOKENS)
@@ -221,8 +216,8 @@ class Trainer:
         if val_pattern and cfg.val_every >= 0 and cfg.val_max_steps > 0:
             self.val_loader = DataLoader(val_pattern, B, T, dist.rank, W, shuffle=False, vocab_size=V)
         files = self.train_loader.files + (self.val_loader.files if self.val_loader else [])
-        check_data_vocab(files, V, data_vocab)
-        check_data_fits(train_pattern, family.key, V)   # e.g. GPT-2 tokens for a Llama
+        check_data_fits(train_pattern, family.key, V)   # e.g. GPT-2 tokens for a Llama, or a larger vocabulary
+        check_data_vocab(files, V)
         self.tokens_per_step = B * T * W if cfg.total_batch_size == -1 else cfg.total_batch_size
         self.grad_accum = self.tokens_per_step // (B * T * W)
         self.max_steps = cfg.max_steps
