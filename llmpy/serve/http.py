@@ -34,6 +34,7 @@ from llmpy.serve.engine import QueueFull
 
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a request body larger than this is refused unread
 POLL_S = 0.05  # how often a waiting handler checks whether its client is still there
+STOP_GRACE_S = 5.0  # on shutdown, how long the last events of the streams may take to be written
 CHAT_PAGE = Path(__file__).with_name("static") / "chat.html"
 
 
@@ -81,13 +82,20 @@ class Server(ThreadingHTTPServer):
         self.engine.shutdown()
         if self.serving:
             self.shutdown()  # serve_forever returns (shutdown() would wait forever if it never ran)
+        self._shutdown_connections(socket.SHUT_RD)  # a handler blocked reading the next request sees end-of-file
+        end = time.monotonic() + STOP_GRACE_S
+        while self.connections and time.monotonic() < end:  # the streams write their last events
+            time.sleep(0.02)
+        self._shutdown_connections(socket.SHUT_RDWR)  # a client that stopped reading cannot hold a write forever
+        self.server_close()
+
+    def _shutdown_connections(self, how):
         with self.connections_lock:
             for conn in list(self.connections):
                 try:
-                    conn.shutdown(socket.SHUT_RD)  # a handler blocked reading the next request sees end-of-file
+                    conn.shutdown(how)
                 except OSError:
                     pass
-        self.server_close()
 
 
 class ClientGone(Exception):
