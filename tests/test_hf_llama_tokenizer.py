@@ -359,6 +359,59 @@ def test_chat_keeps_the_kv_cache_across_turns(tmp_path, name):
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+def test_chat_with_template_context_shift(tmp_path):
+    """A first answer that runs past a short window: its tokens are those of a loop that runs a fresh Transformer
+    over [first turn kept] + [most recent half of the rest] each step; the next turn goes after the shifted cache,
+    whose keys and values are those of one forward over the tokens it holds."""
+    from llmpy.llama.hf_load import load_hf
+    from llmpy.llama.inference import Transformer
+
+    model_dir(tmp_path, "smollm2", max_position_embeddings=256)
+    config, weights = load_hf(tmp_path)
+    tok = HFTokenizer.load(tmp_path, config.vocab_size)
+    template = ChatTemplate(tok.chat_template, tok.special_tokens)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    first = encode_conversation(tok, template, messages)
+    window = 2 * len(first) + 30  # the recent half holds the second turn
+    keep, eos = len(first), config.eos_ids[0]
+    recent = (window - keep) // 2
+    n_answer = window + 5  # past the window
+
+    class LongAnswer:  # greedy, eos after n_answer tokens, then short answers
+        n = 0
+
+        def sample(self, logits):
+            self.n += 1
+            return eos if self.n in (n_answer + 1, n_answer + 4) else int(np.argmax(logits))
+
+    ctx, answer = list(first), []
+    while len(answer) < n_answer:
+        if len(ctx) > window:
+            ctx = ctx[:keep] + ctx[len(ctx) - recent:]
+        nxt = int(np.argmax(Transformer(config, weights).prefill(ctx)[0]))
+        assert nxt not in config.eos_ids
+        answer.append(nxt)
+        ctx.append(nxt)
+    out = io.BytesIO()
+    transformer = Transformer(config, weights, max_seq_len=window)
+    cached = chat_with_template(transformer, tok, template, LongAnswer(), 0, io.StringIO("Hi there\nAnd again?\n"),
+                                out, system_prompt="Be brief.", stop_ids=config.eos_ids, context_shift=True)
+    text = out.getvalue()
+    pieces = tok.stream()
+    printed = b"".join(pieces.push(t) for t in answer) + pieces.finish()
+    assert text.startswith(b"User: Assistant: " + printed + b"\nUser: Assistant: ")
+    assert b"context full" not in text and cached[:keep] == first and len(cached) < window
+    turn2 = tok.encode("<|im_start|>user\nAnd again?<|im_end|>\n<|im_start|>assistant\n", bos=False, eos=False)
+    assert any(cached[i:i + len(turn2)] == turn2 for i in range(keep, len(cached)))
+    want = Transformer(config, weights).prefill(cached, logits="all")[-1]
+    np.testing.assert_allclose(transformer.forward_token(cached[-1], len(cached) - 1), want, atol=1e-4)
+    # without the flag: the first answer stops at the end of the window
+    out = io.BytesIO()
+    chat_with_template(Transformer(config, weights, max_seq_len=window), tok, template, LongAnswer(), 0,
+                       io.StringIO("Hi there\n"), out, system_prompt="Be brief.", stop_ids=config.eos_ids)
+    assert b"[context full: the conversation reached" in out.getvalue()
+
+
 def test_run_chat_mode_and_its_errors(tmp_path, monkeypatch, capsysbinary):
     from llmpy.cli import main
 

@@ -95,8 +95,9 @@ def chat(transformer, tokenizer, sampler, steps, inp, out, system_prompt=None, u
             cache = shift_window(cache + tokens, keep, steps)[:-len(tokens)]
             start = keep  # the kept turn's entries stay; everything after it is forwarded again
         if len(cache) + len(tokens) >= steps:
+            shifted = f" (a context shift keeps {max(1, (steps - keep) // 2)} recent tokens)" if context_shift else ""
             out.write(f"\n[context full: this turn needs {len(tokens)} tokens but only {steps - len(cache)} of {steps} "
-                      "are left; start a new chat]\n".encode())
+                      f"are left{shifted}; start a new chat]\n".encode())
             break
         out.write(b"Assistant: ")
         out.flush()
@@ -134,7 +135,6 @@ def chat_with_template(transformer, tokenizer, template, sampler, steps, inp, ou
     cached = []  # the tokens whose keys and values are in the cache, positions 0..len-1
     messages = []
     keep, cut = None, 0  # once shifted (cut > 0): cached = conversation[:keep] + conversation[cut:]
-    done = 0  # the conversation's tokens up to the end of the last answer
     first = True
     while True:
         if first:
@@ -154,12 +154,15 @@ def chat_with_template(transformer, tokenizer, template, sampler, steps, inp, ou
         wanted = tokens[:keep] + tokens[min(cut, len(tokens) - 1):] if cut else tokens
         if len(wanted) >= steps and context_shift:
             recent = shift_window(tokens, keep, steps)[keep:]
-            if len(tokens) - len(recent) <= done:  # the new turn is all in the recent half
+            if messages[-2]["role"] == "assistant" and len(tokens) - len(recent) <= len(
+                    encode_conversation(tokenizer, template, messages[:-1], False)):  # the new turn fits in it
                 cut = len(tokens) - len(recent)
                 wanted = tokens[:keep] + recent
         if len(wanted) >= steps:
-            out.write(f"\n[context full: the conversation needs {len(wanted)} of {steps} tokens; start a new "
-                      "chat]\n".encode())
+            shifted = f", and this turn does not fit in the {max(1, (steps - keep) // 2)} recent tokens a context " \
+                "shift keeps" if context_shift else ""
+            out.write(f"\n[context full: the conversation needs {len(wanted)} of {steps} tokens{shifted}; start a "
+                      "new chat]\n".encode())
             break
         same = 0  # keep the cache for the prefix the new rendering shares with it (at least one token forwarded)
         while same < min(len(cached), len(wanted) - 1) and cached[same] == wanted[same]:
@@ -189,7 +192,6 @@ def chat_with_template(transformer, tokenizer, template, sampler, steps, inp, ou
                 cached.append(nxt)
             nxt = sampler.sample(logits)
         out.write(pieces.finish() + b"\n")
-        done = n_conversation
         messages.append({"role": "assistant", "content": tokenizer.decode_ids(answer, skip_special_tokens=True)})
     out.write(b"\n")
     out.flush()
