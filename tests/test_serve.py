@@ -386,3 +386,21 @@ def test_full_queue_answers_503(files):
         assert s.raw("POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})[0] == 200
     finally:
         s.close()
+
+
+def test_a_failing_step_is_a_500_and_the_server_goes_on(served, monkeypatch):
+    model = served.server.model
+    forward = model.forward
+    calls = []
+
+    def fails_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("simulated kernel failure")
+        return forward(*args)
+
+    monkeypatch.setattr(model, "forward", fails_once)
+    status, body = served.raw("POST", "/v1/completions", {"prompt": "hi", "max_tokens": 4, "seed": 2})
+    assert status == 500 and "simulated kernel failure" in body["error"]["message"]
+    assert served.healthy()
+    assert served.raw("POST", "/v1/completions", {"prompt": "hi", "max_tokens": 4, "seed": 2})[0] == 200

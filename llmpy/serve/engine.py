@@ -153,17 +153,15 @@ class Engine:
     # the engine thread
 
     def _loop(self):
-        while True:
-            with self.lock:
-                if self.stopping:
-                    break
-                self._admit()
-                if all(s is None for s in self.slots):
-                    self.wake.wait(IDLE_WAIT_S)
-                    continue
+        while not self.stopping:
             try:
+                with self.lock:
+                    self._admit()
+                    if all(s is None for s in self.slots):
+                        self.wake.wait(IDLE_WAIT_S)
+                        continue
                 self._step()
-            except Exception as e:  # noqa: BLE001 -- a failed forward ends the requests it carried, not the server
+            except Exception as e:  # noqa: BLE001 -- a failed step ends the requests it carried, not the server
                 print(f"llmpy serve: engine step failed: {e!r}", file=sys.stderr)
                 for slot in self.slots:
                     if slot is not None:

@@ -217,8 +217,9 @@ class Handler(BaseHTTPRequestHandler):
                 parts.append(event[1])
             elif event[0] == "done":
                 return self._send(200, api.reply(call, self.server.model.name, "".join(parts), event[1]))
-            else:
-                return self._error(api.ApiError(503, event[1], code="aborted", kind="server_error"))
+            else:  # the server is stopping (503), or the model failed (500)
+                status = 503 if self.server.stopping else 500
+                return self._error(api.ApiError(status, event[1], code="aborted", kind="server_error"))
 
     def _stream(self, call):
         self.send_response(200)
