@@ -325,6 +325,8 @@ def test_huge_body_is_refused_before_reading(served):
     assert resp.status == 413 and "error" in json.loads(resp.read())
     sock.close()
     assert served.raw("GET", "/nowhere")[0] == 404
+    assert served.raw("GET", "/v1/completions")[0] == 405
+    assert served.raw("POST", "/health", {})[0] == 405
     assert served.healthy()
 
 

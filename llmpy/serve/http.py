@@ -35,6 +35,8 @@ from llmpy.serve.engine import QueueFull
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a request body larger than this is refused unread
 POLL_S = 0.05  # how often a waiting handler checks whether its client is still there
 STOP_GRACE_S = 5.0  # on shutdown, how long the last events of the streams may take to be written
+POST_PATHS = ("/v1/completions", "/v1/chat/completions")
+GET_PATHS = ("/", "/index.html", "/health", "/v1/models")
 CHAT_PAGE = Path(__file__).with_name("static") / "chat.html"
 
 
@@ -178,12 +180,17 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, api.models_list(self.server.model.name, self.server.created))
         elif path in ("/", "/index.html"):
             self._send(200, CHAT_PAGE.read_bytes(), "text/html; charset=utf-8")
+        elif path in POST_PATHS:
+            self._error(api.ApiError(405, f"{path} takes POST, not GET", code="method_not_allowed"))
         else:
             self._error(api.ApiError(404, f"no such endpoint: GET {path}", code="not_found"))
 
     def do_POST(self):
         path = self.path.split("?", 1)[0]
-        if path not in ("/v1/completions", "/v1/chat/completions"):
+        if path not in POST_PATHS:
+            if path in GET_PATHS:
+                return self._error(api.ApiError(405, f"{path} takes GET, not POST", code="method_not_allowed"),
+                                   close=True)
             return self._error(api.ApiError(404, f"no such endpoint: POST {path}", code="not_found"), close=True)
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
