@@ -115,3 +115,18 @@ def test_run_quantize_and_dtype_on_a_hugging_face_directory(tmp_path, capsysbina
         assert out == want.text + b"\n", flags
     assert main(["run", str(tmp_path), "--quantize", "q8", "--dtype", "bf16", "-i", "hi"]) == 2
     assert b"give one" in capsysbinary.readouterr().err
+
+
+def test_run_past_the_context_of_a_hugging_face_directory(tmp_path, capsysbinary):
+    """The README's commands: --context N -n beyond it stops with the notice; --context-shift goes on (q8 too)."""
+    from test_hf_llama_tokenizer import model_dir
+
+    model_dir(tmp_path, "tinyllama", hidden_size=64, intermediate_size=128)
+    argv = ["run", str(tmp_path), "-t", "0", "--context", "24", "-n", "60", "-i", "Once upon"]
+    assert main(argv) == 0
+    stopped = capsysbinary.readouterr()
+    assert b"[context full" in stopped.err
+    for flags in (["--context-shift"], ["--context-shift", "--quantize", "q8"]):
+        assert main([*argv, *flags]) == 0
+        shifted = capsysbinary.readouterr()
+        assert b"[context full" not in shifted.err and len(shifted.out) > len(stopped.out), flags
