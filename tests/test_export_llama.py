@@ -69,7 +69,8 @@ def test_hf_export_matches_reference(v0, tmp_path):
     assert main(["export", str(path), str(out), "--to", "hf"]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["hidden_size"], cfg["num_key_value_heads"], cfg["tie_word_embeddings"]) == (64, 2, False)
-    sd = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in safetensors_numpy.load_file(out / "model.safetensors").items()}
+    sd = {k: torch.as_tensor(v, dtype=torch.float64)
+          for k, v in safetensors_numpy.load_file(out / "model.safetensors").items()}
     tokens = torch.tensor([1, 5, 9, 13, 2, 40])
     T, C, NH, NKV = len(tokens), 64, 4, 2
     hs = C // NH

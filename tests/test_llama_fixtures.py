@@ -135,7 +135,8 @@ def test_test_llama_passes_on_fixture(capsys, name):
     rc, out, err = run_test_llama(capsys, model, state)
     check_passing_run(rc, out, err, state)
     if not FIXTURE_CONFIGS[name][7]:
-        assert re.search(r"^dwcls +max abs diff .* OK$", out, re.MULTILINE), "an untied classifier's gradient is checked"
+        assert re.search(r"^dwcls +max abs diff .* OK$", out, re.MULTILINE), \
+            "an untied classifier's gradient is checked"
 
 
 def test_test_llama_passes_with_plain_layers(capsys):

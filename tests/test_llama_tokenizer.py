@@ -60,8 +60,8 @@ def test_byte_fallback_and_utf8(tok):
     assert tok.decode(5, 0xC3 + 3) == b"\xc3"  # <0xC3> decodes to the raw byte
 
 
-@pytest.mark.parametrize("text", ["hello world", "the [INST] hello", "tabs\tand\nnewlines", "caf\u00e9 \u00fcber \u4e16",
-                                  "emoji \U0001F600!"])
+@pytest.mark.parametrize("text", ["hello world", "the [INST] hello", "tabs\tand\nnewlines",
+                                  "caf\u00e9 \u00fcber \u4e16", "emoji \U0001F600!"])
 def test_roundtrip(tok, text):
     tokens = tok.encode(text, bos=True)
     assert tok.decode_all(tokens[1:], prev_token=tokens[0]).decode("utf-8") == text  # leading space stripped after BOS

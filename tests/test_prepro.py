@@ -220,7 +220,8 @@ def test_fineweb_pipeline_on_local_server(tmp_path, static_server, monkeypatch, 
         listing.insert(0, {"type": "file", "path": f"sample/10BT/{i:03d}_00000.parquet", "size": len(raw), "lfs": lfs})
     (tree / "10BT").write_text(json.dumps(listing))
     monkeypatch.setattr(fineweb, "HF", url)
-    monkeypatch.setattr(fineweb, "parquet_texts", lambda p: gzip.decompress(Path(p).read_bytes()[4:-4]).decode().split("\n"))
+    monkeypatch.setattr(fineweb, "parquet_texts",
+                        lambda p: gzip.decompress(Path(p).read_bytes()[4:-4]).decode().split("\n"))
     train, val = fineweb.prepare_fineweb(tmp_path / "fw", shard_size=64, num_workers=2, verbose=False)
     shards = sorted(Path(tmp_path / "fw").glob("fineweb_*.bin"), key=lambda p: p.name[-10:])
     assert shards[0].name == "fineweb_val_000000.bin" and len(shards) > 2

@@ -134,7 +134,8 @@ def test_data_tokenizer_and_decoder(corpus, tmp_path):
     write_shard(g / "stray_train.bin", np.arange(10), vocab_size=50257)
     assert vocab.data_tokenizer(g / "*_train.bin") is None
     # a prepro.json edited by hand into nonsense: unknown too
-    sp_info, g_files = json.loads((out / "prepro.json").read_text()), json.loads((g / "prepro.json").read_text())["files"]
+    sp_info = json.loads((out / "prepro.json").read_text())
+    g_files = json.loads((g / "prepro.json").read_text())["files"]
     for key, value in (("vocab_size", "many"), ("tokenizer", "bytes")):
         (g / "prepro.json").write_text(json.dumps({**sp_info, "files": g_files, key: value}))
         assert vocab.data_tokenizer(g / "text_train.bin") is None
@@ -366,7 +367,8 @@ def test_fineweb_with_a_custom_vocab(tmp_path, static_server, monkeypatch):
         listing.append({"type": "file", "path": f"sample/10BT/{i:03d}_00000.parquet", "size": len(raw), "lfs": lfs})
     (tree / "10BT").write_text(json.dumps(listing))
     monkeypatch.setattr(fineweb, "HF", url)
-    monkeypatch.setattr(fineweb, "parquet_texts", lambda p: gzip.decompress(Path(p).read_bytes()[4:-4]).decode().split("\n"))
+    monkeypatch.setattr(fineweb, "parquet_texts",
+                        lambda p: gzip.decompress(Path(p).read_bytes()[4:-4]).decode().split("\n"))
     monkeypatch.setattr(fineweb, "VOCAB_TRAIN_DOCS", 50)  # the vocabulary sees only the leading documents
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     train, val = fineweb.prepare_fineweb(edu=True, shard_size=2000, num_workers=1, vocab_size=300, verbose=False)

@@ -200,16 +200,16 @@ def test_token_ids_beyond_the_vocabulary(tmp_path):
 
 def test_int8_v2_file_as_init(tmp_path):
     config = make_config(32, 2, 4, V, 32)
-    write_llama2c(tmp_path / "q.bin", config, LlamaFamily(config).weights(init_params(config, np.random.default_rng(0))),
-                  2, group_size=32)
+    weights = LlamaFamily(config).weights(init_params(config, np.random.default_rng(0)))
+    write_llama2c(tmp_path / "q.bin", config, weights, 2, group_size=32)
     refused(tiny_config(tmp_path, init=str(tmp_path / "q.bin")), "v2 file (int8 weights)", "--to v0")
 
 
 def test_data_of_a_bigger_tokenizer_than_the_llama_file(tmp_path):
     """Data whose prepro record names a 64-token vocabulary, with ids that happen to fit a 40-token model."""
     config = make_config(32, 2, 4, 40, 32)
-    write_llama2c(tmp_path / "m.bin", config, LlamaFamily(config).weights(init_params(config, np.random.default_rng(0))),
-                  0)
+    weights = LlamaFamily(config).weights(init_params(config, np.random.default_rng(0)))
+    write_llama2c(tmp_path / "m.bin", config, weights, 0)
     data = tmp_path / "data"
     data.mkdir()
     tokens = np.random.default_rng(0).integers(0, 40, size=3000)

@@ -6,12 +6,14 @@ Each benchmark lives in llmpy/bench/WHAT.py with `add_arguments(parser)` and `ru
 import importlib
 
 BENCHMARKS = {
-    "train": ("llmpy.bench.train", "GPT-2 or Llama (--arch llama) training step vs its matmuls alone, sgemm peak and PyTorch"),
+    "train": ("llmpy.bench.train",
+              "GPT-2 or Llama (--arch llama) training step vs its matmuls alone, sgemm peak and PyTorch"),
     "tokenize": ("llmpy.bench.tokenize", "tokenizer throughput vs plain tiktoken"),
     "run": ("llmpy.bench.run", "Llama 2 inference tok/s vs the memory-bandwidth limit"),
     "serve": ("llmpy.bench.serve", "llmpy serve under 1-16 streaming clients: tokens/s, latency, vs llmpy run"),
     "dist": ("llmpy.bench.dist", "data-parallel step over MPI ranks vs one process"),
-    "quality": ("llmpy.bench.quality", "from-scratch tinyshakespeare val loss vs wall time, per-step losses vs PyTorch"),
+    "quality": ("llmpy.bench.quality",
+                "from-scratch tinyshakespeare val loss vs wall time, per-step losses vs PyTorch"),
 }
 
 

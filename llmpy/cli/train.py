@@ -23,8 +23,9 @@ A run owns its -o directory (a second run there is refused while the first lives
 newest complete checkpoint, or starts the run when there is none. An update whose loss or grad norm is NaN
 or inf is skipped; after -sk (10) skipped in a row the run stops as diverged. Under mpirun, --progress auto
 prints step lines (rank 0 cannot tell a terminal from `> log` there). --threads 0 (the default) runs each
-step on the cores other processes leave free (NUMBA_NUM_THREADS or OMP_NUM_THREADS fix them). Exit status: 0 done, 2 bad input or
-a failed write (a message says what to do), 3 diverged, 130 interrupted (Ctrl-C; a checkpoint was written).
+step on the cores other processes leave free (NUMBA_NUM_THREADS or OMP_NUM_THREADS fix them).
+Exit status: 0 done, 2 bad input or a failed write (a message says what to do), 3 diverged, 130 interrupted
+(Ctrl-C; a checkpoint was written).
 """
 
 import argparse
@@ -95,7 +96,8 @@ def add_arguments(parser):
     g.add_argument("-m", "--val-steps", dest="val_max_steps", type=int, default=None,
                    help="batches per val loss")
     g.add_argument("-s", "--sample-every", type=int, default=None, help="sample every N steps (0: at the end)")
-    g.add_argument("-g", "--gen-tokens", "--max-tokens", type=int, default=d.gen_tokens, help="tokens per sample (0: none)")
+    g.add_argument("-g", "--gen-tokens", "--max-tokens", type=int, default=d.gen_tokens,
+                   help="tokens per sample (0: none)")
     g.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature (0: greedy)")
     g.add_argument("--top-k", type=int, default=d.top_k, help="sample among the k most likely tokens (0: all)")
     g.add_argument("--top-p", type=float, default=d.top_p,

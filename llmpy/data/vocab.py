@@ -246,7 +246,8 @@ def data_tokenizer(train_pattern):
         names = info.get("tokenizer_files") or {  # written before tokenizer_files was recorded
             "sentencepiece": f"tok{vocab_size}.model", "llama2c": f"tok{vocab_size}.bin",
             "llmc": f"tok{vocab_size}_llmc.bin"}
-        paths = {key: folder / str(names[key]) if key in names else None for key in ("sentencepiece", "llama2c", "llmc")}
+        paths = {key: folder / str(names[key]) if key in names else None
+                 for key in ("sentencepiece", "llama2c", "llmc")}
     except (KeyError, TypeError, ValueError):  # a prepro.json edited by hand: the tokenizer is unknown
         return None
     if kind != SENTENCEPIECE:

@@ -8,9 +8,9 @@ recognisably another kind. A file of no known kind passes: the reader's own chec
 
 Recognised (magic numbers and versions are the format modules' constants):
     llm.c GPT-2 checkpoint 20240326, debug state 20240327, tokenizer file 20240328, token shard
-    20240520 / 20240801, eval file 20240522; llmpy's Llama debug state 20260416; llama2.c model v1/v2 ("ak42"), v0 (no magic: seven
-    header ints that describe exactly the file's size); llama2.c tokenizer.bin (no magic: a small
-    max_token_length, then score/length/bytes records that parse); safetensors (a header length that
+    20240520 / 20240801, eval file 20240522; llmpy's Llama debug state 20260416; llama2.c model v1/v2
+    ("ak42"), v0 (no magic: seven header ints that describe exactly the file's size); llama2.c tokenizer.bin
+    (no magic: a small max_token_length, then score/length/bytes records that parse); safetensors (a header length that
     fits, then "{"); NumPy .npz (a zip archive: llmpy's training state).
 The two headerless llama2.c kinds are recognised by plausibility only; a file that merely resembles
 them is called "probably" one.
@@ -71,7 +71,8 @@ def identify(head, size):
                 (llama_debug.STATE_MAGIC, llama_debug.STATE_VERSION): "llama_state",
                 (tokenizer_file.TOKENIZER_MAGIC, tokenizer_file.VERSION_GPT2): "llmc_tokenizer",
                 (tokenizer_file.TOKENIZER_MAGIC, tokenizer_file.VERSION_WITH_EOT): "llmc_tokenizer",
-                (tokens.MAGIC_UINT16, tokens.VERSION_UINT16): "shard", (tokens.MAGIC_UINT32, tokens.VERSION_UINT32): "shard",
+                (tokens.MAGIC_UINT16, tokens.VERSION_UINT16): "shard",
+                (tokens.MAGIC_UINT32, tokens.VERSION_UINT32): "shard",
                 (hellaswag.EVAL_MAGIC, hellaswag.EVAL_VERSION): "evalfile"}
     if len(head) >= 8:
         magic, version = struct.unpack_from("<ii", head)

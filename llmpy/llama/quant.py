@@ -197,7 +197,8 @@ def _vnni_rows(builder, ax, axs, w_rows, s_rows, G, gs, context, signature):
     """
     R = len(w_rows)
     i8, i16, i32, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
-    v16i32, v16f, v64i8, v64i16 = ir.VectorType(i32, 16), ir.VectorType(f32, 16), ir.VectorType(i8, 64), ir.VectorType(i16, 64)
+    v16i32, v16f = ir.VectorType(i32, 16), ir.VectorType(f32, 16)
+    v64i8, v64i16 = ir.VectorType(i8, 64), ir.VectorType(i16, 64)
     vpdpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i32, [v16i32] * 3),
                                               "llvm.x86.avx512.vpdpbusd.512")
     zero = ir.Constant(v16i32, None)

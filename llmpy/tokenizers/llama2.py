@@ -73,7 +73,8 @@ class Llama2Tokenizer:
             pos += 8 + n
         if pos != len(data):
             raise LlmpyError(f"{path} has more than {vocab_size} tokens ({len(data) - pos} bytes left over) but the "
-                             f"model's vocab_size is {vocab_size}: use the tokenizer.bin that belongs to this model (-z)")
+                             f"model's vocab_size is {vocab_size}: use the tokenizer.bin that belongs to this model "
+                             "(-z)")
         return cls(vocab, scores, max_token_length)
 
     def save(self, path):

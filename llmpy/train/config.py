@@ -104,7 +104,8 @@ class TrainConfig:
             if value < 0:
                 raise LlmpyError(f"{what} must be >= 0, got {value}")
         if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0 and self.eps > 0):
-            raise LlmpyError(f"AdamW needs 0 <= beta1, beta2 < 1 and eps > 0; got {self.beta1}, {self.beta2}, {self.eps}")
+            raise LlmpyError(f"AdamW needs 0 <= beta1, beta2 < 1 and eps > 0; got {self.beta1}, {self.beta2}, "
+                             f"{self.eps}")
         for what, value in (("-v", self.val_every), ("-m", self.val_max_steps), ("-s", self.sample_every),
                             ("-g", self.gen_tokens), ("-n", self.checkpoint_every), ("-nk", self.checkpoints_keep),
                             ("-nm", self.major_checkpoint_every), ("top-k", self.top_k),

@@ -12,7 +12,8 @@ Console: rank 0's progress, a tqdm bar or llm.c-style lines (one per step: what 
 nothing. `--progress auto` draws a bar only on a real terminal outside an MPI launcher: Open MPI gives its
 ranks a pseudo-terminal even when mpirun's own output goes to a file, so under a launcher (the loop passes
 under_mpi from llmpy.dist.launched_by_mpi: the launcher's environment variables) a rank cannot tell, and
-writes lines; `--progress bar` forces a bar. Every message of a run goes through `Console.print` so it never lands in the middle of the bar.
+writes lines; `--progress bar` forces a bar. Every message of a run goes through `Console.print` so it
+never lands in the middle of the bar.
 """
 
 import math

@@ -9,8 +9,8 @@ One iteration of `run` at step s (0-based), as llm.c:
     val loss (s % -v == 0, the first step of a run and the last), HellaSwag (-h, same steps),
     a sample (s % -s == 0 and at the end), a checkpoint (s % -n == 0 and at the end), then training step s:
     the thread count (llmpy.threads.ThreadGovernor), grad_accum micro-batches forward + backward (loss scaled
-    by 1/grad_accum), gradients averaged over ranks, global grad norm, the UpdateGuard's verdict (skip the update when the loss or norm is not finite, or a
-    z-score is over -sl/-sg), clip, AdamW.
+    by 1/grad_accum), gradients averaged over ranks, global grad norm, the UpdateGuard's verdict (skip the
+    update when the loss or norm is not finite, or a z-score is over -sl/-sg), clip, AdamW.
 The train loss and lr of step s are logged as `s:s trl:...`. Ctrl-C finishes the step, checkpoints, stops
 (summary["interrupted"]). After -sk updates skipped in a row the run has diverged: it raises TrainingDiverged
 without writing a checkpoint, and no checkpoint of non-finite parameters is ever written.
@@ -406,8 +406,8 @@ class Trainer:
             old_handler = signal.signal(signal.SIGINT, self._on_sigint)
         except ValueError:  # not the main thread
             pass
-        summary = {"train_losses": {}, "step_ms": {}, "val_losses": {}, "val_seconds": {}, "hellaswag": {}, "sample": None,
-                   "interrupted": False}
+        summary = {"train_losses": {}, "step_ms": {}, "val_losses": {}, "val_seconds": {}, "hellaswag": {},
+                   "sample": None, "interrupted": False}
         self.t_start = time.perf_counter()
         try:
             with dist.abort_on_error():
@@ -445,7 +445,8 @@ class Trainer:
                 console.print(f"generating:\n---\n{last_sample}\n---")
             if step > first and (last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
                 self.save()
-            if last and step > first and not (self.guard.healthy() and math.isfinite(summary["val_losses"].get(step, 0))):
+            if last and step > first and not (self.guard.healthy()
+                                              and math.isfinite(summary["val_losses"].get(step, 0))):
                 # the run got to its end, but with a broken model: a script must not take it for a success
                 self._stop_diverged(f"it ended with the train loss {self.guard.last_loss:.4g}", saved=True)
             if last:
@@ -480,8 +481,8 @@ class Trainer:
         """One warning each time the loss climbs far above uniform guessing (a finite loss is still applied)."""
         exploding = self.guard.exploding(loss)
         if exploding and not self.warned_exploding:
-            self.console.warn(f"warning: step {step + 1}: the loss {loss:.4g} is over {self.guard.exploding_above:.2f}, "
-                              f"twice that of guessing uniformly among {self.family.vocab_size} tokens: the run "
+            self.console.warn(f"warning: step {step + 1}: the loss {loss:.4g} is over {self.guard.exploding_above:.2f},"
+                              f" twice that of guessing uniformly among {self.family.vocab_size} tokens: the run "
                               f"is diverging (lower -l {self.cfg.lr}); checkpoints from here are marked unhealthy")
         self.warned_exploding = exploding
 

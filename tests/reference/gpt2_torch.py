@@ -240,7 +240,8 @@ def model_header(cfg, version):
 
 
 def write_model(path, cfg, params, dtype="float32"):
-    """params: flat numpy vector in llm.c's order (wte already padded to Vp). dtype 'float32' (v3) or 'bfloat16' (v5)."""
+    """params: flat numpy vector in llm.c's order (wte already padded to Vp).
+    dtype 'float32' (v3) or 'bfloat16' (v5)."""
     params = np.asarray(params)
     assert params.shape == (num_parameters(cfg),), f"params has shape {params.shape}"
     if dtype == "float32":
