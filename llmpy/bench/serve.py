@@ -2,8 +2,11 @@
 
 For random-weight models with the shapes of llama2.c's stories15M / 110M (and a tokenizer of as many
 made-up pieces): the server runs as its own process (`llmpy serve --slots max(clients)`), the clients are
-threads of this process, each streaming one /v1/completions of --tokens new tokens (temperature 1, top-p
-0.9, its own seed). Per concurrency level: aggregate tokens/s (all tokens / wall time from the first
+threads of this process, each streaming one /v1/completions of --tokens new tokens (--temperature 1,
+--top-p 0.9 by default, its own seed). Random weights give near-uniform next-token distributions, whose
+top-p nucleus is most of the vocabulary: sampling then costs ~0.5 ms per token and slot (a sort of ~29000
+candidates), serial work between forwards that a trained model's peaked distributions do not have;
+--top-p 1 (a plain multinomial draw) shows the batching without it. Per concurrency level: aggregate tokens/s (all tokens / wall time from the first
 request to the last [DONE]), time to first token (median), inter-token latency p50/p99 (gaps between
 streamed chunks; a token whose piece prints nothing joins the next chunk). Targets: 8 clients >= 4x the
 tokens/s of 1 client; one client's decode rate >= 90% of `llmpy run`'s, measured in this same run through
@@ -38,6 +41,8 @@ def add_arguments(parser):
     parser.add_argument("--models", default="15M,110M", help="comma-separated shapes among " + ",".join(SHAPES))
     parser.add_argument("--clients", default="1,4,8,16", help="comma-separated numbers of concurrent clients")
     parser.add_argument("--tokens", type=int, default=128, help="new tokens per request")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of every request")
+    parser.add_argument("--top-p", dest="top_p", type=float, default=0.9, help="top-p of every request")
     parser.add_argument("--soak-seconds", type=float, default=0.0,
                         help=f"then {SOAK_CLIENTS} clients in a loop for this long: lost requests, server memory")
 
@@ -59,7 +64,7 @@ def _write_model(d, name):
     return d / "model.bin"
 
 
-def _run_rate(model, tokens):
+def _run_rate(model, tokens, sampling):
     """`llmpy run`'s decode tok/s: generate() on a one-stream Transformer (best of two, after a warm-up)."""
     from llmpy.llama.generate import generate
     from llmpy.llama.inference import Transformer
@@ -69,15 +74,16 @@ def _run_rate(model, tokens):
     t = Transformer.from_file(model)
     tok = Llama2Tokenizer.load(model.with_name("tokenizer.bin"), t.config.vocab_size)
     steps = len(tok.encode(PROMPT)) + tokens - 1
-    rates = [generate(t, tok, Sampler(t.config.vocab_size, 1.0, 0.9, seed), PROMPT, steps).tok_per_s
+    rates = [generate(t, tok, Sampler(t.config.vocab_size, *sampling, seed), PROMPT, steps).tok_per_s
              for seed in (1, 2, 3)]
     return max(rates[1:])
 
 
-def _stream(port, tokens, seed):
+def _stream(port, tokens, seed, sampling=(1.0, 0.9)):
     """One streamed completion: (start time, [chunk arrival times], completion tokens, whether it ended well:
     [DONE] after a finish reason, and max_tokens tokens unless a stop token came first)."""
-    body = json.dumps({"prompt": PROMPT, "max_tokens": tokens, "seed": seed, "temperature": 1.0, "top_p": 0.9,
+    body = json.dumps({"prompt": PROMPT, "max_tokens": tokens, "seed": seed, "temperature": sampling[0],
+                       "top_p": sampling[1],
                        "stream": True, "stream_options": {"include_usage": True}}).encode()  # bytes: sent with the headers
     start, times, n, done, finish = time.perf_counter(), [], 0, False, None
     try:
@@ -116,12 +122,12 @@ def _percentile(values, q):
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
-def _level(port, n_clients, tokens, seed0):
+def _level(port, n_clients, tokens, seed0, sampling):
     """n_clients concurrent streams: (aggregate tok/s, TTFT p50, ITL p50, ITL p99, one client's decode tok/s)."""
     results = [None] * n_clients
 
     def client(i):
-        results[i] = _stream(port, tokens, seed0 + i)
+        results[i] = _stream(port, tokens, seed0 + i, sampling)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
     for t in threads:
@@ -145,7 +151,7 @@ def _rss_kib(pid):
     return 0
 
 
-def _soak(proc, port, tokens, seconds):
+def _soak(proc, port, tokens, seconds, sampling):
     counts = {"requests": 0, "lost": 0}
     lock = threading.Lock()
     rss_start = _rss_kib(proc.pid)
@@ -154,7 +160,7 @@ def _soak(proc, port, tokens, seconds):
     def client(i):
         seed = 1000 + i
         while time.perf_counter() < end:
-            ok = _stream(port, tokens, seed)[3]
+            ok = _stream(port, tokens, seed, sampling)[3]
             with lock:
                 counts["requests"] += 1
                 counts["lost"] += not ok
@@ -188,19 +194,20 @@ def run(args):
         raise LlmpyError(f"--models takes shapes among {', '.join(SHAPES)}, got {args.models}")
     if not clients or min(clients) < 1 or args.tokens < 2:
         raise LlmpyError("--clients must be numbers >= 1 and --tokens >= 2")
+    sampling = (args.temperature, args.top_p)
     status = 0
     for name in names:
         with tempfile.TemporaryDirectory() as d:
             model = _write_model(Path(d), name)
-            run_rate = _run_rate(model, args.tokens)
+            run_rate = _run_rate(model, args.tokens, sampling)
             proc, port = _start_server(model, max(clients + ([SOAK_CLIENTS] if args.soak_seconds > 0 else [])))
             try:
-                _stream(port, args.tokens, 1)  # warm-up
+                _stream(port, args.tokens, 1, sampling)  # warm-up
                 print(f"{name}: {args.tokens} new tokens per request; llmpy run decodes {run_rate:.1f} tok/s")
                 print(f"{'clients':>8} {'tok/s':>9} {'TTFT p50':>10} {'ITL p50':>9} {'ITL p99':>9}")
                 rates = {}
                 for n in clients:
-                    agg, ttft, itl50, itl99, decode = _level(port, n, args.tokens, 100 * n)
+                    agg, ttft, itl50, itl99, decode = _level(port, n, args.tokens, 100 * n, sampling)
                     rates[n] = (agg, decode)
                     print(f"{n:>8} {agg:>9.1f} {ttft * 1e3:>8.1f}ms {itl50 * 1e3:>7.2f}ms {itl99 * 1e3:>7.2f}ms")
                 if 1 in rates:
@@ -209,7 +216,7 @@ def run(args):
                 if 1 in rates and 8 in rates:
                     print(f"  8 clients: {rates[8][0] / rates[1][0]:.2f}x the tokens/s of 1 (target >= 4)")
                 if args.soak_seconds > 0:
-                    n_req, lost, rss0, rss1 = _soak(proc, port, args.tokens, args.soak_seconds)
+                    n_req, lost, rss0, rss1 = _soak(proc, port, args.tokens, args.soak_seconds, sampling)
                     print(f"  soak {args.soak_seconds:g}s, {SOAK_CLIENTS} clients: {n_req} requests, {lost} lost; "
                           f"server RSS {rss0 / 1024:.0f} MiB -> {rss1 / 1024:.0f} MiB")
                     status = status or int(lost > 0)
