@@ -47,6 +47,9 @@ def test_run_hub_id_downloads_once_then_offline(hub, checkpoint, tmp_path, capsy
     again = llmpy(tmp_path, hub, "run", REPO, *FLAGS, offline=True)
     assert again.returncode == 0 and again.stdout == want, again.stderr.decode()
     assert len(HubHandler.log) == n_requests  # offline: the cache only
+    online = llmpy(tmp_path, hub, "run", REPO, *FLAGS)
+    asked = {path.rsplit("/", 1)[-1] for _method, path in HubHandler.log[n_requests:]}
+    assert online.stdout == want and not asked & {p.name for p in snapshot.iterdir()}, asked  # only what is missing
 
 
 def test_offline_with_an_empty_cache(hub, tmp_path):  # noqa: F811

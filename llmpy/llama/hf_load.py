@@ -406,14 +406,17 @@ def looks_like_hub_id(spec):
 def hf_snapshot(repo):
     """Local directory of hub repository `repo`'s config, tokenizer and safetensors files, downloaded into the
     Hugging Face cache once (later runs use the cache without the network; HF_HUB_OFFLINE=1 forbids it)."""
-    from llmpy.hub import _hub, hf_file
+    from llmpy.hub import _hub, hf_cached, hf_file
 
     hint = f"or download {repo} yourself (huggingface-cli download {repo}) and pass its directory"
     config = hf_file(repo, CONFIG, hint)  # fails fast offline, names the cache and HF_HUB_OFFLINE
     hub = _hub()
     from huggingface_hub.utils import EntryNotFoundError
 
-    def optional(filename):
+    def optional(filename):  # the cached file, else downloaded; None when the repository has no such file
+        cached = hf_cached(repo, filename)
+        if cached is not None:
+            return cached
         try:
             return Path(hub.hf_hub_download(repo, filename))
         except EntryNotFoundError:
