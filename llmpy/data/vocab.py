@@ -31,6 +31,7 @@ from pathlib import Path
 from llmpy.data.download import CHUNK_BYTES, download_file, sha256_of
 from llmpy.errors import LlmpyError
 from llmpy.fileio import atomic_write_with
+from llmpy.formats.tokenizer_file import GPT2_EOT, GPT2_VOCAB_SIZE
 
 GPT2 = "gpt2"
 SENTENCEPIECE = "sentencepiece"
@@ -39,12 +40,9 @@ TRAINED = "trained"  # tokenizer_source of a vocabulary trained by prepro itself
 LLAMA2_MODEL_URL = "https://raw.githubusercontent.com/karpathy/llama2.c/master/tokenizer.model"
 LLAMA2_MODEL_SHA256 = "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"
 LLAMA2_MODEL_NAME = "tokenizer.model"
-LLAMA2_VOCAB = 32000
-GPT2_EOT = 50256
-GPT2_VOCAB = 50257
 GPT2_LLMC_FILE = "gpt2_tokenizer.bin"
 MODEL_HINT = "a sentencepiece .model file (such as Llama 2's tokenizer.model)"
-GPT2_RECORD = {"tokenizer": GPT2, "vocab_size": GPT2_VOCAB, "bos_id": GPT2_EOT, "tokenizer_source": GPT2,
+GPT2_RECORD = {"tokenizer": GPT2, "vocab_size": GPT2_VOCAB_SIZE, "bos_id": GPT2_EOT, "tokenizer_source": GPT2,
                "tokenizer_files": {"llmc": GPT2_LLMC_FILE}}  # prepro.json's tokenizer fields for GPT-2 data
 
 
@@ -126,7 +124,7 @@ class VocabRequest:
         """LlmpyError when the finished prepro `info` in out_dir used another tokenizer than this request."""
         had = info.get("tokenizer", GPT2)
         had_source = info.get("tokenizer_source", GPT2 if had == GPT2 else TRAINED)
-        had_v = info.get("vocab_size") or (GPT2_VOCAB if had == GPT2 else None)
+        had_v = info.get("vocab_size") or (GPT2_VOCAB_SIZE if had == GPT2 else None)
         same = had_source == self.source() and (self.vocab_size is None or had_v == self.vocab_size)
         if not same:
             what = "GPT-2's tokenizer" if had == GPT2 else f"a {had_v}-token sentencepiece vocabulary"
@@ -240,7 +238,7 @@ def data_tokenizer(train_pattern):
     kind = info.get("tokenizer", GPT2)
     if kind == GPT2:
         llmc = folder / GPT2_LLMC_FILE
-        return DataTokenizer(GPT2, GPT2_VOCAB, GPT2_EOT, llmc_bin_path=llmc if llmc.is_file() else None)
+        return DataTokenizer(GPT2, GPT2_VOCAB_SIZE, GPT2_EOT, llmc_bin_path=llmc if llmc.is_file() else None)
     try:
         vocab_size, bos_id = int(info["vocab_size"]), int(info.get("bos_id", 1))
         names = info.get("tokenizer_files") or {  # written before tokenizer_files was recorded
@@ -275,7 +273,7 @@ def check_data_fits(train_pattern, family, vocab_size):
         raise LlmpyError(f"{train_pattern} holds GPT-2 tokens but the model is a Llama with a sentencepiece "
                          "vocabulary; prepare Llama data with `llmpy prepro NAME --vocab-size N` or "
                          "`--tokenizer llama2`")
-    if family == "gpt2" and tok.kind == SENTENCEPIECE and vocab_size == GPT2_VOCAB:
+    if family == "gpt2" and tok.kind == SENTENCEPIECE and vocab_size == GPT2_VOCAB_SIZE:
         raise LlmpyError(f"{train_pattern} holds tokens of a {tok.vocab_size}-token sentencepiece vocabulary, "
                          "not GPT-2's; prepare GPT-2 data with `llmpy prepro NAME` (no --vocab-size)")
     if tok.vocab_size > vocab_size:
