@@ -1,11 +1,14 @@
 """Shared test helpers: where fixtures live, importing the PyTorch references under tests/reference/, a tiny
-llama2.c model with its tokenizer, local HTTP servers on 127.0.0.1 (no real network)."""
+llama2.c model with its tokenizer, a TinyStories-like archive, local HTTP servers on 127.0.0.1 (no real network)."""
 
 import contextlib
 import functools
 import http.server
 import importlib
+import io
+import json
 import sys
+import tarfile
 import threading
 from pathlib import Path
 
@@ -38,6 +41,18 @@ def write_tiny_llama(d, seq_len, seed, tokenizer_name="tokenizer.bin"):
     config = LlamaConfig(32, 64, 2, 4, 2, len(vocab), seq_len, True)
     write_llama2c(d / "model.bin", config, random_weights(config, np.random.default_rng(seed), scale=0.3), 0)
     return d / "model.bin", d / tokenizer_name
+
+
+def write_stories_archive(archive, files):
+    """A .tar.gz in TinyStories' layout at `archive`: files maps a member name (data00.json) to the list it holds,
+    written as JSON ([{"story": ...}, ...]). Returns archive."""
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in files.items():
+            raw = json.dumps(data).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return archive
 
 
 @pytest.fixture

@@ -4,14 +4,13 @@
 import glob
 import gzip
 import hashlib
-import io
 import json
 import random
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_stories_archive
 
 from llmpy.cli import main
 from llmpy.data import fineweb, prepro, tinystories
@@ -182,13 +181,7 @@ def test_write_sharded(tmp_path):
 
 def test_tinystories_from_local_archive(tmp_path, enc):
     files = {f"data{i:02d}.json": [{"story": f"  Story {i}-{j} about a cat.  "} for j in range(6)] for i in range(3)}
-    archive = tmp_path / "stories.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, data in files.items():
-            raw = json.dumps(data).encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(raw)
-            tar.addfile(info, io.BytesIO(raw))
+    archive = write_stories_archive(tmp_path / "stories.tar.gz", files)
     train, val = tinystories.prepare_tinystories(tmp_path / "out", source=archive, num_workers=1, verbose=False)
 
     def expected(names):

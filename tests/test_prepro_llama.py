@@ -6,14 +6,13 @@ llama2.c's shipped tokenizer.bin, and the texts the shards were made from."""
 
 import gzip
 import hashlib
-import io
 import json
 import random
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_stories_archive
 
 spm = pytest.importorskip("sentencepiece")
 
@@ -234,13 +233,7 @@ def stories_archive(tmp_path, n_files=12, per_file=8):
     rng = random.Random(3)
     files = {f"data{i:02d}.json": [{"story": "  " + " ".join(sentences(rng, 4)) + ".\n\nThe end.  "}
                                    for _ in range(per_file)] for i in range(n_files)}
-    archive = tmp_path / "stories.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, data in files.items():
-            raw = json.dumps(data).encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(raw)
-            tar.addfile(info, io.BytesIO(raw))
+    archive = write_stories_archive(tmp_path / "stories.tar.gz", files)
     return archive, files
 
 
