@@ -25,7 +25,6 @@ from llmpy.errors import LlmpyError
 from llmpy.formats import sniff
 from llmpy.gpt2 import model as gpt2
 from llmpy.llama import train_model as llama
-from llmpy.train import peak
 from llmpy.train.config import HF_NAMES
 
 VOCAB_PAD = 128   # a from-scratch GPT-2 pads its vocab to a multiple of this (50257 -> 50304)
@@ -69,7 +68,7 @@ class GPT2Family:
         return gpt2.matrix_param_ranges(self.config)
 
     def flops_per_token(self, T):
-        return peak.flops_per_token(self.config, T)
+        return llmc_flops_per_token(self.num_parameters, self.config.num_layers, self.config.channels, T)
 
     def describe(self):
         c = self.config

@@ -16,16 +16,9 @@ import time
 
 import numpy as np
 
-from llmpy.gpt2.model import num_parameters
-
 PEAK_N = 1024          # sgemm size of the peak measurement
 PEAK_REPEATS = 5       # timed matmuls after one warm-up; the fastest counts
 MAX_REMEASURES = 3     # re-measurements a run may make when steps beat the peak
-
-
-def flops_per_token(config, T):
-    """llm.c's estimate: 6 N for the weights' forward + backward, 6 L C T for attention."""
-    return 6 * num_parameters(config) + 6 * config.num_layers * config.channels * T
 
 
 def sgemm_peak(n=PEAK_N, repeats=PEAK_REPEATS):
