@@ -20,6 +20,7 @@ from conftest import import_reference
 from llmpy.cli import main
 from llmpy.cli.serve import start
 from llmpy.formats.llama2c import write_llama2c
+from llmpy.llama.inference import Transformer
 from llmpy.llama.model import LlamaConfig, random_weights
 from llmpy.sampler import Sampler
 from llmpy.serve.engine import Engine, QueueFull, Request, TextStream
@@ -144,14 +145,16 @@ def test_engine_queue_full_is_refused_at_once(files):
 
 
 def test_long_prompt_is_prefilled_in_chunks_between_decode_steps(files):
-    """A 100-token prompt arriving while another request decodes: every step still carries the decoder's
-    token (it gains one token per step) and the prompt goes in over several steps of at most step_rows rows."""
+    """A 100-token prompt arriving while another request decodes: the decoder gains a token every step, and
+    the prompt goes in chunks of prefill_chunk rows, one per step in a forward of its own (as Transformer.prefill
+    chunks it), leaving the KV cache Transformer.prefill leaves."""
     from llmpy.serve.model import LlamaServed
 
     model = LlamaServed.load(str(files[0]), slots=2)
-    rows = []
+    model.prefill_chunk = 40
+    calls = []
     forward = model.forward
-    model.forward = lambda t, p, s: rows.append(len(t)) or forward(t, p, s)
+    model.forward = lambda t, p, s: calls.append((list(s), list(p))) or forward(t, p, s)
     engine = Engine(model)  # stepped by hand: no thread
     a = Request(model.encode_prompt("hi"), 60, Sampler(model.vocab_size, 1.0, 1.0, 3), frozenset())
     engine.submit(a)
@@ -160,16 +163,27 @@ def test_long_prompt_is_prefilled_in_chunks_between_decode_steps(files):
     assert a.n_generated == 1
     b = Request(model.encode_prompt("a b c d e f g h i j k l m n o p q r s t u v w x y z " * 2), 5,
                 Sampler(model.vocab_size, 1.0, 1.0, 4), frozenset())
-    assert len(b.tokens) > 2 * model.step_rows
+    n = len(b.tokens)
+    assert n > 2 * 40
     engine.submit(b)
     engine._admit()
+    calls.clear()
     steps = 0
     while b.n_generated == 0:
         engine._step()
         steps += 1
         assert a.n_generated == 1 + steps  # a decoded in every step
-    assert steps >= 3 and max(rows) <= model.step_rows
-    assert rows[1:steps] == [model.step_rows] * (steps - 1)  # full steps while b's prompt lasts
+    slot_b = 1 - a_slot(engine, a)
+    chunks = [p for s, p in calls if s[0] == slot_b]
+    assert [(p[0], len(p)) for p in chunks] == [(0, 40), (40, 40), (80, n - 80)] and steps == 3
+    assert all(set(s) == {1 - slot_b} for s, p in calls if s[0] != slot_b)  # decode forwards: a alone
+    ref = Transformer.from_file(files[0], max_rows=40)
+    ref.prefill(b.tokens)
+    np.testing.assert_array_equal(model.transformer.key_cache[:, slot_b, :, :n], ref.key_cache[:, 0, :, :n])
+
+
+def a_slot(engine, request):
+    return next(i for i, s in enumerate(engine.slots) if s is not None and s.request is request)
 
 
 # -----------------------------------------------------------------------------
@@ -192,6 +206,18 @@ def test_completion_equals_llmpy_run(served, files, capsysbinary, temperature, t
         assert usage.completion_tokens == max_tokens
     assert text == run_text(files, capsysbinary, prompt, seed, n_prompt, max_tokens, temperature, top_p)
     assert len(text) > 10
+
+
+def test_long_prompt_completion_equals_llmpy_run(served, files, capsysbinary):
+    """A prompt longer than a fused call (prefilled with sgemm by `llmpy run`), served among other requests."""
+    prompt = "Once upon a time there was a little girl named Lily who loved to play outside in the park"
+    n_prompt = len(files[1].encode(prompt, bos=True))
+    assert n_prompt > served.server.model.step_rows
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        others = [pool.submit(complete, served, p, 50 + i, 30) for i, p in enumerate(PROMPTS[:3])]
+        text, _, _ = complete(served, prompt, 21, 25, temperature=1.0, top_p=0.9)
+        [f.result() for f in others]
+    assert text == run_text(files, capsysbinary, prompt, 21, n_prompt, 25, 1.0, 0.9)
 
 
 def test_chat_equals_llmpy_run_chat(served, files, capsysbinary, monkeypatch):

@@ -6,12 +6,16 @@
     engine.submit(req)                         # QueueFull when the queue is full (the server answers 503)
     while (event := req.events.get())[0] == "text": ...   # ("text", str) ..., then ("done", reason) or ("error", msg)
 
-Each step is ONE forward: a row (last token, position, slot) for every slot that is decoding, then chunks
-of the prompts of slots still prefilling, up to model.step_rows rows in all (at least MIN_PREFILL_ROWS of
-prefill, so a full house of decoders cannot starve a newcomer). A long prompt is thus prefilled over
-several steps while the other slots keep decoding. Each slot samples the logits of its last row with its
-own Sampler (its own seed and coins), so a request's tokens do not depend on what else is running: the
-same prompt, seed and parameters give the same text served alone, among others, or by `llmpy run`.
+Each step is one forward of a row (last token, position, slot) for every slot that is decoding and the
+prompts (or parts of prompts) of slots still prefilling, up to model.step_rows rows: kernels that compute
+each row the same way whatever rows share the call. A prompt longer than step_rows is forwarded in chunks
+of model.prefill_chunk rows, one chunk per step in a forward of its own after the shared one: the same
+calls `llmpy run`'s prefill makes (BLAS sgemm, whose rounding differs from the fused kernels'), so the
+prompt leaves the same bits in the KV cache. A long prompt thus does not stop the other slots, which get
+their token every step. Each slot samples the logits of its last row with its own Sampler (its own seed
+and coins), so a request's tokens do not depend on what else is running: the same prompt, seed and
+parameters give the same text served alone, among others, or by `llmpy run` (with at most SMALL_BATCH
+slots: more decode rows than that take the sgemm path too).
 
 A request ends on a stop token (stop_ids), a stop string (the text before it is returned, the stop string
 is not), or max_tokens; its slot is free for the next step. A request cancelled by its client (cancel(),
@@ -29,7 +33,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-MIN_PREFILL_ROWS = 8  # prefill rows per step even when every other slot is decoding
 IDLE_WAIT_S = 0.5  # how long the idle engine sleeps before looking again (submit wakes it at once)
 
 
@@ -185,37 +188,43 @@ class Engine:
                 self.slots[i] = Slot(i, request, self.model.text_decoder(request.tokens, request.chat))
 
     def _step(self):
-        """One forward: a row for every decoding slot, then prefill chunks; then each finished slot samples."""
-        tokens, positions, streams = [], [], []
-        groups = []  # (slot, whether its last row's logits are sampled), in row order
+        """A forward of a row for every decoding slot and the prompts that fit in step_rows rows; then one chunk of
+        a longer prompt in a forward of its own; each slot that has forwarded its last token samples."""
         active = [s for s in self.slots if s is not None]
-        for slot in active:
-            if slot.decoding:
-                tokens.append(slot.last)
-                positions.append(slot.pos)
-                streams.append(slot.index)
-                groups.append((slot, True))
-        budget = max(self.model.step_rows - len(tokens), MIN_PREFILL_ROWS)
-        for slot in sorted((s for s in active if not s.decoding), key=lambda s: s.request.submitted):
-            if budget == 0:
-                break
-            prompt = slot.request.tokens
-            n = min(budget, len(prompt) - slot.done)
-            tokens += prompt[slot.done:slot.done + n]
-            positions += range(slot.done, slot.done + n)
+        prefilling = sorted((s for s in active if not s.decoding), key=lambda s: s.request.submitted)
+        rows = [(slot, [slot.last], slot.pos, 1) for slot in active if slot.decoding]  # (slot, tokens, start, n)
+        budget = self.model.step_rows - len(rows)  # >= the slots prefilling (step_rows >= n_slots)
+        for slot in prefilling:
+            n = min(budget, len(slot.request.tokens) - slot.done)
+            if len(slot.request.tokens) <= self.model.step_rows and n > 0:
+                rows.append((slot, slot.request.tokens[slot.done:slot.done + n], slot.done, n))
+                budget -= n
+        if rows:
+            self._forward(rows)
+        long = [s for s in prefilling if len(s.request.tokens) > self.model.step_rows]
+        if long:  # `llmpy run`'s prefill chunks (Transformer.prefill): the same forward calls, the same bits
+            slot = long[0]
+            n = min(self.model.prefill_chunk, len(slot.request.tokens) - slot.done)
+            self._forward([(slot, slot.request.tokens[slot.done:slot.done + n], slot.done, n)])
+
+    def _forward(self, rows):
+        """rows: (slot, its tokens, first position, count), one entry per slot."""
+        tokens, positions, streams = [], [], []
+        for slot, toks, start, n in rows:
+            tokens += toks
+            positions += range(start, start + n)
             streams += [slot.index] * n
-            slot.done += n
-            budget -= n
-            groups.append((slot, slot.decoding))
         logits = self.model.forward(tokens, positions, streams)  # (distinct slots, V): valid until the next forward
         self.steps += 1
-        for row, (slot, sample) in enumerate(groups):
-            if slot.decoding and slot.last is not None:
-                slot.pos += 1  # the decode row just forwarded
-            if sample:
-                if slot.last is None:  # the prompt's last token was just forwarded
-                    slot.pos, slot.last = slot.done, slot.request.tokens[-1]
-                self._accept(slot, slot.request.sampler.sample(logits[row]))
+        for row, (slot, _, _, n) in enumerate(rows):
+            if slot.decoding:  # the decode row just forwarded
+                slot.pos += 1
+            else:
+                slot.done += n
+                if not slot.decoding:
+                    continue  # more of the prompt to come
+                slot.pos, slot.last = slot.done, slot.request.tokens[-1]  # the prompt's last token was forwarded
+            self._accept(slot, slot.request.sampler.sample(logits[row]))
 
     def _accept(self, slot, token):
         """A sampled token: the end of the reply, or a piece of text (and the next row to forward)."""

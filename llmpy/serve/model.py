@@ -3,7 +3,8 @@ Face Llama directory (or hub id) and its tokenizer.json and chat template; both 
 
 The engine (engine.py) and the API (api.py) never look inside a model; they need only:
     name, ctx (positions per slot), n_slots, vocab_size (for the Sampler),
-    step_rows (rows per forward: up to SMALL_BATCH a forward is one fused kernel call),
+    step_rows (rows per forward: up to SMALL_BATCH a forward is one fused kernel call), prefill_chunk (rows
+    per forward of a longer prompt, as Transformer.prefill chunks it),
     max_prompt_bytes (a longer prompt cannot fit in ctx: refused without encoding it),
     encode_prompt(text) / encode_chat(messages) -> token ids (LlmpyError when they do not fit the model),
     completion_stop_ids / chat_stop_ids: sampled tokens that end a reply,
@@ -55,6 +56,7 @@ class Served:
         self.vocab_size = transformer.config.vocab_size
         self.n_slots = transformer.n_streams
         self.step_rows = max(SMALL_BATCH, self.n_slots)
+        self.prefill_chunk = transformer.max_rows  # Transformer.prefill's chunks (`llmpy run`'s)
         self.max_prompt_bytes = self.ctx * max(1, max_token_bytes)  # a token is at most max_token_bytes long
 
     def encode_prompt(self, text):
