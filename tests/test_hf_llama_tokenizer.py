@@ -317,6 +317,15 @@ def test_generation_stops_at_any_eos_id(tmp_path):
     assert result.tokens[:len(prompt)] == prompt and len(result.tokens) > len(prompt)
 
 
+def test_empty_prompt_without_bos_is_an_error(tmp_path, capsysbinary):
+    from llmpy.cli import main
+
+    model_dir(tmp_path, "smollm2")  # GPT2Tokenizer: no BOS added
+    assert main(["run", str(tmp_path), "-n", "10"]) == 2
+    captured = capsysbinary.readouterr()
+    assert b"the prompt is empty" in captured.err and b"Traceback" not in captured.err and captured.out == b""
+
+
 @pytest.mark.parametrize("name", ["smollm2", "llama3"])
 def test_chat_keeps_the_kv_cache_across_turns(tmp_path, name):
     from llmpy.llama.hf_load import load_hf

@@ -86,6 +86,9 @@ def context_notice(seq_len, err):
 
 def encode_prompt(tokenizer, prompt, seq_len):
     tokens = tokenizer.encode(prompt or "", bos=True, eos=False)
+    if not tokens:
+        raise LlmpyError("the prompt is empty and this tokenizer adds no BOS token, so there is nothing to start "
+                         "from: give a prompt (-i TEXT)")
     if len(tokens) > seq_len:
         raise LlmpyError(f"the prompt is {len(tokens)} tokens but the model's context (seq_len) is {seq_len} "
                          "tokens: shorten the prompt")
