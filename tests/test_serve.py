@@ -387,6 +387,7 @@ def _disconnect_mid_reply(served):
             got = b""
             while b"data: " not in got:  # the stream has started
                 got += sock.recv(4096)
+            assert served.server.engine.counts()[0] == 1  # while the reply is generated: chunks are not held back
         else:
             while served.server.engine.steps < steps + 20:  # the reply is being generated
                 time.sleep(0.01)
