@@ -55,6 +55,19 @@ def write_stories_archive(archive, files):
     return archive
 
 
+def patched_copy(src, dst, offset=None, dtype="<i4", value=None, truncate=None, append=b""):
+    """dst = a copy of the file src with `value` written as `dtype` at byte `offset`, then cut to [:truncate],
+    then `append` added: the damaged files of the reader tests. Returns dst."""
+    raw = bytearray(Path(src).read_bytes())
+    if offset is not None:
+        item = np.dtype(dtype).itemsize
+        raw[offset:offset + item] = np.array([value], dtype=dtype).tobytes()
+    if truncate is not None:
+        raw = raw[:truncate]
+    Path(dst).write_bytes(bytes(raw) + append)
+    return dst
+
+
 @pytest.fixture
 def torch():
     """The torch module, or a skip when it is not installed."""

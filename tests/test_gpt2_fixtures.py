@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES_DIR, import_reference
+from conftest import FIXTURES_DIR, import_reference, patched_copy
 
 GPT2_FIXTURES = FIXTURES_DIR / "gpt2"
 MODEL_MAGIC, STATE_MAGIC = 20240326, 20240327
@@ -193,17 +193,6 @@ def test_test_gpt2_without_expected_losses(capsys):
 # ------------------------------------------------------------------------------------------------------------
 # (c) corrupted inputs: a clean failure, never a traceback
 
-def _patched(src, dst, offset=None, dtype="<i4", value=None, truncate=None, append=b""):
-    raw = bytearray(src.read_bytes())
-    if offset is not None:
-        item = np.dtype(dtype).itemsize
-        raw[offset:offset + item] = np.array([value], dtype=dtype).tobytes()
-    if truncate is not None:
-        raw = raw[:truncate]
-    dst.write_bytes(bytes(raw) + append)
-    return dst
-
-
 def _float_offset(name, what):
     """Byte offset in NAME_state.bin of the loss, a logit, or a qkvw gradient."""
     maxT, V, Vp, L, _NH, C, B, T = FIXTURE_CONFIGS[name]
@@ -216,7 +205,7 @@ def _float_offset(name, what):
     return loss_at + 4 * (1 + qkvw_at + 3 * C + 1)
 
 
-BAD_MODELS = {  # name -> _patched keyword arguments
+BAD_MODELS = {  # name -> patched_copy keyword arguments
     "truncated": {"truncate": -7},
     "header_only": {"truncate": HEADER_BYTES},
     "empty": {"truncate": 0},
@@ -243,7 +232,7 @@ def check_clean_error(rc, out, err, path):
 @pytest.mark.parametrize("kind", BAD_MODELS)
 def test_test_gpt2_rejects_bad_model(capsys, tmp_path, kind):
     model, state, losses = paths(NAMES[0])
-    bad = _patched(model, tmp_path / f"bad_{kind}_model.bin", **BAD_MODELS[kind])
+    bad = patched_copy(model, tmp_path / f"bad_{kind}_model.bin", **BAD_MODELS[kind])
     rc, out, err = run_test_gpt2(capsys, bad, state, losses)
     check_clean_error(rc, out, err, bad)
     assert bad.name in err, "a broken checkpoint must be named in the error message"
@@ -252,7 +241,7 @@ def test_test_gpt2_rejects_bad_model(capsys, tmp_path, kind):
 @pytest.mark.parametrize("kind", BAD_STATES)
 def test_test_gpt2_rejects_bad_state(capsys, tmp_path, kind):
     model, state, losses = paths(NAMES[0])
-    bad = _patched(state, tmp_path / f"bad_{kind}_state.bin", **BAD_STATES[kind])
+    bad = patched_copy(state, tmp_path / f"bad_{kind}_state.bin", **BAD_STATES[kind])
     rc, out, err = run_test_gpt2(capsys, model, bad, losses)
     check_clean_error(rc, out, err, bad)
     assert bad.name in err, "a broken state must be named in the error message"
@@ -292,7 +281,7 @@ def test_test_gpt2_fails_on_perturbed_state(capsys, tmp_path, what):
     model, state, losses = paths(name)
     offset = _float_offset(name, what)
     original = np.frombuffer(state.read_bytes()[offset:offset + 4], "<f4")[0]
-    bad = _patched(state, tmp_path / f"perturbed_{what}_state.bin", offset=offset, dtype="<f4",
+    bad = patched_copy(state, tmp_path / f"perturbed_{what}_state.bin", offset=offset, dtype="<f4",
                    value=original + 0.5)
     rc, out, err = run_test_gpt2(capsys, model, bad, losses)
     assert rc != 0
@@ -305,7 +294,7 @@ def test_test_gpt2_tolerates_loss_within_tolerance(capsys, tmp_path):
     model, state, losses = paths(name)
     offset = _float_offset(name, "loss")
     original = np.frombuffer(state.read_bytes()[offset:offset + 4], "<f4")[0]
-    shifted = _patched(state, tmp_path / "shifted_state.bin", offset=offset, dtype="<f4", value=original + 1e-3)
+    shifted = patched_copy(state, tmp_path / "shifted_state.bin", offset=offset, dtype="<f4", value=original + 1e-3)
     rc, out, err = run_test_gpt2(capsys, model, shifted, losses)
     assert rc == 0 and out.strip().splitlines()[-1] == "overall okay: 1", out + err
 
@@ -492,7 +481,7 @@ def test_load_checkpoint_rejects_bad_file(tmp_path, kind):
     from llmpy.errors import LlmpyError
     from llmpy.formats.llmc import load_checkpoint
 
-    bad = _patched(paths(NAMES[0])[0], tmp_path / f"bad_{kind}.bin", **BAD_MODELS[kind])
+    bad = patched_copy(paths(NAMES[0])[0], tmp_path / f"bad_{kind}.bin", **BAD_MODELS[kind])
     with pytest.raises(LlmpyError, match=re.escape(bad.name)):
         load_checkpoint(bad)
 

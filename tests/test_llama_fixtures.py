@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import FIXTURES_DIR, import_reference
+from conftest import FIXTURES_DIR, import_reference, patched_copy
 
 LLAMA_FIXTURES = FIXTURES_DIR / "llama"
 STATE_MAGIC, STATE_VERSION = 20260416, 1
@@ -186,26 +186,16 @@ def test_test_llama_fails_on_a_wrong_step_loss(capsys, tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 # (c) files that cannot be checked: one line naming the file, exit 2
 
-def _patched(src, dst, int_at=None, value=None, truncate=None, append=b""):
-    raw = bytearray(src.read_bytes())
-    if int_at is not None:
-        raw[4 * int_at:4 * int_at + 4] = np.array([value], "<i4").tobytes()
-    if truncate is not None:
-        raw = raw[:truncate]
-    dst.write_bytes(bytes(raw) + append)
-    return dst
-
-
-BAD_STATES = {  # -> (_patched keywords, words the message must hold)
+BAD_STATES = {  # -> (patched_copy keywords (offset: 4 * the header int), words the message must hold)
     "truncated": ({"truncate": -4}, "truncated"),
     "header_only": ({"truncate": 600}, "shorter than the 1024-byte header"),
-    "wrong_magic": ({"int_at": 0, "value": 20240327}, None),  # llm.c's GPT-2 debug state magic: named as such
-    "foreign_magic": ({"int_at": 0, "value": 12345}, "magic 12345"),
-    "wrong_version": ({"int_at": 1, "value": 2}, "version 2"),
-    "other_n_heads": ({"int_at": 8, "value": 3}, "n_heads 3 (model 6)"),
-    "other_vocab": ({"int_at": 4, "value": 68}, "vocab_size 68 (model 67)"),
-    "untied": ({"int_at": 11, "value": 0}, "shared_classifier 0 (model 1)"),
-    "T_past_seq_len": ({"int_at": 3, "value": 17}, "T=17"),
+    "wrong_magic": ({"offset": 0, "value": 20240327}, None),  # llm.c's GPT-2 debug state magic: named as such
+    "foreign_magic": ({"offset": 0, "value": 12345}, "magic 12345"),
+    "wrong_version": ({"offset": 4 * 1, "value": 2}, "version 2"),
+    "other_n_heads": ({"offset": 4 * 8, "value": 3}, "n_heads 3 (model 6)"),
+    "other_vocab": ({"offset": 4 * 4, "value": 68}, "vocab_size 68 (model 67)"),
+    "untied": ({"offset": 4 * 11, "value": 0}, "shared_classifier 0 (model 1)"),
+    "T_past_seq_len": ({"offset": 4 * 3, "value": 17}, "T=17"),
     "trailing_bytes": ({"append": b"\0" * 4}, "longer than its header says"),
 }
 
@@ -214,7 +204,7 @@ BAD_STATES = {  # -> (_patched keywords, words the message must hold)
 def test_test_llama_rejects_bad_state(capsys, tmp_path, kind):
     model, state = paths("gqa6over2_v67")
     patch, words = BAD_STATES[kind]
-    bad = _patched(state, tmp_path / f"bad_{kind}_state.bin", **patch)
+    bad = patched_copy(state, tmp_path / f"bad_{kind}_state.bin", **patch)
     rc, out, err = run_test_llama(capsys, model, bad)
     assert rc == 2 and bad.name in err and "overall okay" not in out, out + err
     assert words is None or words in err, err
@@ -233,7 +223,7 @@ def test_test_llama_rejects_bad_model_files(capsys, tmp_path):
     model, state = paths("gqa6over2_v67")
     config, weights, _, _ = read_llama2c(model)
     v2 = write_llama2c(tmp_path / "int8_model.bin", config, weights, 2, group_size=8)
-    truncated = _patched(model, tmp_path / "truncated_model.bin", truncate=-8)
+    truncated = patched_copy(model, tmp_path / "truncated_model.bin", truncate=-8)
     for bad in (v2, truncated, tmp_path / "missing_model.bin", state):
         rc, out, err = run_test_llama(capsys, bad, state)
         assert rc == 2 and bad.name in err and "overall okay" not in out, out + err
