@@ -411,3 +411,60 @@ def test_train_kernels_match_plain_layers(name, monkeypatch):
         assert v.dtype == np.float32, f"{name}: gradient d{k} is {v.dtype}"
         scale = max(1.0, float(np.abs(grads64[k]).max()))
         np.testing.assert_allclose(v, grads64[k], rtol=0, atol=1e-5 * scale, err_msg=f"{name}: d{k}")
+
+
+def test_train_kernels_give_the_same_bits_on_any_thread_count():
+    """The fused kernels run on Numba's threads, whose count llmpy/threads.py changes during a run: every result
+    (RMSNorm's weight gradient sums rows in fixed parts) must be bit-identical on one thread and on all, at a
+    size where each thread gets many rows; and the parallel RMSNorm backward still equals the plain layer."""
+    numba = pytest.importorskip("numba")
+    from llmpy.llama import train_kernels
+
+    rng = np.random.default_rng(9)
+    B2, T2, NH, NKV, hs, H2 = 3, 40, 4, 2, 8, 24
+    C2, KV = NH * hs, NKV * hs
+    x, dy = _normal(rng, (B2, T2, C2), np.float32), _normal(rng, (B2, T2, C2), np.float32)
+    q, k, v = _normal(rng, (B2, T2, C2), np.float32), _normal(rng, (B2, T2, KV), np.float32), \
+        _normal(rng, (B2, T2, KV), np.float32)
+    h1, h3, dh = (_normal(rng, (B2, T2, H2), np.float32, 3.0) for _ in range(3))
+    w = (1.0 + 0.3 * rng.standard_normal(C2)).astype(np.float32)
+    cos, sin = layers.rope_tables(hs, T2, THETA, np.float32)
+
+    def run():
+        out, rstd = np.empty_like(x), np.empty((B2, T2), np.float32)
+        train_kernels.rmsnorm_forward(out, rstd, x, w, EPS)
+        dx, dw = np.ones_like(x), np.ones_like(w)
+        train_kernels.rmsnorm_backward(dx, dw, dy, x, w, rstd)
+        rq = np.empty_like(q)
+        train_kernels.rope_forward(rq, q, cos, sin)
+        drq = np.ones_like(q)
+        train_kernels.rope_backward(drq, dy, cos, sin)
+        y, att = np.empty_like(q), np.empty((B2, NH, T2, T2), np.float32)
+        train_kernels.attention_forward(y, att, rq, k, v, NH)
+        dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+        train_kernels.attention_backward(dq, dk, dv, dy, rq, k, v, att, NH, accumulate=False,
+                                         heads=np.empty_like(q))
+        hb, d1, d3 = np.empty_like(h1), np.empty_like(h1), np.empty_like(h1)
+        train_kernels.swiglu_forward(hb, h1, h3)
+        train_kernels.swiglu_backward(d1, d3, dh, h1, h3, accumulate=False)
+        return {"ln": out, "rstd": rstd, "dx": dx, "dw": dw, "rope": rq, "drope": drq, "y": y, "att": att,
+                "dq": dq, "dk": dk, "dv": dv, "hb": hb, "dh1": d1, "dh3": d3}
+
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = run()
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        every = run()
+    finally:
+        numba.set_num_threads(threads)
+    for name, value in one.items():
+        np.testing.assert_array_equal(every[name], value, err_msg=name)
+
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    out64, rstd64 = np.empty_like(x64), np.empty((B2, T2))
+    layers.rmsnorm_forward(out64, rstd64, x64, w.astype(np.float64), EPS)
+    dx64, dw64 = np.ones_like(x64), np.ones(C2)
+    layers.rmsnorm_backward(dx64, dw64, dy64, x64, w.astype(np.float64), rstd64)
+    np.testing.assert_allclose(one["dw"], dw64, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(one["dx"], dx64, rtol=1e-5, atol=1e-5)
