@@ -5,9 +5,8 @@ import io
 
 import numpy as np
 import pytest
-from test_train_helpers import V, tiny_config, write_corpus
+from test_train_helpers import V, tiny_config, train_cli, write_corpus
 
-from llmpy.cli import main
 from llmpy.data.dataloader import DataLoader
 from llmpy.errors import LlmpyError
 from llmpy.formats.llmc import load_checkpoint
@@ -56,15 +55,6 @@ def test_grad_accumulation_equals_big_batch(tmp_path):
     assert np.abs(big.grads).max() > 1e-3
 
 
-def _cli(tmp_path, *flags):
-    train, val = write_corpus(tmp_path)
-    out = tmp_path / "cli"
-    argv = ["train", "-i", train, "-j", val, "--layers", "2", "--channels", "32", "--heads", "2", "--max-seq-len",
-            "32", "--vocab-size", str(V), "-b", "4", "-t", "16", "-x", "2", "-o", str(out), "--progress", "none",
-            "--no-plot", *flags]
-    return main(argv), out
-
-
 @pytest.mark.parametrize("flags, message", [
     (["-t", "64"], "exceeds the model's max_seq_len 32"),
     (["-d", "100"], "not a positive multiple of B*T*processes"),
@@ -81,16 +71,16 @@ def test_bad_input_is_rejected_before_any_work(tmp_path, capsys, flags, message)
         (tmp_path / "cli").mkdir()
         (tmp_path / "cli" / "model_00000002.bin").write_bytes(b"partial")
         before = ["model_00000002.bin"]
-    rc, out = _cli(tmp_path, *flags)
+    rc, out = train_cli(tmp_path, *flags)
     assert rc == 2
     assert message in capsys.readouterr().err
     assert not out.exists() or sorted(p.name for p in out.iterdir()) == before
 
 
 def test_resume_flag_on_a_new_directory_starts_a_run(tmp_path, capsys):
-    rc, out = _cli(tmp_path, "-y", "1")   # llm.c's recipes pass -y 1 from the first launch on
+    rc, out = train_cli(tmp_path, "-y", "1")   # llm.c's recipes pass -y 1 from the first launch on
     assert rc == 0 and "nothing to resume" in capsys.readouterr().out
-    rc, out = _cli(tmp_path, "-y", "1", "-x", "3")
+    rc, out = train_cli(tmp_path, "-y", "1", "-x", "3")
     assert rc == 0 and ckpt.complete_steps(out) == [2, 3]
 
 
@@ -103,9 +93,9 @@ def test_resume_flag_starts_a_run_where_no_checkpoint_is_complete(tmp_path, caps
     (out / "state_00000002_00000.npz.k3_x9abc.tmp").write_bytes(b"PK half")
     keep = out / "notes.tmp"   # not a file llmpy writes: left alone
     keep.write_text("mine")
-    rc, _ = _cli(tmp_path)
+    rc, _ = train_cli(tmp_path)
     assert rc == 2 and "pass -y 1 to start the run there" in capsys.readouterr().err
-    rc, _ = _cli(tmp_path, "-y", "1")
+    rc, _ = train_cli(tmp_path, "-y", "1")
     text = capsys.readouterr().out
     assert rc == 0 and "no complete checkpoint" in text and "starting a new run" in text
     assert "removed 1 temporary file(s)" in text
@@ -114,10 +104,10 @@ def test_resume_flag_starts_a_run_where_no_checkpoint_is_complete(tmp_path, caps
 
 
 def test_existing_run_needs_resume_or_overwrite(tmp_path, capsys):
-    assert _cli(tmp_path)[0] == 0
-    rc, out = _cli(tmp_path)
+    assert train_cli(tmp_path)[0] == 0
+    rc, out = train_cli(tmp_path)
     assert rc == 2 and "resume it with -y 1" in capsys.readouterr().err
-    rc, out = _cli(tmp_path, "--overwrite")
+    rc, out = train_cli(tmp_path, "--overwrite")
     assert rc == 0 and ckpt.complete_steps(out) == [2]
 
 
@@ -156,7 +146,7 @@ def test_quick_start_flags_with_a_checkpoint_init(tmp_path, capsys):
     from llmpy.formats.llmc import save_checkpoint
     config = GPT2Config(32, V, 128, 2, 2, 32)
     save_checkpoint(tmp_path / "init.bin", config, init_params(config, np.random.default_rng(4)))
-    rc, out = _cli(tmp_path, "-e", str(tmp_path / "init.bin"), "-l", "1e-4", "-x", "4", "-s", "2", "-g", "4",
+    rc, out = train_cli(tmp_path, "-e", str(tmp_path / "init.bin"), "-l", "1e-4", "-x", "4", "-s", "2", "-g", "4",
                    "-v", "2", "--progress", "lines")
     text = capsys.readouterr().out
     assert rc == 0 and f"checkpoint {tmp_path / 'init.bin'}" in text and text.count("generating:") == 2

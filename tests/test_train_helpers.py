@@ -1,5 +1,5 @@
-"""Shared pieces of the training tests (no tests here): a tiny corpus, a tiny TrainConfig, a run stopped by
-Ctrl-C."""
+"""Shared pieces of the training tests (no tests here): a tiny corpus, a tiny TrainConfig, `llmpy train` on
+them, a run stopped by Ctrl-C."""
 
 import io
 import os
@@ -7,6 +7,7 @@ import signal
 
 import numpy as np
 
+from llmpy.cli import main
 from llmpy.formats.tokens import write_shard
 from llmpy.train.config import TrainConfig
 from llmpy.train.loop import Trainer
@@ -39,6 +40,16 @@ def tiny_config(tmp_path, out="run", **overrides):
               "gen_tokens": 8, "output_dir": str(tmp_path / out), "progress": "none", "plot": False}
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def train_cli(tmp_path, *flags, out="cli"):
+    """(exit status, output directory) of `llmpy train` on the tiny corpus, tiny_config's model, 2 steps; flags
+    come last, so they override the defaults here."""
+    train, val = write_corpus(tmp_path)
+    argv = ["train", "-i", train, "-j", val, "--layers", "2", "--channels", "32", "--heads", "2", "--max-seq-len",
+            "32", "--vocab-size", str(V), "-b", "4", "-t", "16", "-x", "2", "-o", str(tmp_path / out), "--progress",
+            "none", "--no-plot", *flags]
+    return main(argv), tmp_path / out
 
 
 def run_interrupted(cfg, after_step):

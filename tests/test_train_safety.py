@@ -15,9 +15,8 @@ import sys
 
 import numpy as np
 import pytest
-from test_train_helpers import V, tiny_config, write_corpus
+from test_train_helpers import V, tiny_config, train_cli
 
-from llmpy.cli import main
 from llmpy.dist import Dist
 from llmpy.errors import LlmpyError
 from llmpy.formats.llmc import load_checkpoint
@@ -29,11 +28,7 @@ from llmpy.train.peak import SgemmPeak
 
 
 def _cli(tmp_path, *flags, out="cli"):
-    train, val = write_corpus(tmp_path)
-    argv = ["train", "-i", train, "-j", val, "--layers", "2", "--channels", "32", "--heads", "2", "--max-seq-len",
-            "32", "--vocab-size", str(V), "-b", "4", "-t", "16", "-x", "2", "-o", str(tmp_path / out),
-            "--progress", "lines", "--no-plot", "-g", "0", *flags]
-    return main(argv), tmp_path / out
+    return train_cli(tmp_path, "--progress", "lines", "-g", "0", *flags, out=out)
 
 
 def _poison_from(monkeypatch, bad_step, what):
