@@ -25,12 +25,12 @@ from llmpy.errors import LlmpyError
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
-    "train": ("llmpy.cli.train", "train a GPT-2 (llm.c's train_gpt2 main loop)"),
+    "train": ("llmpy.cli.train", "train a GPT-2 or a Llama (llm.c's train_gpt2 main loop)"),
     "sample": ("llmpy.cli.sample", "generate text from a GPT-2 checkpoint"),
-    "test-gpt2": ("llmpy.cli.test_gpt2", "check the engine against a PyTorch debug state (llm.c's test_gpt2)"),
+    "test-gpt2": ("llmpy.cli.test_gpt2", "check the GPT-2 engine against a PyTorch debug state (llm.c's test_gpt2)"),
     "test-llama": ("llmpy.cli.test_llama", "check the Llama engine against a PyTorch debug state (test-gpt2's twin)"),
     "prepro": ("llmpy.cli.prepro", "download and tokenize a dataset into llm.c token shards"),
-    "run": ("llmpy.cli.run", "Llama 2 inference on a llama2.c model.bin (run.c / runq.c)"),
+    "run": ("llmpy.cli.run", "Llama inference: a llama2.c model.bin (run.c / runq.c) or a Hugging Face Llama"),
     "serve": ("llmpy.cli.serve", "OpenAI-compatible HTTP server with continuous batching (Llama models)"),
     "export": ("llmpy.cli.export", "convert model files between llm.c, llama2.c and Hugging Face formats"),
     "plot": ("llmpy.cli.plot", "plot train/val loss curves of one or more runs"),
