@@ -429,6 +429,16 @@ def test_run_chat_mode_and_its_errors(tmp_path, monkeypatch, capsysbinary):
     assert main(["run", str(tmp_path), "-m", "chat", "-t", "0", "-n", "0", "-y", "Be brief."]) == 0
     out = capsysbinary.readouterr().out
     assert out.count(b"Assistant: ") >= 1 and out.startswith(b"User: ")
+    # without -n a chat may fill the whole context (--context), not run.c's 256 positions
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(config, max_position_embeddings=1024)))
+    seen = []
+    monkeypatch.setattr("llmpy.llama.chat.chat_with_template", lambda *a, **k: seen.append(a[4]))
+    assert main(["run", str(tmp_path), "-m", "chat", "-y", "", "-i", "hi", "--context", "600"]) == 0
+    assert main(["run", str(tmp_path), "-m", "chat", "-y", "", "-i", "hi", "--context", "600", "-n", "50"]) == 0
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert seen == [600, 50]
+    capsysbinary.readouterr()
     # a tokenizer without a chat template cannot chat
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     del config["chat_template"]

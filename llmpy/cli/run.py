@@ -16,7 +16,8 @@ encodes, -m chat uses its chat template, generation stops at its eos ids (llmpy/
 context defaults to min(max_position_embeddings, 4096) positions (--context N for more).
 
 Flags and defaults are run.c's (temperature 1.0, top-p 0.9, 256 steps, seed from the clock when 0);
-values run.c would silently replace are errors here (when -n is not given, 256 is lowered to seq_len). A generation
+values run.c would silently replace are errors here (when -n is not given, 256 is lowered to seq_len; a Hugging
+Face model's -m chat may fill its whole context). A generation
 that reaches the end of the context (seq_len, or --context) stops there with a notice on stderr; with
 --context-shift it keeps the prompt (at most half the window) and the most recent half of the rest, forwards
 them again and goes on (llmpy/llama/generate.py); -m chat likewise, keeping the first turn. --quantize q8 quantizes
@@ -46,7 +47,8 @@ def add_arguments(parser):
     parser.add_argument("-s", "--seed", type=int, default=0, help="random seed (0 = from the clock)")
     parser.add_argument("-n", "--max-tokens", "--steps", dest="max_tokens", type=int, default=None,
                         help=f"positions to run, prompt included (run.c's steps; 0 = the model's seq_len; "
-                             f"default {DEFAULT_STEPS} or seq_len if smaller)")
+                             f"default {DEFAULT_STEPS} or seq_len if smaller; -m chat of a Hugging Face model: "
+                             "seq_len)")
     parser.add_argument("-i", "--prompt", action="append", help="input prompt (repeat for --batch)")
     parser.add_argument("-z", "--tokenizer", default=None,
                         help="tokenizer.bin (default: next to the model, else ./tokenizer.bin, else llama2.c's); for a "
@@ -124,11 +126,14 @@ def tokenizer_path(args, model, vocab_size):
     return Path(DEFAULT_TOKENIZER)  # its load names the missing file and -z
 
 
-def steps_for(args, seq_len):
+def steps_for(args, seq_len, hf=False):
     """-n as given (checked against seq_len by generate/chat), or run.c's 256 lowered to the model's seq_len
-    (not lowered in generate mode with --context-shift, which goes past seq_len)."""
+    (not lowered in generate mode with --context-shift, which goes past seq_len); a Hugging Face model's chat
+    may fill its whole context."""
     if args.max_tokens is not None:
         return args.max_tokens
+    if args.mode == "chat" and hf:
+        return seq_len
     return DEFAULT_STEPS if args.context_shift and args.mode == "generate" else min(DEFAULT_STEPS, seq_len)
 
 
@@ -174,7 +179,7 @@ def run(args):
                                          transformer.config.vocab_size)
         stop_ids = (BOS,)
     config = transformer.config
-    steps = steps_for(args, config.seq_len)
+    steps = steps_for(args, config.seq_len, hf_dir is not None)
     out = sys.stdout.buffer
     if args.mode == "chat":
         sampler = Sampler(config.vocab_size, args.temperature, args.top_p, seed)
