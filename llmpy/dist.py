@@ -42,6 +42,7 @@ import numpy as np
 
 from llmpy.errors import LlmpyError
 from llmpy.optim import AdamW
+from llmpy.threads import allowed_cpus
 
 # environment variables an MPI launcher sets in every process it starts: (world size, rank)
 MPI_LAUNCH_ENV = (
@@ -356,10 +357,7 @@ def mpirun_command(num_procs, mpirun=None):
 def threads_per_rank(local_size):
     """cores on this node // ranks on this node, at least 1, at most the cores this process may run on."""
     cores = os.cpu_count() or 1
-    try:
-        allowed = len(os.sched_getaffinity(0))   # a launcher that binds ranks to cores narrows this
-    except AttributeError:                        # not on Linux
-        allowed = cores
+    allowed = len(allowed_cpus())   # a launcher that binds ranks to cores narrows this
     return max(1, min(allowed, cores // max(1, local_size)))
 
 

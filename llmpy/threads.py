@@ -32,7 +32,8 @@ DOWN_MARGIN = 0.5    # n threads -> fewer when less than n - 1/2 cores are free 
 UP_MARGIN = 0.25     # n threads -> more when at least n + 1 - 1/4 cores are free (the band between: no flapping)
 
 
-def _affinity():
+def allowed_cpus():
+    """The CPU numbers this process may run on (its affinity set; every CPU where the OS cannot say)."""
     try:
         return sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -44,7 +45,7 @@ class CpuLoad:
 
     def __init__(self, stat_path="/proc/stat", cpus=None):
         self.stat_path = stat_path
-        self.cpus = list(cpus) if cpus is not None else _affinity()
+        self.cpus = list(cpus) if cpus is not None else allowed_cpus()
         try:
             self.count_nice = os.getpriority(os.PRIO_PROCESS, 0) > 0
         except (AttributeError, OSError):

@@ -8,10 +8,11 @@ before the timed work and killed when the block ends, also on Ctrl-C or an excep
 """
 
 import contextlib
-import os
 import subprocess
 import sys
 import time
+
+from llmpy.threads import allowed_cpus
 
 BURN = "while True: pass"
 SETTLE_SECONDS = 0.5  # the burners' interpreters start and reach their loops
@@ -21,10 +22,7 @@ SETTLE_SECONDS = 0.5  # the burners' interpreters start and reach their loops
 def busy_cpus(count=None):
     """Run `count` burners (default: one per CPU of this process's affinity set) for the block; yields count."""
     if count is None:
-        try:
-            count = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            count = os.cpu_count() or 1
+        count = len(allowed_cpus())
     procs = [subprocess.Popen([sys.executable, "-c", BURN], stdin=subprocess.DEVNULL) for _ in range(count)]
     try:
         time.sleep(SETTLE_SECONDS)

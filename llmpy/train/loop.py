@@ -41,7 +41,7 @@ from llmpy.errors import LlmpyError
 from llmpy.formats.tokens import read_shard
 from llmpy.gpt2.model import GPT2_VOCAB_SIZE
 from llmpy.optim import clip_scale, global_norm
-from llmpy.threads import ThreadGovernor, user_threads
+from llmpy.threads import ThreadGovernor, allowed_cpus, user_threads
 from llmpy.train import checkpoint as ckpt
 from llmpy.train.config import TrainConfig
 from llmpy.train.family import data_vocab_size, init_family, load_family
@@ -521,15 +521,9 @@ def make_governor(threads, dist):
     """The ThreadGovernor of the training steps: --threads N or the environment (NUMBA_NUM_THREADS,
     OMP_NUM_THREADS) fix the count; under MPI each rank keeps what llmpy.dist.configure_threads chose (and
     the BLAS threads a user exported); else the threads the other processes leave free (llmpy/threads.py)."""
-    import os
-
     import numba
     fixed = threads or user_threads() or (numba.get_num_threads() if dist.world_size > 1 else None)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return ThreadGovernor(min(cores, numba.config.NUMBA_NUM_THREADS), fixed=fixed)
+    return ThreadGovernor(min(len(allowed_cpus()), numba.config.NUMBA_NUM_THREADS), fixed=fixed)
 
 
 def decode(tokens, vocab_size, pattern, data_file):
