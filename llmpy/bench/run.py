@@ -164,38 +164,19 @@ def _random_packed(config, rng, tied):
     return weights
 
 
-def _quantized(weights):
-    """The Q8_0 copy (group size 64) of packed fp32 weights, a layer at a time."""
-    import numpy as np
-
-    from llmpy.llama.quant import QTensor, quantize_q80
-
-    def stack(w):
-        q = np.empty(w.shape, np.int8)
-        s = np.empty((*w.shape[:2], w.shape[2] // 64), np.float32)
-        for i in range(w.shape[0]):
-            t = quantize_q80(w[i], 64)
-            q[i], s[i] = t.q, t.s
-        return QTensor(q, s, 64)
-
-    out = dict(weights, packed={k: stack(w) for k, w in weights["packed"].items()})
-    out["tok_emb"] = quantize_q80(weights["tok_emb"], 64)
-    out["wcls"] = out["tok_emb"] if weights["wcls"] is weights["tok_emb"] else quantize_q80(weights["wcls"], 64)
-    return out
-
-
 def _model_weights(name, rng, int8, bf16=False):
-    """[(kind, config, weights, dtype)] for a shape: fp32 random weights, the same rounded to bf16 when bf16 (the
-    Transformer converts them: dtype), and their Q8_0 copy when int8."""
+    """[(kind, config, weights, Transformer options)] for a shape: fp32 random weights, and the same weights
+    converted by the Transformer on load: rounded to bf16 (dtype="bf16") when bf16, Q8_0 (quantize="q8", group
+    size 64 on every shape here) when int8."""
     from llmpy.llama.model import LlamaConfig
 
     config = LlamaConfig(*SHAPES[name], shared_classifier=name not in UNTIED)
     weights = _random_packed(config, rng, name not in UNTIED)
-    out = [("fp32", config, weights, None)]
+    out = [("fp32", config, weights, {})]
     if bf16:
-        out.append(("bf16", config, weights, "bf16"))
+        out.append(("bf16", config, weights, {"dtype": "bf16"}))
     if int8:
-        out.append(("int8", config, _quantized(weights), None))
+        out.append(("int8", config, weights, {"quantize": "q8"}))
     return out
 
 
@@ -211,14 +192,14 @@ def _contended(args, names):
     rows = []
     rng = np.random.default_rng(0)
     for name in names:
-        for kind, config, weights, dtype in _model_weights(name, rng, name in INT8 and not args.no_int8,
-                                                           not args.no_bf16):
+        for kind, config, weights, options in _model_weights(name, rng, name in INT8 and not args.no_int8,
+                                                             not args.no_bf16):
             row = [name, kind]
             for busy in (False, True):
                 with busy_cpus() if busy else contextlib.nullcontext():
                     # made here: the governor looks at the machine from now on
-                    pair = [Transformer(config, weights, dtype=dtype), Transformer(config, weights, threads=1,
-                                                                                   dtype=dtype)]
+                    pair = [Transformer(config, weights, **options),
+                            Transformer(config, weights, threads=1, **options)]
                     rates = _decode_rates([(t, 1) for t in pair], args.tokens, args.repeats, lambda: 1.0)
                     chosen = pair[0].governor.current
                 row += [rates[0][0], rates[1][0], np.median(np.array(rates[0][2]) / np.array(rates[1][2])), chosen]
@@ -252,7 +233,7 @@ def run(args):
     for name in names:
         built = _model_weights(name, rng, name in INT8 and not args.no_int8, not args.no_bf16)
         _, config, weights, _ = built[0]
-        variants = [(Transformer(config, w, dtype=dtype), 1) for _, _, w, dtype in built]
+        variants = [(Transformer(config, w, **options), 1) for _, _, w, options in built]
         del built
         if name == "15M" and args.batch > 1:
             variants.append((Transformer(config, weights, n_streams=args.batch), args.batch))
