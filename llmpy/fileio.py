@@ -1,4 +1,5 @@
-"""Writing files so that a crash never leaves a half-written file under the real name.
+"""Writing files so that a crash never leaves a half-written file under the real name (and where llmpy's cache
+is: cache_dir).
 
 Every writer in llmpy goes through `atomic_open` (or its wrappers `atomic_write` / `atomic_write_with`):
 the bytes go to a temporary file that `tempfile.mkstemp` creates in the same directory (an unpredictable
@@ -73,6 +74,12 @@ def atomic_write(path, chunks):
 def atomic_write_text(path, text, encoding="utf-8"):
     """Write a str to `path` atomically."""
     return atomic_write(path, [text.encode(encoding)])
+
+
+def cache_dir(*parts):
+    """Where llmpy keeps what it downloads or makes for later runs: $XDG_CACHE_HOME/llmpy/PARTS, else
+    ~/.cache/llmpy/PARTS (datasets under data/, models under models/)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "llmpy", *parts)
 
 
 def read_head(path, nbytes, what):

@@ -13,10 +13,10 @@ directory and what to do.
 Not handled: private or gated repositories (tokens), revisions other than the default branch.
 """
 
-import os
 from pathlib import Path
 
 from llmpy.errors import LlmpyError, import_optional
+from llmpy.fileio import cache_dir
 
 TINYLLAMAS_REPO = "karpathy/tinyllamas"
 # llama2.c's README models (Llama 2 architecture trained on TinyStories, 32000-token Llama 2 vocabulary)
@@ -33,8 +33,7 @@ PROBE_TIMEOUT_S = 10  # one metadata request, no retries: offline shows up withi
 
 def models_cache_dir():
     """Where llmpy keeps model files it fetches or converts itself: $XDG_CACHE_HOME/llmpy/models."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base, "llmpy", "models")
+    return cache_dir("models")
 
 
 def _hub():

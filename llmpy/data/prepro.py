@@ -34,10 +34,9 @@ import numpy as np
 from llmpy.data.download import CHUNK_BYTES, check_not_html, download_file, sha256_of
 from llmpy.data.vocab import GPT2_RECORD, VocabRequest, make_tokenizer
 from llmpy.errors import LlmpyError
-from llmpy.fileio import atomic_write_text, atomic_write_with
+from llmpy.fileio import atomic_write_text, atomic_write_with, cache_dir
 from llmpy.formats.tokens import UINT16_VOCAB_LIMIT, ShardWriter, read_header, write_shard
 
-CACHE_SUBDIR = ("llmpy", "data")
 MARKER = "prepro.json"
 GPT2_TOKENIZER_FILE = "gpt2_tokenizer.bin"  # llm.c's tokenizer file, which its C train_gpt2 loads for samples
 INPUT_HINT = ", or pass a local copy with --input FILE"
@@ -53,8 +52,7 @@ SECTION_SEP = "\n\n"
 
 def default_data_dir(name):
     """Where `llmpy prepro NAME` writes by default: $XDG_CACHE_HOME/llmpy/data/NAME, else ~/.cache/llmpy/..."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base, *CACHE_SUBDIR, name)
+    return cache_dir("data", name)
 
 
 # ---------------------------------------------------------------------------------------------------------
