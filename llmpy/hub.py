@@ -93,10 +93,15 @@ def llama2c_model(name):
                    f"{TINYLLAMAS_REPO} by hand and pass its path")
 
 
-def llama2c_tokenizer(url=TOKENIZER_URL, sha256=TOKENIZER_SHA256, cache_dir=None):
-    """Path of llama2.c's tokenizer.bin, downloaded once into cache_dir (default models_cache_dir()/llama2.c)
-    and checked against its sha256."""
+def llama2c_file(name, url, sha256, cache_dir=None, hint=""):
+    """Path of a file of llama2.c's repository, downloaded once from url into cache_dir (default
+    models_cache_dir()/llama2.c) as `name` and checked against its sha256; hint: as download_file's."""
     from llmpy.data.download import download_file
 
-    path = Path(cache_dir or models_cache_dir() / "llama2.c") / TOKENIZER_NAME
-    return download_file(url, path, sha256=sha256, desc=TOKENIZER_NAME)
+    path = Path(cache_dir or models_cache_dir() / "llama2.c") / name
+    return download_file(url, path, sha256=sha256, desc=name, hint=hint)
+
+
+def llama2c_tokenizer(url=TOKENIZER_URL, sha256=TOKENIZER_SHA256, cache_dir=None):
+    """Path of llama2.c's tokenizer.bin (llama2c_file)."""
+    return llama2c_file(TOKENIZER_NAME, url, sha256, cache_dir)

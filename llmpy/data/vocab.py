@@ -28,7 +28,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmpy.data.download import CHUNK_BYTES, download_file, sha256_of
+from llmpy.data.download import CHUNK_BYTES, sha256_of
 from llmpy.errors import LlmpyError
 from llmpy.fileio import atomic_write_with
 from llmpy.formats.tokenizer_file import GPT2_EOT, GPT2_VOCAB_SIZE
@@ -50,12 +50,10 @@ def llama2_tokenizer_model(url=None, sha256=None, cache_dir=None):
     """Path of Llama 2's tokenizer.model, downloaded once from llama2.c's repository (url, default
     LLAMA2_MODEL_URL) into cache_dir (default ~/.cache/llmpy/models/llama2.c, beside llama2.c's
     tokenizer.bin) and checked against its sha256 (default LLAMA2_MODEL_SHA256)."""
-    from llmpy.hub import models_cache_dir
+    from llmpy.hub import llama2c_file
 
-    url, sha256 = url or LLAMA2_MODEL_URL, sha256 or LLAMA2_MODEL_SHA256
-    path = Path(cache_dir or models_cache_dir() / "llama2.c") / LLAMA2_MODEL_NAME
-    return download_file(url, path, sha256=sha256, desc=LLAMA2_MODEL_NAME,
-                         hint=", or pass a local copy with --tokenizer PATH/tokenizer.model")
+    return llama2c_file(LLAMA2_MODEL_NAME, url or LLAMA2_MODEL_URL, sha256 or LLAMA2_MODEL_SHA256, cache_dir,
+                        hint=", or pass a local copy with --tokenizer PATH/tokenizer.model")
 
 
 # ---------------------------------------------------------------------------------------------------------
