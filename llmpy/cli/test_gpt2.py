@@ -4,6 +4,7 @@ Loads a checkpoint and the debug state PyTorch wrote for it, then checks, agains
 the logits and the loss of a forward pass, every gradient of a backward pass, and 10 AdamW steps
 on the same batch (optionally against a file of expected losses). Prints each comparison's max
 absolute difference and ends with `overall okay: 1` (exit 0) or `overall okay: 0` (exit 1).
+The check loop, check_against_state, takes any training model: `llmpy test-llama` runs it too.
 """
 
 import numpy as np
