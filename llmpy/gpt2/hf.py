@@ -43,7 +43,6 @@ HEADS_BY_CHANNELS = {768: 12, 1024: 16, 1280: 20, 1600: 25}  # OpenAI's four siz
 VOCAB_PAD = 128
 LAYERNORM_EPS = 1e-5
 EOT_TOKEN = 50256
-INSTALL_HINT = "pip install 'llmpy[hf]'"
 HF_SIZE_KEYS = ("n_head", "n_embd", "n_layer", "vocab_size", "n_positions")  # ints when present in config.json
 SKIPPED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 # llm.c name -> (HF name inside block l or at the top, transpose?)
