@@ -18,6 +18,7 @@ import pytest
 from conftest import import_reference
 
 from llmpy.cli import main
+from llmpy.cli.run import model_options
 from llmpy.cli.serve import start
 from llmpy.formats.llama2c import write_llama2c
 from llmpy.llama.inference import Transformer
@@ -52,8 +53,8 @@ def write_slow_model(path, vocab_size):
 class Served:
     """A server running in this process (a thread), stopped by close()."""
 
-    def __init__(self, model, **kw):
-        self.server = start(str(model), port=0, **kw)
+    def __init__(self, model, slots=4, queue=64, **options):  # options: the model's (dtype="bf16", ...)
+        self.server = start(model_options(model, **options), port=0, slots=slots, queue=queue)
         self.thread = threading.Thread(target=self.server.serve_forever)
         self.thread.start()
         self.port = self.server.server_address[1]
@@ -104,11 +105,11 @@ def complete(served, prompt, seed, max_tokens=24, **kw):
     return r.choices[0].text, r.choices[0].finish_reason, r.usage
 
 
-def run_text(files, capsysbinary, prompt, seed, n_prompt, max_tokens, temperature, top_p):
+def run_text(files, capsysbinary, prompt, seed, n_prompt, max_tokens, temperature, top_p, *options):
     """What `llmpy run` prints after the prompt, for n_prompt + max_tokens - 1 positions (run.c's steps)."""
     model, tok = files
     code = main(["run", str(model), "-z", str(model.with_name("tokenizer.bin")), "-i", prompt, "-s", str(seed),
-                 "-t", str(temperature), "-p", str(top_p), "-n", str(n_prompt + max_tokens - 1)])
+                 "-t", str(temperature), "-p", str(top_p), "-n", str(n_prompt + max_tokens - 1), *options])
     out, _ = capsysbinary.readouterr()
     assert code == 0
     tokens = tok.encode(prompt, bos=True)
@@ -134,9 +135,9 @@ def test_text_stream_holds_back_a_possible_stop_string():
 
 
 def test_engine_queue_full_is_refused_at_once(files):
-    from llmpy.serve.model import LlamaServed
+    from llmpy.serve.model import load_served
 
-    model = LlamaServed.load(str(files[0]), slots=1)
+    model = load_served(model_options(files[0]), slots=1)
     engine = Engine(model, queue_size=1)  # not started: requests stay queued
     for _ in range(2):  # one for the free slot, one waiting
         engine.submit(Request([1, 5], 3, Sampler(model.vocab_size), frozenset([1])))
@@ -148,9 +149,9 @@ def test_long_prompt_is_prefilled_in_chunks_between_decode_steps(files):
     """A 100-token prompt arriving while another request decodes: the decoder gains a token every step, and
     the prompt goes in chunks of prefill_chunk rows, one per step in a forward of its own (as Transformer.prefill
     chunks it), leaving the KV cache Transformer.prefill leaves."""
-    from llmpy.serve.model import LlamaServed
+    from llmpy.serve.model import load_served
 
-    model = LlamaServed.load(str(files[0]), slots=2)
+    model = load_served(model_options(files[0]), slots=2)
     model.prefill_chunk = 40
     calls = []
     forward = model.forward
@@ -206,6 +207,30 @@ def test_completion_equals_llmpy_run(served, files, capsysbinary, temperature, t
         assert usage.completion_tokens == max_tokens
     assert text == run_text(files, capsysbinary, prompt, seed, n_prompt, max_tokens, temperature, top_p)
     assert len(text) > 10
+
+
+@pytest.mark.parametrize("options, dtype", [({"quantize": "q8"}, "int8"), ({"dtype": "bf16"}, "bf16")])
+def test_weight_options_give_llmpy_runs_text(files, capsysbinary, options, dtype):
+    """`llmpy serve --quantize q8` (or --dtype bf16) answers what `llmpy run` with the same option prints, for
+    a short prompt and one longer than a fused call; the fp32 model's text differs (the option took effect)."""
+    flags = [f"--{k}={v}" for k, v in options.items()]
+    s = Served(files[0], slots=2, **options)
+    try:
+        assert s.server.model.transformer.dtype == dtype
+        for prompt, seed in [("Once upon a time", 5), ("a b c d e f g h i j k l m n o p q r s t u v w x y z", 6)]:
+            n_prompt = len(files[1].encode(prompt, bos=True))
+            text, _, usage = complete(s, prompt, seed, 30, temperature=1.0, top_p=0.9)
+            assert len(text) > 10 and usage.prompt_tokens == n_prompt
+            assert text == run_text(files, capsysbinary, prompt, seed, n_prompt, 30, 1.0, 0.9, *flags)
+            assert text != run_text(files, capsysbinary, prompt, seed, n_prompt, 30, 1.0, 0.9)
+        assert n_prompt > s.server.model.step_rows  # the second prompt is prefilled in chunks
+    finally:
+        s.close()
+
+
+def test_serve_refuses_two_weight_types(files, capsys):
+    assert main(["serve", str(files[0]), "--dtype", "bf16", "--quantize", "q8", "--port", "0"]) == 2
+    assert "two weight types" in capsys.readouterr().err
 
 
 def test_long_prompt_completion_equals_llmpy_run(served, files, capsysbinary):

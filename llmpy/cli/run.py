@@ -37,31 +37,18 @@ DEFAULT_STEPS = 256  # run.c's
 LLAMA2_VOCAB_SIZE = 32000  # the vocabulary of llama2.c's tokenizer.bin
 
 
-def add_arguments(parser):
+def add_model_arguments(parser):
+    """MODEL and the options that say how it is loaded (load_model): `llmpy run`'s and `llmpy serve`'s."""
     parser.add_argument("model", help="llama2.c model file (.bin, version 0, 1 or 2), stories15M|stories42M|"
                                       "stories110M (downloaded from the hub), or a Hugging Face Llama directory "
                                       "or hub id (owner/name)")
-    parser.add_argument("-t", "--temperature", type=float, default=1.0, help="temperature, >= 0 (0 = greedy)")
-    parser.add_argument("-p", "--top-p", dest="top_p", type=float, default=0.9,
-                        help="top-p in [0, 1] (0 or 1 = off)")
-    parser.add_argument("-s", "--seed", type=int, default=0, help="random seed (0 = from the clock)")
-    parser.add_argument("-n", "--max-tokens", "--steps", dest="max_tokens", type=int, default=None,
-                        help=f"positions to run, prompt included (run.c's steps; 0 = the model's seq_len; "
-                             f"default {DEFAULT_STEPS} or seq_len if smaller; -m chat of a Hugging Face model: "
-                             "seq_len)")
-    parser.add_argument("-i", "--prompt", action="append", help="input prompt (repeat for --batch)")
     parser.add_argument("-z", "--tokenizer", default=None,
                         help="tokenizer.bin (default: next to the model, else ./tokenizer.bin, else llama2.c's); for a "
                              "Hugging Face model a directory with tokenizer.json (default: the model's)")
-    parser.add_argument("-m", "--mode", default="generate", choices=["generate", "chat"], help="mode")
-    parser.add_argument("-y", "--system-prompt", default=None, help="system prompt in chat mode")
-    parser.add_argument("--batch", type=int, default=1, help="streams generated at once (generate mode)")
-    parser.add_argument("--context", type=int, default=None, metavar="N",
-                        help="positions of KV cache to allocate (default: the model's seq_len; needed for a header "
-                             "whose seq_len is out of proportion to the weights)")
-    parser.add_argument("--context-shift", action="store_true",
-                        help="past the context, keep the prompt (or the chat's first turn; at most half the window) "
-                             "and the most recent half of the rest, and go on (default: stop with a notice)")
+    parser.add_argument("--context", "--ctx", dest="context", type=int, default=None, metavar="N",
+                        help="positions of KV cache to allocate (per stream or slot; default: the model's seq_len, "
+                             "a Hugging Face model's min(max_position_embeddings, 4096); needed for a header whose "
+                             "seq_len is out of proportion to the weights)")
     parser.add_argument("--quantize", choices=["q8"], default=None,
                         help="quantize float weights to Q8_0 (int8) on load, a tensor at a time (group size 64, "
                              "halved until it divides dim and hidden_dim)")
@@ -71,6 +58,40 @@ def add_arguments(parser):
                         help="threads (default: the cores other processes leave free, checked as it runs; "
                              "NUMBA_NUM_THREADS caps it)")
     parser.add_argument("--allow-nonfinite", action="store_true", help="load NaN/inf weights with a warning")
+
+
+def model_options(model, **options):
+    """The arguments add_model_arguments gives for MODEL alone, with `options` (e.g. dtype="bf16") set: for
+    loading a model without a command line (tests, benchmarks)."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    args = parser.parse_args(["--", str(model)])
+    for name, value in options.items():
+        if not hasattr(args, name):
+            raise TypeError(f"model_options: no model option {name!r}")
+        setattr(args, name, value)
+    return args
+
+
+def add_arguments(parser):
+    add_model_arguments(parser)
+    parser.add_argument("-t", "--temperature", type=float, default=1.0, help="temperature, >= 0 (0 = greedy)")
+    parser.add_argument("-p", "--top-p", dest="top_p", type=float, default=0.9,
+                        help="top-p in [0, 1] (0 or 1 = off)")
+    parser.add_argument("-s", "--seed", type=int, default=0, help="random seed (0 = from the clock)")
+    parser.add_argument("-n", "--max-tokens", "--steps", dest="max_tokens", type=int, default=None,
+                        help=f"positions to run, prompt included (run.c's steps; 0 = the model's seq_len; "
+                             f"default {DEFAULT_STEPS} or seq_len if smaller; -m chat of a Hugging Face model: "
+                             "seq_len)")
+    parser.add_argument("-i", "--prompt", action="append", help="input prompt (repeat for --batch)")
+    parser.add_argument("-m", "--mode", default="generate", choices=["generate", "chat"], help="mode")
+    parser.add_argument("-y", "--system-prompt", default=None, help="system prompt in chat mode")
+    parser.add_argument("--batch", type=int, default=1, help="streams generated at once (generate mode)")
+    parser.add_argument("--context-shift", action="store_true",
+                        help="past the context, keep the prompt (or the chat's first turn; at most half the window) "
+                             "and the most recent half of the rest, and go on (default: stop with a notice)")
 
 
 def model_path(spec):
@@ -126,6 +147,29 @@ def tokenizer_path(args, model, vocab_size):
     return Path(DEFAULT_TOKENIZER)  # its load names the missing file and -z
 
 
+def load_model(args, n_streams):
+    """(Transformer with n_streams KV-cache streams, tokenizer, stop ids, Hugging Face directory or None) of
+    args.model, loaded as add_model_arguments' options say: `llmpy run`'s and `llmpy serve`'s one loader."""
+    from llmpy.llama.inference import Transformer
+    from llmpy.llama.model import BOS
+    from llmpy.tokenizers.llama2 import Llama2Tokenizer
+
+    if args.threads is not None and args.threads < 1:
+        raise LlmpyError(f"--threads must be >= 1, got {args.threads}")
+    if args.dtype is not None and args.quantize is not None:
+        raise LlmpyError(f"--dtype {args.dtype} and --quantize {args.quantize} ask for two weight types: give one")
+    hf_dir = hf_model_dir(args.model)
+    if hf_dir is not None:
+        return (*load_hf_model(args, hf_dir, n_streams), hf_dir)
+    model = model_path(args.model)
+    transformer = Transformer.from_file(model, n_streams=n_streams, max_seq_len=args.context,
+                                        allow_nonfinite=args.allow_nonfinite, threads=args.threads,
+                                        dtype=args.dtype, quantize=args.quantize)
+    tokenizer = Llama2Tokenizer.load(tokenizer_path(args, model, transformer.config.vocab_size),
+                                     transformer.config.vocab_size)
+    return transformer, tokenizer, (BOS,), None
+
+
 def steps_for(args, seq_len, hf=False):
     """-n as given (checked against seq_len by generate/chat), or run.c's 256 lowered to the model's seq_len
     (not lowered in generate mode with --context-shift, which goes past seq_len); a Hugging Face model's chat
@@ -140,19 +184,15 @@ def steps_for(args, seq_len, hf=False):
 def run(args):
     from llmpy.llama.chat import chat, chat_with_template
     from llmpy.llama.generate import generate, generate_batch
-    from llmpy.llama.inference import Transformer, tune_openmp_waiting
-    from llmpy.llama.model import BOS
+    from llmpy.llama.inference import tune_openmp_waiting
     from llmpy.llama.template import ChatTemplate
     from llmpy.sampler import Sampler
-    from llmpy.tokenizers.llama2 import Llama2Tokenizer
 
     tune_openmp_waiting()
     if args.seed < 0:
         raise LlmpyError(f"--seed (-s) must be >= 0 (0 = from the clock), got {args.seed}")
     if args.batch < 1:
         raise LlmpyError(f"--batch must be >= 1, got {args.batch}")
-    if args.threads is not None and args.threads < 1:
-        raise LlmpyError(f"--threads must be >= 1, got {args.threads}")
     if args.max_tokens is not None and args.max_tokens < 0:
         raise LlmpyError(f"--max-tokens (-n, run.c's steps) must be >= 0 (0 = the model's seq_len), "
                          f"got {args.max_tokens}")
@@ -160,24 +200,12 @@ def run(args):
     batch = args.batch if args.batch > 1 or len(prompts) == 1 else len(prompts)
     if len(prompts) not in (1, batch):
         raise LlmpyError(f"{len(prompts)} prompts (-i) for --batch {batch}: give one prompt or one per stream")
-    if args.dtype is not None and args.quantize is not None:
-        raise LlmpyError(f"--dtype {args.dtype} and --quantize {args.quantize} ask for two weight types: give one")
     if args.mode == "chat" and (batch > 1 or len(prompts) > 1):
         raise LlmpyError("chat mode is one conversation: drop --batch and extra -i prompts")
     seed = args.seed if args.seed > 0 else int(time.time())
     # sampler arguments are checked before the (possibly large) model is loaded or downloaded
     Sampler(1, args.temperature, args.top_p, seed)
-    hf_dir = hf_model_dir(args.model)
-    if hf_dir is not None:
-        transformer, tokenizer, stop_ids = load_hf_model(args, hf_dir, batch)
-    else:
-        model = model_path(args.model)
-        transformer = Transformer.from_file(model, n_streams=batch, max_seq_len=args.context,
-                                            allow_nonfinite=args.allow_nonfinite, threads=args.threads,
-                                            dtype=args.dtype, quantize=args.quantize)
-        tokenizer = Llama2Tokenizer.load(tokenizer_path(args, model, transformer.config.vocab_size),
-                                         transformer.config.vocab_size)
-        stop_ids = (BOS,)
+    transformer, tokenizer, stop_ids, hf_dir = load_model(args, batch)
     config = transformer.config
     steps = steps_for(args, config.seq_len, hf_dir is not None)
     out = sys.stdout.buffer

@@ -5,10 +5,14 @@
     curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
         -d '{"prompt": "Once upon a time", "max_tokens": 64, "seed": 42}'
 
-MODEL is anything `llmpy run` takes, loaded the same way: a llama2.c file or stories15M | stories42M |
-stories110M (tokenizer: -z, else found as `llmpy run` finds it), or a Hugging Face Llama directory or hub id
-(its tokenizer.json, chat template and eos ids). --slots requests run at once (one KV cache each), --queue more wait for
-a slot (beyond that: 503), --ctx shortens the context (and the KV caches) below the model's seq_len.
+MODEL is anything `llmpy run` takes, with the same options, loaded by the same loader (llmpy.cli.run.load_model):
+a llama2.c file or stories15M | stories42M | stories110M (tokenizer: -z, else found as `llmpy run` finds it), or
+a Hugging Face Llama directory or hub id (its tokenizer.json, chat template and eos ids); --quantize q8, --dtype
+bf16, --threads N and --allow-nonfinite as for `llmpy run`, so a request gives the text `llmpy run` gives with
+the same options, prompt and seed. --slots requests run at once (one KV cache each), --queue more wait for a
+slot (beyond that: 503), --context (--ctx) sets the positions of each slot's KV cache.
+There is no --context-shift: a request whose prompt and max_tokens do not fit the context is refused with
+400 context_length_exceeded, and one without max_tokens ends at the context with finish_reason "length".
 SIGINT or SIGTERM ends the active requests (each gets an error event), joins every thread, and exits 0.
 """
 
@@ -22,24 +26,22 @@ from llmpy.errors import LlmpyError
 
 
 def add_arguments(parser):
-    parser.add_argument("model", help="llama2.c model file, stories15M|stories42M|stories110M, or a Hugging Face "
-                                      "Llama directory or hub id (owner/name)")
-    parser.add_argument("-z", "--tokenizer", default=None,
-                        help="tokenizer.bin (default: next to the model, else ./tokenizer.bin, else llama2.c's)")
+    from llmpy.cli.run import add_model_arguments
+
+    add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0 = any free port)")
     parser.add_argument("--slots", type=int, default=4, help="requests generated at once (continuous batching)")
     parser.add_argument("--queue", type=int, default=64, help="requests that may wait for a slot (then 503)")
-    parser.add_argument("--ctx", "--context", dest="ctx", type=int, default=None,
-                        help="context (positions) per slot, <= the model's seq_len (default: seq_len)")
 
 
-def start(model_spec, tokenizer=None, host="127.0.0.1", port=8000, slots=4, queue=64, ctx=None):
-    """Load the model, start the engine and bind the server; returns the Server (call serve_forever)."""
+def start(model_args, host="127.0.0.1", port=8000, slots=4, queue=64):
+    """Load the model (model_args: add_model_arguments' options, e.g. llmpy.cli.run.model_options(path)), start
+    the engine and bind the server; returns the Server (call serve_forever)."""
     from llmpy.llama.inference import tune_openmp_waiting
     from llmpy.serve.engine import Engine
     from llmpy.serve.http import make_server
-    from llmpy.serve.model import LlamaServed
+    from llmpy.serve.model import load_served
 
     if slots < 1:
         raise LlmpyError(f"--slots must be >= 1, got {slots}")
@@ -48,7 +50,7 @@ def start(model_spec, tokenizer=None, host="127.0.0.1", port=8000, slots=4, queu
     if not 0 <= port <= 65535:
         raise LlmpyError(f"--port must be in [0, 65535], got {port}")
     tune_openmp_waiting()
-    model = LlamaServed.load(model_spec, tokenizer, slots, ctx)
+    model = load_served(model_args, slots)
     engine = Engine(model, queue)
     try:
         server = make_server(host, port, model, engine)
@@ -64,7 +66,7 @@ def start(model_spec, tokenizer=None, host="127.0.0.1", port=8000, slots=4, queu
 
 
 def run(args):
-    server = start(args.model, args.tokenizer, args.host, args.port, args.slots, args.queue, args.ctx)
+    server = start(args, args.host, args.port, args.slots, args.queue)
     host, port = server.server_address[:2]
     model = server.model
     stop = threading.Event()

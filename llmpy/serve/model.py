@@ -1,5 +1,6 @@
 """The model family objects the serving engine talks to: a llama2.c model and its tokenizer.bin, or a Hugging
-Face Llama directory (or hub id) and its tokenizer.json and chat template; both loaded as `llmpy run` loads them.
+Face Llama directory (or hub id) and its tokenizer.json and chat template; both loaded by `llmpy run`'s loader
+(llmpy.cli.run.load_model, with its options: --quantize, --dtype, --threads, --context, ...).
 
 The engine (engine.py) and the API (api.py) never look inside a model; they need only:
     name, ctx (positions per slot), n_slots, vocab_size (for the Sampler),
@@ -17,13 +18,12 @@ BOS, so `llmpy run` stops there), a chat reply when EOS is (run.c's chat loop); 
 format chats with their own template (llmpy.llama.template), as `llmpy run` does.
 """
 
-from argparse import Namespace
 from pathlib import Path
 
 from llmpy.errors import LlmpyError
 from llmpy.llama.chat import encode_conversation, encode_messages
 from llmpy.llama.generate import encode_prompt
-from llmpy.llama.inference import SMALL_BATCH, Transformer
+from llmpy.llama.inference import SMALL_BATCH
 from llmpy.llama.model import BOS, EOS
 from llmpy.tokenizers.llama2 import safe_piece
 
@@ -43,6 +43,17 @@ class PieceDecoder:
 
     def finish(self):
         return b""
+
+
+def load_served(model_args, slots):
+    """The served model of model_args (add_model_arguments' options), one KV-cache stream per slot."""
+    from llmpy.cli.run import load_model
+
+    transformer, tokenizer, stop_ids, hf_dir = load_model(model_args, slots)
+    spec = model_args.model
+    if hf_dir is not None:
+        return HFServed(transformer, tokenizer, str(spec), stop_ids)
+    return LlamaServed(transformer, tokenizer, Path(spec).name if Path(spec).exists() else str(spec))
 
 
 class Served:
@@ -74,22 +85,6 @@ class LlamaServed(Served):
         self.completion_stop_ids = frozenset([BOS])
         self.chat_stop_ids = frozenset([EOS])
 
-    @classmethod
-    def load(cls, model_spec, tokenizer=None, slots=1, ctx=None):
-        """A llama2.c file or one of llama2.c's names, or a Hugging Face directory or hub id (HFServed)."""
-        from llmpy.cli.run import hf_model_dir, model_path, tokenizer_path
-        from llmpy.tokenizers.llama2 import Llama2Tokenizer
-
-        hf_dir = hf_model_dir(model_spec)
-        if hf_dir is not None:
-            return HFServed.load(hf_dir, model_spec, tokenizer, slots, ctx)
-        path = model_path(model_spec)
-        transformer = Transformer.from_file(path, n_streams=slots, max_seq_len=ctx)
-        tok_path = tokenizer_path(Namespace(tokenizer=tokenizer), path, transformer.config.vocab_size)
-        tok = Llama2Tokenizer.load(tok_path, transformer.config.vocab_size)
-        name = model_spec if not Path(model_spec).exists() else Path(model_spec).name
-        return cls(transformer, tok, str(name))
-
     def encode_chat(self, messages):
         """Llama 2's template takes an optional system message, then user and assistant alternating, ending
         with the user's."""
@@ -115,7 +110,7 @@ class LlamaServed(Served):
 
 
 class HFServed(Served):
-    """A Hugging Face Llama (directory or hub id), loaded by `llmpy run`'s loader."""
+    """A Hugging Face Llama (directory or hub id)."""
 
     def __init__(self, transformer, tokenizer, name, stop_ids):
         vocab = tokenizer.tokenizer.get_vocab(with_added_tokens=True)
@@ -127,15 +122,6 @@ class HFServed(Served):
             from llmpy.llama.template import ChatTemplate
 
             self.template = ChatTemplate(tokenizer.chat_template, tokenizer.special_tokens, tokenizer.where)
-
-    @classmethod
-    def load(cls, model_dir, model_spec, tokenizer=None, slots=1, ctx=None):
-        from llmpy.cli.run import load_hf_model
-
-        args = Namespace(context=ctx, allow_nonfinite=False, dtype=None, quantize=None, tokenizer=tokenizer,
-                         threads=None)
-        transformer, tok, stop_ids = load_hf_model(args, Path(model_dir), slots)
-        return cls(transformer, tok, str(model_spec), stop_ids)
 
     def encode_chat(self, messages):
         if self.template is None:
