@@ -8,9 +8,11 @@ The hub side goes through huggingface_hub, so its environment works as for every
 HF_ENDPOINT (a mirror), HF_HUB_OFFLINE=1, HF_HOME / HF_HUB_CACHE (where files are kept). A file already
 in the cache is used without touching the network. When it is not there and the hub cannot be reached,
 the LlmpyError comes after one request (huggingface_hub alone retries for about 25 s) and names the cache
-directory and what to do.
+directory and what to do. A gated or private repository (the hub answers 401 or 403, huggingface_hub's
+GatedRepoError) is an error saying to accept its license and log in: the token is huggingface_hub's own
+(`hf auth login`, or HF_TOKEN).
 
-Not handled: private or gated repositories (tokens), revisions other than the default branch.
+Not handled: revisions other than the default branch.
 """
 
 from pathlib import Path
@@ -29,6 +31,7 @@ TOKENIZER_URL = "https://raw.githubusercontent.com/karpathy/llama2.c/master/toke
 TOKENIZER_SHA256 = "50a52ef822ee9e83de5ce9d0be0a025a773d019437f58b5ff9dcafb063ece361"
 TOKENIZER_NAME = "tokenizer.bin"
 PROBE_TIMEOUT_S = 10  # one metadata request, no retries: offline shows up within this
+LOGIN = "accept its license on the hub and log in (`hf auth login` or HF_TOKEN)"
 
 
 def models_cache_dir():
@@ -54,6 +57,11 @@ def _first_line(e):
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
+def _status(e):
+    """The HTTP status of a huggingface_hub error (HfHubHTTPError.response), else None."""
+    return getattr(getattr(e, "response", None), "status_code", None)
+
+
 def hf_file(repo, filename, hint):
     """Local path of `filename` in the hub repository `repo`: from the cache, else downloaded into it.
 
@@ -63,7 +71,7 @@ def hf_file(repo, filename, hint):
         return cached
     hub = _hub()
     from huggingface_hub import constants
-    from huggingface_hub.utils import EntryNotFoundError, RepositoryNotFoundError  # also in older versions
+    from huggingface_hub.utils import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
 
     where = f"the Hugging Face cache {constants.HF_HUB_CACHE}"
     if constants.HF_HUB_OFFLINE:
@@ -73,9 +81,19 @@ def hf_file(repo, filename, hint):
     try:
         # one HEAD request without huggingface_hub's retry loop: tells "offline" apart quickly
         hub.get_hf_file_metadata(url, timeout=PROBE_TIMEOUT_S)
-    except (RepositoryNotFoundError, EntryNotFoundError) as e:
+    except GatedRepoError as e:  # before RepositoryNotFoundError, its base class
+        raise LlmpyError(f"{repo} is gated or private ({_first_line(e)}): {LOGIN}, {hint}") from e
+    except RepositoryNotFoundError as e:
+        if _status(e) == 401:  # without a login the hub answers for a private repository as for a missing one
+            raise LlmpyError(f"{url} does not exist, or {repo} is gated or private ({_first_line(e)}): check the "
+                             f"name, or {LOGIN}, {hint}") from e
         raise LlmpyError(f"{url} does not exist ({_first_line(e)}); check the name, {hint}") from e
-    except Exception as e:  # no network, DNS, TLS, HTTP 5xx ...
+    except EntryNotFoundError as e:
+        raise LlmpyError(f"{url} does not exist ({_first_line(e)}); check the name, {hint}") from e
+    except Exception as e:
+        if _status(e) in (401, 403):  # refused, whatever the hub's error code
+            raise LlmpyError(f"{repo} is gated or private ({_first_line(e)}): {LOGIN}, {hint}") from e
+        # no network, DNS, TLS, HTTP 5xx ...
         raise LlmpyError(f"cannot reach {url} ({_first_line(e)}), and {filename} is not in {where}. Offline? "
                          f"Connect once (or set HF_ENDPOINT to a mirror) to cache it, {hint}") from e
     try:

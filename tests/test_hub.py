@@ -32,6 +32,7 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
     files: ClassVar[dict] = {}  # URL path -> bytes
     log: ClassVar[list] = []  # (method, path) of every request
     fail_with: ClassVar[list] = []  # [status] to answer every request with, e.g. 503
+    fail_headers: ClassVar[dict] = {}  # headers of those answers, e.g. {"X-Error-Code": "GatedRepo"}
 
     def log_message(self, *args):
         pass
@@ -47,6 +48,8 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         HubHandler.log.append((self.command, path))
         if HubHandler.fail_with:
             self.send_response(HubHandler.fail_with[0])
+            for name, value in HubHandler.fail_headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -77,6 +80,7 @@ def hub(hub_server):
     HubHandler.files.clear()
     HubHandler.log.clear()
     HubHandler.fail_with.clear()
+    HubHandler.fail_headers.clear()
     return hub_server
 
 
@@ -146,6 +150,29 @@ def test_missing_file_on_the_hub(hub, tmp_path):
     got = llmpy(tmp_path, hub, "run", "stories15M")
     err = got.stderr.decode()
     assert got.returncode == 2 and "does not exist" in err and "Traceback" not in err, err
+
+
+GATED = "Access to model owner/gated is restricted. You must have access to it and be authenticated to access it."
+
+
+@pytest.mark.parametrize("status, headers, model, missing", [
+    (401, {"X-Error-Code": "GatedRepo", "X-Error-Message": GATED}, "stories15M", False),  # not logged in
+    (403, {"X-Error-Code": "GatedRepo", "X-Error-Message": GATED}, "owner/gated", False),  # license not accepted
+    (403, {}, "owner/gated", False),  # refused, no error code
+    (401, {}, "stories42M", False),
+    (401, {"X-Error-Code": "RepoNotFound"}, "owner/private", True),  # the hub's answer for private and missing alike
+])
+def test_gated_or_private_repository(hub, tmp_path, status, headers, model, missing):
+    """The hub refusing access is not "does not exist" nor "cannot reach": it says to accept and log in."""
+    HubHandler.fail_with.append(status)
+    HubHandler.fail_headers.update(headers)
+    got = llmpy(tmp_path, hub, "run", model)
+    err = got.stderr.decode()
+    assert got.returncode == 2 and "Traceback" not in err and "cannot reach" not in err, err
+    assert "is gated or private" in err and "accept its license on the hub and log in" in err, err
+    assert "hf auth login" in err and "HF_TOKEN" in err, err
+    assert ("does not exist" in err) == missing, err
+    assert len(HubHandler.log) == 1  # one request, no retries
 
 
 def test_tokenizer_download_checked_and_cached(hub, tiny, tmp_path):
