@@ -110,11 +110,12 @@ def test_closed_stdout_ends_quietly(llama, gpt2_checkpoint):
 
 def test_run_steps_beyond_seq_len(llama, capsysbinary):
     model = llama / "model.bin"
-    code, out, err = _main(capsysbinary, "run", model, "-n", SEQ_LEN + 1, "-t", 0)
-    assert code == 2 and out == b"" and f"seq_len) of {SEQ_LEN} tokens" in err and "Traceback" not in err
+    # -n beyond seq_len: a stated stop at the context (the notice names --context-shift), the text of -n seq_len
+    code, out, err = _main(capsysbinary, "run", model, "-n", SEQ_LEN + 1, "-t", 0, "-i", "the")
+    assert code == 0 and "context full" in err and "--context-shift" in err and "Traceback" not in err
     # without -n, run.c's 256 is lowered to seq_len: the same text as -n seq_len and -n 0
     texts = [_main(capsysbinary, "run", model, *n, "-t", 0, "-i", "the")[1] for n in ([], ["-n", SEQ_LEN], ["-n", 0])]
-    assert texts[0] == texts[1] == texts[2] and len(texts[0]) > len("the")
+    assert texts[0] == texts[1] == texts[2] == out and len(texts[0]) > len("the")
 
 
 def _export(capsysbinary, *argv):
