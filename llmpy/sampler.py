@@ -5,7 +5,8 @@ gives the same coins as `./run` and llm.c. Python ints hold the state, masked to
 Sampler follows run.c's `sample`: temperature 0 -> argmax; otherwise logits / temperature, softmax,
 one coin, then multinomial (topp <= 0 or >= 1) or nucleus (top-p) sampling with run.c's cutoff
 (tokens below (1 - topp) / (n - 1) cannot be in the nucleus and are dropped before sorting).
-`sample_topk` is here for the GPT-2 sampler.
+`sample_token` is that decision for any caller (with top-k too: llm.c's GPT-2 sampler); Sampler adds the
+RNG state and a finite check.
 
 Not handled: repetition penalties, min-p, beam search.
 """
@@ -87,6 +88,19 @@ def sample_topk(probs, k, coin):
     return int(top[min(i, k - 1)])
 
 
+def sample_token(logits, temperature, top_k, top_p, coin):
+    """One token id from logits (V,): argmax at temperature 0, else softmax(logits / temperature) sampled
+    with one coin() among the top_k (if > 0), or the top_p nucleus (if in (0, 1)), or all tokens."""
+    if temperature == 0.0:
+        return sample_argmax(logits)
+    probs = softmax(np.asarray(logits, dtype=np.float32) / np.float32(temperature))
+    if top_k > 0:
+        return sample_topk(probs, top_k, coin())
+    if 0.0 < top_p < 1.0:
+        return sample_topp(probs, top_p, coin())
+    return sample_mult(probs, coin())
+
+
 class Sampler:
     """run.c's Sampler: owns its xorshift state; `sample(logits)` returns the next token id."""
 
@@ -111,10 +125,4 @@ class Sampler:
         if not np.isfinite(logits.max()):  # NaN anywhere makes the max NaN
             raise LlmpyError("the model's logits are not finite (NaN or inf weights, or activations that overflowed): "
                              "there is nothing to sample from; check the model file")
-        if self.temperature == 0.0:
-            return sample_argmax(logits)
-        probs = softmax(np.asarray(logits, dtype=np.float32) / np.float32(self.temperature))
-        coin = self.random_f32()
-        if self.topp <= 0 or self.topp >= 1:
-            return sample_mult(probs, coin)
-        return sample_topp(probs, self.topp, coin)
+        return sample_token(logits, self.temperature, 0, self.topp, self.random_f32)  # topp <= 0 or >= 1: all

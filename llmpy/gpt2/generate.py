@@ -18,7 +18,7 @@ import numpy as np
 from llmpy.errors import LlmpyError
 from llmpy.gpt2.layers import gelu_forward, layernorm_forward
 from llmpy.gpt2.model import NamedViews, param_shapes
-from llmpy.sampler import sample_mult, sample_topk, sample_topp, softmax
+from llmpy.sampler import sample_token
 
 
 class KVCache:
@@ -73,19 +73,6 @@ def forward_cached(config, p, cache, tokens, pos, all_logits=False):
     lnf = _layernorm(x, p.lnfw, p.lnfb)
     logits = lnf @ p.wte[:V].T                                               # (B,t,V) tied lm_head, real vocab
     return logits if all_logits else logits[:, 0]
-
-
-def sample_token(logits, temperature, top_k, top_p, coin):
-    """One token id from logits (V,): argmax at temperature 0, else softmax(logits / temperature) sampled
-    among the top_k (if > 0), or the top_p nucleus (if in (0, 1)), or all tokens."""
-    if temperature == 0.0:
-        return int(np.argmax(logits))
-    probs = softmax(np.asarray(logits, dtype=np.float32) / np.float32(temperature))
-    if top_k > 0:
-        return sample_topk(probs, top_k, coin())
-    if 0.0 < top_p < 1.0:
-        return sample_topp(probs, top_p, coin())
-    return sample_mult(probs, coin())
 
 
 def generate(config, params, prompt, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, coin=None,

@@ -134,8 +134,8 @@ class LlamaFamily:
         write_llama2c(path, self.config, self.weights(params), 0)
 
     def sample(self, params, n, temperature, top_k, top_p, coin):
-        from llmpy.gpt2.generate import sample_token
         from llmpy.llama.inference import Transformer
+        from llmpy.sampler import sample_token
         if n < 1:
             return []
         transformer = Transformer(self.config, self.weights(params), max_rows=1, max_seq_len=n + 1)
