@@ -73,8 +73,8 @@ def test_signal_ends_active_streams_and_exits_0(slow_model, sig):
     try:
         port = wait_ready(proc)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        conn.request("POST", "/v1/completions", json.dumps({"prompt": "Once", "max_tokens": SLOW_SEQ_LEN - 10, "seed": 1,
-                                                            "stream": True}), {"Content-Type": "application/json"})
+        body = {"prompt": "Once", "max_tokens": SLOW_SEQ_LEN - 10, "seed": 1, "stream": True}
+        conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
         resp = conn.getresponse()
         assert resp.status == 200
         assert resp.readline().startswith(b"data: ")  # streaming

@@ -6,12 +6,12 @@ threads of this process, each streaming one /v1/completions of --tokens new toke
 --top-p 0.9 by default, its own seed). Random weights give near-uniform next-token distributions, whose
 top-p nucleus is most of the vocabulary: sampling then costs ~0.5 ms per token and slot (a sort of ~29000
 candidates), serial work between forwards that a trained model's peaked distributions do not have;
---top-p 1 (a plain multinomial draw) shows the batching without it. Per concurrency level: aggregate tokens/s (all tokens / wall time from the first
-request to the last [DONE]), time to first token (median), inter-token latency p50/p99 (gaps between
-streamed chunks; a token whose piece prints nothing joins the next chunk). Targets: 8 clients >= 4x the
-tokens/s of 1 client; one client's decode rate >= 90% of `llmpy run`'s, measured in this same run through
-the same Transformer path (llmpy.llama.generate.generate on a Transformer of one stream, in this process,
-while the server idles).
+--top-p 1 (a plain multinomial draw) shows the batching without it. Per concurrency level: aggregate
+tokens/s (all tokens / wall time from the first request to the last [DONE]), time to first token (median),
+inter-token latency p50/p99 (gaps between streamed chunks; a token whose piece prints nothing joins the next chunk).
+Targets: 8 clients >= 4x the tokens/s of 1 client; one client's decode rate >= 90% of `llmpy run`'s, measured in this
+same run through the same Transformer path (llmpy.llama.generate.generate on a Transformer of one stream, in this
+process, while the server idles).
 --soak-seconds S: then 16 clients request in a loop for S seconds; lost requests (an error, a missing
 [DONE], fewer tokens than asked) and the server's resident memory at the start and the end.
 
@@ -84,7 +84,7 @@ def _stream(port, tokens, seed, sampling=(1.0, 0.9)):
     [DONE] after a finish reason, and max_tokens tokens unless a stop token came first)."""
     body = json.dumps({"prompt": PROMPT, "max_tokens": tokens, "seed": seed, "temperature": sampling[0],
                        "top_p": sampling[1],
-                       "stream": True, "stream_options": {"include_usage": True}}).encode()  # bytes: sent with the headers
+                       "stream": True, "stream_options": {"include_usage": True}}).encode()  # sent with the headers
     start, times, n, done, finish = time.perf_counter(), [], 0, False, None
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)

@@ -20,10 +20,11 @@ values run.c would silently replace are errors here (when -n is not given, 256 i
 Face model's -m chat may fill its whole context). A generation
 that reaches the end of the context (seq_len, or --context) stops there with a notice on stderr; with
 --context-shift it keeps the prompt (at most half the window) and the most recent half of the rest, forwards
-them again and goes on (llmpy/llama/generate.py); -m chat likewise, keeping the first turn. --quantize q8 quantizes
-fp32/bf16/fp16 weights to Q8_0 on load, a tensor at a time; --dtype bf16 keeps them as bf16. --batch N runs N streams (N samples of one prompt, or one per -i)
-sharing every weight read; stream i uses seed + i. Threads: as many as the other processes leave cores free,
-checked while it runs (llmpy/threads.py), so a busy laptop is never slower than one thread; --threads N fixes it.
+them again and goes on (llmpy/llama/generate.py); -m chat likewise, keeping the first turn. --quantize q8
+quantizes fp32/bf16/fp16 weights to Q8_0 on load, a tensor at a time; --dtype bf16 keeps them as bf16.
+--batch N runs N streams (N samples of one prompt, or one per -i) sharing every weight read; stream i uses
+seed + i. Threads: as many as the other processes leave cores free, checked while it runs (llmpy/threads.py), so a busy
+laptop is never slower than one thread; --threads N fixes it.
 """
 
 import sys

@@ -376,7 +376,8 @@ def load_hf(model_dir, max_seq_len=None, allow_nonfinite=False, dtype="fp32", qu
         take(wcls, "lm_head.weight", (V, C))
     weights = {
         "tok_emb": tok_emb, "rms_att": rms_att, "rms_ffn": rms_ffn, "rms_final": rms_final, "wcls": wcls,
-        "wq": [_part(wqkv, i, slice(0, C)) for i in range(L)], "wk": [_part(wqkv, i, slice(C, C + KV)) for i in range(L)],
+        "wq": [_part(wqkv, i, slice(0, C)) for i in range(L)],
+        "wk": [_part(wqkv, i, slice(C, C + KV)) for i in range(L)],
         "wv": [_part(wqkv, i, slice(C + KV, None)) for i in range(L)], "wo": [_part(wo, i) for i in range(L)],
         "w1": [_part(w13, i, slice(0, H)) for i in range(L)], "w3": [_part(w13, i, slice(H, None)) for i in range(L)],
         "w2": [_part(w2, i) for i in range(L)],

@@ -2,12 +2,12 @@
 into an engine Request, and the JSON of replies and stream chunks.
 
 Supported fields: model, prompt (a string, or a list of one string) / messages (system, developer, user and
-assistant roles in the orders the model's chat template takes; string or text-part content), max_tokens / max_completion_tokens, temperature, top_p,
-seed, stop (a string or a list of up to 4), stream, stream_options.include_usage, user (ignored: it does not
-change the reply). Fields that would change the meaning of a request get a 400 unless they hold their
-neutral value (n 1, logprobs false, echo false, penalties 0, ...): several choices, tools, logprobs, echo,
-suffix, logit_bias, penalties and response formats are not implemented, and a silent ignore would return
-something other than what was asked for.
+assistant roles in the orders the model's chat template takes; string or text-part content), max_tokens /
+max_completion_tokens, temperature, top_p, seed, stop (a string or a list of up to 4), stream,
+stream_options.include_usage, user (ignored: it does not change the reply). Fields that would change the meaning of a
+request get a 400 unless they hold their neutral value (n 1, logprobs false, echo false, penalties 0, ...): several
+choices, tools, logprobs, echo, suffix, logit_bias, penalties and response formats are not implemented, and a silent
+ignore would return something other than what was asked for.
 
 Defaults are OpenAI's (temperature 1, top_p 1, max_tokens = what the context leaves); sampling is
 llmpy.sampler.Sampler, run.c's, with the request's seed (>= 1: it is the xorshift state; none = from the
