@@ -506,6 +506,9 @@ def run(args):
     if result["first_loss"] is not None:  # the same model on the same batch: the first losses agree
         print(f"first step's loss: ours {losses[0]:.6f}, PyTorch {result['first_loss']:.6f}")
     print(f"speedup over PyTorch eager: {torch_time / step_time:.2f}x  ({bench.torch_goal})")
+    # a step can be no faster than its matrix products at the sgemm peak: the most any implementation gets here
+    print(f"  ceiling: PyTorch's step / the step's FLOPs at the sgemm peak ({flops / peak * 1e3:.1f} ms) = "
+          f"{torch_time / (flops / peak):.2f}x")
     print(f"peak resident memory ours / PyTorch's: {rss:.2f} / {torch_rss:.2f} GB = {rss / torch_rss:.2f}")
     sys.stdout.flush()
     return 0
