@@ -413,10 +413,11 @@ def test_train_kernels_match_plain_layers(name, monkeypatch):
         np.testing.assert_allclose(v, grads64[k], rtol=0, atol=1e-5 * scale, err_msg=f"{name}: d{k}")
 
 
-def test_train_kernels_give_the_same_bits_on_any_thread_count():
+def test_train_kernels_give_the_same_bits_on_any_thread_count(monkeypatch):
     """The fused kernels run on Numba's threads, whose count llmpy/threads.py changes during a run: every result
-    (RMSNorm's weight gradient sums rows in fixed parts) must be bit-identical on one thread and on all, at a
-    size where each thread gets many rows; and the parallel RMSNorm backward still equals the plain layer."""
+    (RMSNorm's weight gradient sums rows in fixed parts) must be bit-identical on one thread and on all, with
+    each thread given many rows (PARALLEL_MIN lowered to 0), and on the one-thread path of small calls, which
+    gives the caller's thread count back; and the parallel RMSNorm backward still equals the plain layer."""
     numba = pytest.importorskip("numba")
     from llmpy.llama import train_kernels
 
@@ -452,14 +453,18 @@ def test_train_kernels_give_the_same_bits_on_any_thread_count():
 
     threads = numba.get_num_threads()
     try:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        small = run()  # each call below PARALLEL_MIN: on one thread
+        assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+        monkeypatch.setattr(train_kernels, "PARALLEL_MIN", 0)
+        every = run()
         numba.set_num_threads(1)
         one = run()
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        every = run()
     finally:
         numba.set_num_threads(threads)
     for name, value in one.items():
         np.testing.assert_array_equal(every[name], value, err_msg=name)
+        np.testing.assert_array_equal(small[name], value, err_msg=name)
 
     x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
     out64, rstd64 = np.empty_like(x64), np.empty((B2, T2))

@@ -22,6 +22,7 @@ Target: under contention the default >= 1.0x one thread (step time ratio one thr
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -366,13 +367,13 @@ def torch_child(spec):
     return 0
 
 
-def torch_in_child(args):
+def torch_in_child(args, env=None):
     """The PyTorch step run in a fresh interpreter: {seconds, first_loss (None for GPT-2), peak_rss_gb, torch,
-    threads}."""
+    threads}. env: the child's environment (run passes the user's, without the OpenMP setting made for ours)."""
     plain = (str, int, float, bool, type(None))
     spec = {k: v for k, v in vars(args).items() if not k.startswith("_") and isinstance(v, plain)}
     done = subprocess.run([sys.executable, "-c", TORCH_CHILD, json.dumps(spec)], capture_output=True, text=True,
-                          check=False)
+                          check=False, env=env)
     if done.returncode != 0:
         raise LlmpyError(f"the PyTorch step failed in its child process (exit {done.returncode}):\n"
                          f"{done.stderr.strip()[-2000:]}")
@@ -414,6 +415,7 @@ def contended(args, train_step):
 
 
 def run(args):
+    user_env = dict(os.environ)  # PyTorch runs as the user would run it, not with our GOMP_SPINCOUNT
     limit_openmp_spinning()
     bench = ARCHS[args.arch](args)
     params, x, y = bench.data(args.seed)
@@ -499,7 +501,7 @@ def run(args):
         print("PyTorch not installed: skipping the comparison (pip install torch)")
         return 0
     sys.stdout.flush()
-    result = torch_in_child(args)
+    result = torch_in_child(args, user_env)
     torch_time, torch_rss = result["seconds"], result["peak_rss_gb"]
     print(f"PyTorch {result['torch']} eager (fp32, AdamW), {result['threads']} threads, in a child process: "
           f"{torch_time * 1e3:.1f} ms per step, peak resident memory {torch_rss:.2f} GB")

@@ -17,13 +17,15 @@ The softmax + cross-entropy is GPT-2's (llmpy/gpt2/kernels.py), shared as the pl
 
 Unlike GPT-2's per-layer kernels (kernels.LAYER_PARALLEL, measured at T=64, where each is a fraction of a
 millisecond), these run in parallel over rows on Numba's threads, after park_blas_threads() has stopped
-OpenBLAS's spinning workers: at stories110M's shape (B=4, T=256) each call is milliseconds of memory-bound work,
-worth the cores. Every result is independent of the thread count (rows are split into a fixed number of
-parts where a sum crosses rows), so a run's bits do not change when llmpy/threads.py changes the count.
+OpenBLAS's spinning workers, when a call is big enough to be worth it (_threads_for): at stories110M's shape
+(B=4, T=256) each call is milliseconds of memory-bound work. Every result is independent of the thread count
+(rows are split into a fixed number of parts where a sum crosses rows), so a run's bits do not change when
+llmpy/threads.py changes the count.
 What this module does not do: run on GPUs (CuPy takes the plain layers), or anything but C-contiguous float32
 arrays (its constants are float32).
 """
 
+import contextlib
 import math
 
 import numba
@@ -36,10 +38,29 @@ f32 = np.float32
 ONE, ZERO = f32(1.0), f32(0.0)
 PARTS = 32       # rows are summed in this many fixed parts (RMSNorm's weight gradient), whatever the threads
 MAX_LANES = 16   # independent running maxima, so the softmax's max vectorizes (one dependency chain would not)
+PARALLEL_MIN = 1 << 19  # elements: smaller calls (a small model's layers) run on one thread, see _threads_for
 
 
 def _jit(**kw):
     return numba.njit(cache=True, fastmath=True, error_model="numpy", parallel=True, **kw)
+
+
+@contextlib.contextmanager
+def _threads_for(size):
+    # The threads for a kernel call over `size` elements: all of Numba's, with OpenBLAS's spinning workers parked
+    # first (the next GEMM restarts them), or one thread below PARALLEL_MIN, where the call takes microseconds and
+    # waking and parking threads would cost more than they give (measured on 2 cores: a dim-256 Llama's step 9%
+    # slower in parallel; stories110M's at B=4, T=256, whose calls are all above, 2% faster)
+    if size >= PARALLEL_MIN:
+        park_blas_threads()
+        yield
+        return
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
 
 
 def _rows(x):
@@ -62,8 +83,8 @@ def _embedding_forward(out, inp, wte):
 
 def embedding_forward(out, inp, wte):
     # out is (B,T,C), inp is (B,T) int32 token ids in [0, V) (not checked here), wte is (V,C)
-    park_blas_threads()
-    _embedding_forward(_rows(out), inp.reshape(-1), wte)
+    with _threads_for(out.size):
+        _embedding_forward(_rows(out), inp.reshape(-1), wte)
 
 
 @numba.njit(cache=True, fastmath=True, error_model="numpy")
@@ -127,14 +148,14 @@ def _rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, accumulate):
 
 def rmsnorm_forward(out, rstd, inp, weight, eps):
     # out, inp are (B,T,C); rstd is (B,T); weight is (C,)
-    park_blas_threads()
-    _rmsnorm_forward(_rows(out), rstd.reshape(-1), _rows(inp), weight, f32(eps))
+    with _threads_for(inp.size):
+        _rmsnorm_forward(_rows(out), rstd.reshape(-1), _rows(inp), weight, f32(eps))
 
 
 def rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, accumulate=True):
     # dinp, dout, inp are (B,T,C); dweight, weight are (C,); rstd is (B,T); adds into dinp, dweight
-    park_blas_threads()
-    _rmsnorm_backward(_rows(dinp), dweight, _rows(dout), _rows(inp), weight, rstd.reshape(-1), accumulate)
+    with _threads_for(inp.size):
+        _rmsnorm_backward(_rows(dinp), dweight, _rows(dout), _rows(inp), weight, rstd.reshape(-1), accumulate)
 
 
 # ----------------------------------------------------------------------------
@@ -166,14 +187,14 @@ def _rope(out, inp, cos, sin, sign, accumulate):
 
 def rope_forward(out, inp, cos, sin):
     # out, inp are (B,T,heads*hs) (out may be inp); cos, sin are (T',hs/2), T' >= T
-    park_blas_threads()
-    _rope(out, inp, cos, sin, ONE, False)
+    with _threads_for(inp.size):
+        _rope(out, inp, cos, sin, ONE, False)
 
 
 def rope_backward(dinp, dout, cos, sin, accumulate=True):
     # dinp, dout are (B,T,heads*hs) (dinp may be dout with accumulate=False); the rotation back by -angle
-    park_blas_threads()
-    _rope(dinp, dout, cos, sin, -ONE, accumulate)
+    with _threads_for(dout.size):
+        _rope(dinp, dout, cos, sin, -ONE, accumulate)
 
 
 # ----------------------------------------------------------------------------
@@ -203,15 +224,15 @@ def _swiglu_backward(dh1, dh3, dout, h1, h3, accumulate):
 
 def swiglu_forward(out, h1, h3):
     # out, h1, h3 are (B,T,H)
-    park_blas_threads()
-    _swiglu_forward(out.reshape(-1), h1.reshape(-1), h3.reshape(-1))
+    with _threads_for(h1.size):
+        _swiglu_forward(out.reshape(-1), h1.reshape(-1), h3.reshape(-1))
 
 
 def swiglu_backward(dh1, dh3, dout, h1, h3, accumulate=True):
     # all (B,T,H); adds into dh1, dh3 (writes them with accumulate=False)
-    park_blas_threads()
-    _swiglu_backward(dh1.reshape(-1), dh3.reshape(-1), dout.reshape(-1), h1.reshape(-1), h3.reshape(-1),
-                     accumulate)
+    with _threads_for(h1.size):
+        _swiglu_backward(dh1.reshape(-1), dh3.reshape(-1), dout.reshape(-1), h1.reshape(-1), h3.reshape(-1),
+                         accumulate)
 
 
 # ----------------------------------------------------------------------------
@@ -285,8 +306,8 @@ def attention_forward(out, att, q, k, v, NH):
     NKV = k.shape[-1] // hs
     G = NH // NKV
     np.matmul(_heads(q, NKV, G), _heads(k, NKV, 1).swapaxes(-1, -2), out=att.reshape(B, NKV, G, T, T))
-    park_blas_threads()
-    _causal_softmax_forward(att.reshape(-1, T, T), f32(1.0 / math.sqrt(hs)))
+    with _threads_for(att.size):
+        _causal_softmax_forward(att.reshape(-1, T, T), f32(1.0 / math.sqrt(hs)))
     np.matmul(att.reshape(B, NKV, G, T, T), _heads(v, NKV, 1), out=_heads(out, NKV, G))
 
 
@@ -303,8 +324,8 @@ def attention_backward(dq, dk, dv, dout, q, k, v, att, NH, scratch=None, accumul
     dk4, dv4 = _heads(dk, NKV, 1)[:, :, 0], _heads(dv, NKV, 1)[:, :, 0]  # (B,NKV,T,hs) views
     # forward: y = att @ v, then att = softmax(q @ k.T * scale), causal
     np.matmul(dy5, v5.swapaxes(-1, -2), out=datt5)
-    park_blas_threads()
-    _causal_softmax_backward(datt.reshape(-1, T, T), att.reshape(-1, T, T), f32(1.0 / math.sqrt(hs)))
+    with _threads_for(att.size):
+        _causal_softmax_backward(datt.reshape(-1, T, T), att.reshape(-1, T, T), f32(1.0 / math.sqrt(hs)))
     _product(_heads(dq, NKV, G), datt5, k5, accumulate)
     # dv and dk of kv head j sum over its G query heads: with those heads' rows stacked head-major (a copy of
     # dy and of q into `heads`), each is one GEMM of inner size G*T, and the sum happens inside it
