@@ -265,7 +265,8 @@ def test_float32_in_float32_out(case):
     case.backward(inputs64, outputs64, {k: v.astype(np.float64) for k, v in douts32.items()}, grads64)
     for k in case.diff_inputs:
         scale = max(1.0, float(np.abs(grads64[k]).max()))
-        np.testing.assert_allclose(analytic32[k], grads64[k], rtol=1e-3, atol=1e-4 * scale, err_msg=f"{case.name}: d{k}")
+        np.testing.assert_allclose(analytic32[k], grads64[k], rtol=1e-3, atol=1e-4 * scale,
+                                   err_msg=f"{case.name}: d{k}")
 
 
 def _case(name):

@@ -132,7 +132,8 @@ def test_adamw_steps_match_torch():
     lr, wd = 3e-3, 0.1
     model = Llama(config, params.copy())
     opt = AdamW(num_parameters(config), lr=lr, weight_decay=wd)
-    w = {name: torch.tensor(v.copy(), requires_grad=True) for name, v in NamedViews(params, param_shapes(config)).items()}
+    views = NamedViews(params, param_shapes(config))
+    w = {name: torch.tensor(v.copy(), requires_grad=True) for name, v in views.items()}
     topt = torch.optim.AdamW(list(w.values()), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
     ours, theirs = [], []
     for _ in range(5):
