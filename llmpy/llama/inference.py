@@ -178,6 +178,9 @@ class Transformer:
         "fp32" or "bf16" converts float weights to it (a matrix at a time: no transient copy of the model).
         quantize: "q8" quantizes float weights to Q8_0 (q8_group_size) a layer's matrix at a time (runq.c's model,
         with the embedding table quantized and dequantized as export.py and runq.c do)."""
+        # made first: the packing below gives its first look at the machine an interval to measure, so that a busy
+        # machine is seen before the first token rather than after a few slow ones
+        self.governor = ThreadGovernor(numba.config.NUMBA_NUM_THREADS, fixed=threads if threads else user_threads())
         if max_seq_len is not None:
             if max_seq_len < 1:
                 raise LlmpyError(f"max_seq_len (the context) must be >= 1, got {max_seq_len}")
@@ -269,7 +272,6 @@ class Transformer:
         self._no_xq = np.zeros((0, C), np.int16)  # the quantized-row scratch decode.forward_decode takes (fp32: unused)
         self._row0 = np.zeros(1, np.int64)  # the rows that need logits when a call has one row
         self._wide = None  # prefill on bf16 / fp16 weights: fp32 scratch for a block of a matrix (made when needed)
-        self.governor = ThreadGovernor(numba.config.NUMBA_NUM_THREADS, fixed=threads if threads else user_threads())
 
     @classmethod
     def from_file(cls, path, n_streams=1, max_rows=DEFAULT_MAX_ROWS, max_seq_len=None, allow_nonfinite=False,
