@@ -116,6 +116,15 @@ class GemmProgram:
 # ----------------------------------------------------------------------------
 # the model families: what the shared run needs of each
 
+def seeded_data(init_params, cfg, B, T, seed):
+    """(params, x, y) of a family's init and random token batches, the same for the same seed."""
+    rng = np.random.default_rng(seed)
+    params = init_params(cfg, rng)
+    x = rng.integers(0, cfg.vocab_size, (B, T), dtype=np.int32)
+    y = rng.integers(0, cfg.vocab_size, (B, T), dtype=np.int32)
+    return params, x, y
+
+
 class GPT2Bench:
     name = "GPT-2"
     profiled = PROFILED_GPT2
@@ -139,11 +148,7 @@ class GPT2Bench:
         """(params, x, y), the same for the same seed (the PyTorch child rebuilds them)."""
         from llmpy.gpt2.model import init_params
 
-        rng = np.random.default_rng(seed)
-        params = init_params(self.cfg, rng)
-        x = rng.integers(0, self.cfg.vocab_size, (self.B, self.T), dtype=np.int32)
-        y = rng.integers(0, self.cfg.vocab_size, (self.B, self.T), dtype=np.int32)
-        return params, x, y
+        return seeded_data(init_params, self.cfg, self.B, self.T, seed)
 
     def model(self, params):
         from llmpy.gpt2.model import GPT2
@@ -224,11 +229,7 @@ class LlamaBench:
     def data(self, seed):
         from llmpy.llama.train_model import init_params
 
-        rng = np.random.default_rng(seed)
-        params = init_params(self.cfg, rng)
-        x = rng.integers(0, self.cfg.vocab_size, (self.B, self.T), dtype=np.int32)
-        y = rng.integers(0, self.cfg.vocab_size, (self.B, self.T), dtype=np.int32)
-        return params, x, y
+        return seeded_data(init_params, self.cfg, self.B, self.T, seed)
 
     def model(self, params):
         from llmpy.llama.train_model import Llama, matrix_param_ranges
