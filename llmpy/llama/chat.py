@@ -56,6 +56,16 @@ def encode_conversation(tokenizer, template, messages, add_generation_prompt=Tru
     return tokenizer.encode(template.render(messages, add_generation_prompt), bos=False, eos=False)
 
 
+def _read_turn(first, system_prompt, user_prompt, inp, out):
+    """(system, user) of a turn: on the first, the given prompts or read ones (system "" on later turns);
+    None for either when the input ended."""
+    if not first:
+        return "", _read_line("User: ", inp, out)
+    system = system_prompt if system_prompt is not None else _read_line("Enter system prompt (optional): ", inp, out)
+    user = user_prompt if user_prompt is not None else _read_line("User: ", inp, out)
+    return system, user
+
+
 def _read_line(prompt, inp, out):
     out.write(prompt.encode())
     out.flush()
@@ -79,13 +89,8 @@ def chat(transformer, tokenizer, sampler, steps, inp, out, system_prompt=None, u
     keep = None  # tokens a context shift keeps from the start: the first turn's
     first = True
     while True:
-        if first:
-            system = system_prompt if system_prompt is not None else _read_line(
-                "Enter system prompt (optional): ", inp, out)
-            user = user_prompt if user_prompt is not None else _read_line("User: ", inp, out)
-        else:
-            user = _read_line("User: ", inp, out)
-        if user is None or (first and system is None):
+        system, user = _read_turn(first, system_prompt, user_prompt, inp, out)
+        if user is None or system is None:
             break
         tokens = pending + tokenizer.encode(render_turn(user, system if first else ""), bos=True, eos=False)
         first = False
@@ -137,16 +142,11 @@ def chat_with_template(transformer, tokenizer, template, sampler, steps, inp, ou
     keep, cut = None, 0  # once shifted (cut > 0): cached = conversation[:keep] + conversation[cut:]
     first = True
     while True:
-        if first:
-            system = system_prompt if system_prompt is not None else _read_line(
-                "Enter system prompt (optional): ", inp, out)
-            user = user_prompt if user_prompt is not None else _read_line("User: ", inp, out)
-            if system:
-                messages.append({"role": "system", "content": system})
-        else:
-            user = _read_line("User: ", inp, out)
-        if user is None or (first and system is None):
+        system, user = _read_turn(first, system_prompt, user_prompt, inp, out)
+        if user is None or system is None:
             break
+        if first and system:
+            messages.append({"role": "system", "content": system})
         first = False
         messages.append({"role": "user", "content": user})
         tokens = encode_conversation(tokenizer, template, messages)
