@@ -135,6 +135,22 @@ def test_half_precision_checkpoints_sharded(tmp_path, dtype):
     np.testing.assert_allclose(llmpy_logits(tmp_path, toks)[0], reference_logits(model, toks), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("dtype, stored", [("bfloat16", np.uint16), ("float16", np.float32),
+                                           ("float32", np.float32)])
+def test_default_dtype_is_the_stored_one(tmp_path, dtype, stored):
+    """A bf16 checkpoint stays bf16 (half the bytes per token) unless dtype="fp32" is asked; fp16 would lose
+    mantissa bits in bf16, so it (and fp32) load as fp32. Both equal transformers over the same weights."""
+    model = make_checkpoint(tmp_path, dtype=dtype, num_key_value_heads=2)
+    config, weights = load_hf(tmp_path)
+    assert all(weights["packed"][k].dtype == stored for k in ("wqkv", "wo", "w13", "w2"))
+    assert weights["tok_emb"].dtype == stored and weights["rms_final"].dtype == np.float32
+    toks = tokens(16)
+    got = Transformer(config, weights)
+    assert got.dtype == ("bf16" if stored == np.uint16 else "fp32")
+    np.testing.assert_allclose(got.prefill(toks, logits="all"), reference_logits(model, toks), atol=1e-4, rtol=0)
+    assert load_hf(tmp_path, dtype="fp32")[1]["packed"]["w13"].dtype == np.float32
+
+
 def test_greedy_generation_token_identical(tmp_path):
     model = make_checkpoint(tmp_path, **VARIANTS["llama3"])
     prompt = tokens(8, seed=3)
@@ -283,7 +299,7 @@ def test_bf16_load_holds_no_second_copy(tmp_path):
                     vocab_size=512, num_key_value_heads=4, max_position_embeddings=16)
     tracemalloc.start()
     try:
-        config, weights = load_hf(tmp_path)
+        config, weights = load_hf(tmp_path, dtype="fp32")
         transformer = Transformer(config, weights)
         held, peak = tracemalloc.get_traced_memory()
     finally:

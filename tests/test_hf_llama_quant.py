@@ -45,7 +45,7 @@ def group_size(dim, hidden_dim):
 ])
 def test_q8_on_load_equals_quantizing_the_fp32_load(tmp_path, dtype, overrides):
     make_checkpoint(tmp_path, dtype=dtype, **overrides)
-    config, fp32 = load_hf(tmp_path)
+    config, fp32 = load_hf(tmp_path, dtype="fp32")
     gs = group_size(config.dim, config.hidden_dim)
     by_hand = {k: [quantize_q80(np.array(m), gs) for m in fp32[k]] for k in MATRICES}
     emb = quantize_q80(fp32["tok_emb"], gs)
@@ -91,7 +91,7 @@ def test_q8_load_of_bf16_holds_one_tensor_beyond_the_int8_model(tmp_path, monkey
 
 def test_load_arguments_are_checked(tmp_path):
     make_checkpoint(tmp_path)
-    with pytest.raises(LlmpyError, match="dtype must be one of"):
+    with pytest.raises(LlmpyError, match="dtype must be None or one of"):
         load_hf(tmp_path, dtype="fp16")
     with pytest.raises(LlmpyError, match="quantize must be None or 'q8'"):
         load_hf(tmp_path, quantize="q4")
@@ -105,7 +105,7 @@ def test_run_quantize_and_dtype_on_a_hugging_face_directory(tmp_path, capsysbina
     from llmpy.tokenizers.hf import HFTokenizer
 
     model_dir(tmp_path, "tinyllama", hidden_size=64, intermediate_size=128)
-    config, fp32 = load_hf(tmp_path)
+    config, fp32 = load_hf(tmp_path, dtype="fp32")
     tok = HFTokenizer.load(tmp_path, config.vocab_size)
     for flags, kwargs in ((["--quantize", "q8"], {"quantize": "q8"}), (["--dtype", "bf16"], {"dtype": "bf16"})):
         assert main(["run", str(tmp_path), "-t", "0", "-n", "24", "-i", "Once upon", *flags]) == 0

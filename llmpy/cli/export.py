@@ -103,7 +103,7 @@ def export_hf_dir(args):
     full = read_config(args.input)
     llama2c_compatible(full, f"{args.input}/config.json")
     args.output = _output(args)
-    config, weights = load_hf(args.input, max_seq_len=full.seq_len)
+    config, weights = load_hf(args.input, max_seq_len=full.seq_len, dtype="fp32")  # llama2.c files hold fp32
     weights.pop("packed")
     group_size, note = v2_group_size(config, args.group_size) if args.to == "v2" else (None, "")
     if note:

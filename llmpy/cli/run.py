@@ -21,7 +21,8 @@ Face model's -m chat may fill its whole context). A generation
 that reaches the end of the context (seq_len, or --context) stops there with a notice on stderr; with
 --context-shift it keeps the prompt (at most half the window) and the most recent half of the rest, forwards
 them again and goes on (llmpy/llama/generate.py); -m chat likewise, keeping the first turn. --quantize q8
-quantizes fp32/bf16/fp16 weights to Q8_0 on load, a tensor at a time; --dtype bf16 keeps them as bf16.
+quantizes fp32/bf16/fp16 weights to Q8_0 on load, a tensor at a time; --dtype bf16 keeps them as bf16 (a Hugging
+Face checkpoint stored in bf16 stays bf16 unless --dtype fp32).
 --batch N runs N streams (N samples of one prompt, or one per -i) sharing every weight read; stream i uses
 seed + i. Threads: as many as the other processes leave cores free, checked while it runs (llmpy/threads.py), so a busy
 laptop is never slower than one thread; --threads N fixes it.
@@ -54,7 +55,8 @@ def add_model_arguments(parser):
                         help="quantize float weights to Q8_0 (int8) on load, a tensor at a time (group size 64, "
                              "halved until it divides dim and hidden_dim)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
-                        help="keep float weights as fp32 (default) or bf16 (half the memory, rounded to nearest even)")
+                        help="keep float weights as fp32 or bf16 (half the memory, rounded to nearest even); default: a "
+                             "Hugging Face checkpoint's bf16 stays bf16, everything else fp32")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="threads (default: the cores other processes leave free, checked as it runs; "
                              "NUMBA_NUM_THREADS caps it)")
@@ -122,7 +124,7 @@ def load_hf_model(args, model_dir, batch):
     from llmpy.llama.inference import Transformer
     from llmpy.tokenizers.hf import HFTokenizer
 
-    config, weights = load_hf(model_dir, args.context, args.allow_nonfinite, args.dtype or "fp32", args.quantize)
+    config, weights = load_hf(model_dir, args.context, args.allow_nonfinite, args.dtype, args.quantize)
     tokenizer = HFTokenizer.load(Path(args.tokenizer) if args.tokenizer else model_dir, config.vocab_size)
     transformer = Transformer(config, weights, n_streams=batch, threads=args.threads)
     # config.json's eos ids (generation_config.json's added) and the tokenizer's eos_token (a chat model's

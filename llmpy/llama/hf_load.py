@@ -311,17 +311,18 @@ def _bf16_names(files):
     return names
 
 
-def load_hf(model_dir, max_seq_len=None, allow_nonfinite=False, dtype="fp32", quantize=None):
+def load_hf(model_dir, max_seq_len=None, allow_nonfinite=False, dtype=None, quantize=None):
     """(LlamaConfig, weights) of a Hugging Face Llama directory, ready for llmpy.llama.inference.Transformer.
 
     max_seq_len: the context (KV cache positions); default min(max_position_embeddings, DEFAULT_CONTEXT).
-    dtype: the matrices and embedding stored as "fp32" or "bf16" (uint16 bits, rounded to nearest even);
+    dtype: the matrices and embedding stored as "fp32" or "bf16" (uint16 bits, rounded to nearest even); None:
+    as the checkpoint stores them (bf16 when every matrix is BF16, else fp32: fp16 would lose bits in bf16);
     quantize="q8": stored as Q8_0 in groups of inference.q8_group_size (the Transformer dequantizes the embedding
     table, as runq.c does). Each tensor is converted a block of rows at a time straight from the file's memory
     map into its final place: the peak is the stored model plus one block (an int8 Llama-2-7B is ~7 GB)."""
     model_dir = Path(model_dir)
-    if dtype not in DTYPES:
-        raise LlmpyError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if dtype not in (None, *DTYPES):
+        raise LlmpyError(f"dtype must be None or one of {DTYPES}, got {dtype!r}")
     if quantize not in (None, "q8"):
         raise LlmpyError(f"quantize must be None or 'q8', got {quantize!r}")
     if not model_dir.is_dir():
@@ -340,6 +341,9 @@ def load_hf(model_dir, max_seq_len=None, allow_nonfinite=False, dtype="fp32", qu
                          f"a {ARCHITECTURE} llmpy can run (biases or another architecture)")
     tensors = _Tensors(model_dir, files, _bf16_names(files))
     L, C, H, V, KV = config.n_layers, config.dim, config.hidden_dim, config.vocab_size, config.kv_dim
+    if dtype is None:
+        matrices = [n for n in files if not n.endswith("norm.weight") and not n.endswith(IGNORED_SUFFIXES)]
+        dtype = "bf16" if all(n in tensors.bf16 for n in matrices) else "fp32"
     store = quantize or dtype
     gs = q8_group_size(config)
 
