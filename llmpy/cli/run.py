@@ -55,8 +55,8 @@ def add_model_arguments(parser):
                         help="quantize float weights to Q8_0 (int8) on load, a tensor at a time (group size 64, "
                              "halved until it divides dim and hidden_dim)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
-                        help="keep float weights as fp32 or bf16 (half the memory, rounded to nearest even); default: a "
-                             "Hugging Face checkpoint's bf16 stays bf16, everything else fp32")
+                        help="keep float weights as fp32 or bf16 (half the memory, rounded to nearest even); "
+                             "default: a Hugging Face checkpoint's bf16 stays bf16, everything else fp32")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="threads (default: the cores other processes leave free, checked as it runs; "
                              "NUMBA_NUM_THREADS caps it)")
