@@ -14,6 +14,11 @@ streams against one stream on the 15M shape: the variants of a model take turns 
 a ratio compares runs from the same minutes of this shared machine (printed as best / best and as the
 median of the per-round ratios).
 
+llama.cpp, when llama-cpp-python is installed (--no-llamacpp skips it): each shape's weights are written as GGUF
+(F32, BF16, Q8_0: bench/llamacpp.py, one file at a time in a temporary directory) and llama.cpp's greedy decode on
+them takes turns with ours in the same rounds, after a check that its logits match ours; printed as llm.py tok/s /
+llama.cpp tok/s for fp32 vs F32, bf16 vs BF16, int8 (Q8_0, groups of 64) vs Q8_0 (blocks of 32). Goal: >= 1.0x.
+
 --contended: what a busy laptop does to decode. The default (threads picked by llmpy/threads.py from the
 cores other processes leave free) against one fixed thread, in alternating rounds, first on the idle
 machine, then with one CPU-burning process per core that the bench starts itself (bench/contend.py).
@@ -45,6 +50,8 @@ def add_arguments(parser):
                         help="best of this many timed runs (each after a bandwidth probe run, also best of)")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 measurements")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 measurements")
+    parser.add_argument("--no-llamacpp", action="store_true",
+                        help="skip timing llama.cpp on the same weights (done when llama-cpp-python is installed)")
     parser.add_argument("--contended", action="store_true",
                         help="instead: the default threads against one thread, idle and with a CPU-burning process "
                              "per core (started by the bench), in the same run")
@@ -227,6 +234,12 @@ def run(args):
         return 2
     if args.contended:
         return _contended(args, names)
+    from llmpy.bench import llamacpp
+
+    lcpp_missing = "llama.cpp comparison skipped (--no-llamacpp)" if args.no_llamacpp else llamacpp.unavailable()
+    if lcpp_missing:
+        print(lcpp_missing)
+    lcpp_rows = []  # (model, *llamacpp.compare's row)
     probe = _make_probe()
     rows = []  # (model, kind, bytes per token or None, tok/s, read bandwidth, note)
     rng = np.random.default_rng(0)
@@ -253,6 +266,10 @@ def run(args):
             else:
                 note = _ratio_note(f"{n_streams} streams / 1 stream", vrate, rate, vrounds, base_rounds)
                 rows.append((name, f"fp32 x{n_streams}", None, vrate, None, note + " (tok/s summed over streams)"))
+        if not lcpp_missing:
+            singles = [t for t, n_streams in variants if n_streams == 1]
+            lcpp_rows += [(name, *row) for row in llamacpp.compare(config, weights, singles, args.tokens, args.repeats,
+                                                                   _decode_rates)]
         del variants, weights
     print(f"greedy decode of {args.tokens} tokens from BOS, best of {args.repeats} runs (a model's variants take turns "
           "in each round), each right after a read bandwidth probe run\n"
@@ -268,4 +285,7 @@ def run(args):
             limit = bw / nbytes
             print(f"{name:>14} {kind:>10} {nbytes / 1e6:9.1f} {bw / 1e9:6.1f} {limit:12.1f} {rate:8.1f} "
                   f"{rate / limit:8.0%}   {note}")
+    if lcpp_rows:
+        print()
+        print("\n".join(llamacpp.report(lcpp_rows, args.tokens, args.repeats)))
     return 0
