@@ -4,7 +4,17 @@ import numpy as np
 import pytest
 
 from llmpy.errors import LlmpyError
-from llmpy.sampler import Sampler, random_f32, random_u32, sample_mult, sample_topk, sample_topp, softmax
+from llmpy.sampler import (
+    Sampler,
+    random_f32,
+    random_u32,
+    sample_mult,
+    sample_rows,
+    sample_token,
+    sample_topk,
+    sample_topp,
+    softmax,
+)
 
 
 def xorshift_reference(seed, n):
@@ -82,3 +92,42 @@ def test_bad_values_raise(kw):
     args = {"temperature": 1.0, "topp": 0.9, "seed": 1} | kw
     with pytest.raises(LlmpyError):
         Sampler(10, **args)
+
+
+@pytest.mark.parametrize("V", [2, 7, 100, 32000])
+def test_sample_rows_equals_sample_token_row_by_row(V):
+    """sample_rows (the fast path: rows of softmax in NumPy arrays, draw_rows in Numba) gives the tokens, and
+    leaves the coins, that sample_token gives row by row with each sampler's coins: near-uniform and peaked rows,
+    ties, every mode (greedy, multinomial, top-p, a top-p below 1/V), mixed in one call."""
+    rng = np.random.default_rng(V)
+    settings = [(1.0, 0.9), (0.8, 1.0), (1.3, 0.5), (0.0, 0.9), (1.0, 0.0), (1.0, 0.999), (0.7, 1e-7), (2.0, 0.95)]
+    for scale in (0.05, 1.0, 8.0):
+        logits = (rng.standard_normal((len(settings), V)) * scale).astype(np.float32)
+        if V >= 100:
+            logits[:, V // 2:V // 2 + 20] = logits[:, :20]  # equal probabilities: the lower index ranks first
+        before = logits.copy()
+        fast = [Sampler(V, t, p, seed) for seed, (t, p) in enumerate(settings, 1)]
+        plain = [Sampler(V, t, p, seed) for seed, (t, p) in enumerate(settings, 1)]
+        for _ in range(20):
+            got = sample_rows(fast, logits)
+            want = [sample_token(row, s.temperature, 0, s.topp, s.random_f32) for s, row in zip(plain, logits)]
+            assert got == want
+            assert all(isinstance(t, int) for t in got)
+            assert [s.rng_state for s in fast] == [s.rng_state for s in plain]
+        assert [sample_rows(fast[i:i + 1], logits[i:i + 1])[0] for i in range(len(fast))] == [
+            sample_token(row, s.temperature, 0, s.topp, s.random_f32) for s, row in zip(plain, logits)]
+        np.testing.assert_array_equal(logits, before)
+
+
+def test_topp_below_one_over_v_is_the_most_likely_token():
+    probs = np.full(4, 0.25, np.float32)
+    probs[2] = 0.25000003  # the cutoff (1 - topp) / 3 is above every probability
+    assert sample_topp(probs, 1e-7, 0.5) == 2
+    assert Sampler(4, 1.0, 1e-7, 3).sample(np.log(probs)) == 2
+
+
+def test_sample_rows_refuses_non_finite_logits():
+    x = np.zeros((2, 5), np.float32)
+    x[1, 3] = np.nan
+    with pytest.raises(LlmpyError, match="not finite"):
+        sample_rows([Sampler(5), Sampler(5)], x)
