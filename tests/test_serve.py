@@ -53,8 +53,9 @@ def write_slow_model(path, vocab_size):
 class Served:
     """A server running in this process (a thread), stopped by close()."""
 
-    def __init__(self, model, slots=4, queue=64, **options):  # options: the model's (dtype="bf16", ...)
-        self.server = start(model_options(model, **options), port=0, slots=slots, queue=queue)
+    def __init__(self, model, slots=4, queue=64, context_shift=False, **options):  # options: the model's (dtype=...)
+        self.server = start(model_options(model, **options), port=0, slots=slots, queue=queue,
+                            context_shift=context_shift)
         self.thread = threading.Thread(target=self.server.serve_forever)
         self.thread.start()
         self.port = self.server.server_address[1]
@@ -318,6 +319,42 @@ def test_batching_changes_no_result(served):
     assert together == alone
     n_tokens = sum(20 + 7 * i for i in range(len(jobs)))
     assert served.server.engine.steps - steps < n_tokens / 2  # they really shared forwards
+
+
+@pytest.mark.parametrize("ctx, max_tokens", [(40, 90), (100, 150)])
+def test_context_shift_continues_as_llmpy_run(files, capsysbinary, ctx, max_tokens):
+    """--context-shift: a reply that runs past a small --context goes on with the text `llmpy run --ctx N
+    --context-shift` prints, served among other requests or alone: each shift forwards the window's tail again
+    (ctx 40: 17 rows, in the shared forward; ctx 100: 47 rows, in a forward of its own, as run's prefill)."""
+    s = Served(files[0], slots=4, context=ctx, context_shift=True)
+    try:
+        prompt, seed = "Once upon a time", 3
+        n_prompt = len(files[1].encode(prompt, bos=True))
+        steps = s.server.engine.steps
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            others = [pool.submit(complete, s, p, 60 + i, max_tokens) for i, p in enumerate(PROMPTS[1:4])]
+            text, finish, usage = complete(s, prompt, seed, max_tokens, temperature=1.0, top_p=0.9)
+            assert all(f.result()[0] for f in others)
+        assert finish == "length" and usage.completion_tokens == max_tokens > ctx  # past the context
+        assert s.server.engine.steps - steps < 2 * max_tokens  # the requests shared forwards
+        assert text == run_text(files, capsysbinary, prompt, seed, n_prompt, max_tokens, 1.0, 0.9,
+                                "--ctx", str(ctx), "--context-shift")
+        assert complete(s, prompt, seed, max_tokens, temperature=1.0, top_p=0.9)[0] == text
+        # without max_tokens the reply still ends where the context does
+        _, finish, usage = complete(s, prompt, seed, None, temperature=0.0)
+        assert (finish, usage.completion_tokens) == ("length", ctx - n_prompt)
+    finally:
+        s.close()
+
+
+def test_without_context_shift_a_reply_past_the_context_is_refused(files):
+    s = Served(files[0], slots=1, context=40)
+    try:
+        status, reply = s.raw("POST", "/v1/completions", {"prompt": "Once upon a time", "max_tokens": 90})
+        assert status == 400 and reply["error"]["code"] == "context_length_exceeded"
+        assert s.server.model.ctx == 40
+    finally:
+        s.close()
 
 
 # -----------------------------------------------------------------------------

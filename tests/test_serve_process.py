@@ -40,6 +40,7 @@ def wait_ready(proc, timeout=300):
         line = proc.stderr.readline()
         m = re.search(r"on http://127\.0\.0\.1:(\d+)/", line)
         if m:
+            proc.ready_line = line
             return int(m.group(1))
         if not line and proc.poll() is not None:
             break
@@ -85,6 +86,28 @@ def test_signal_ends_active_streams_and_exits_0(slow_model, sig):
         assert proc.wait(timeout=60) == 0
         idle.close()
         assert "stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_ctx_and_context_shift_options(files):
+    """`llmpy serve MODEL --ctx N --context-shift`: slots of N positions (--ctx is --context), and a reply
+    asked for more tokens than that goes on past it."""
+    proc = launch(files[0], "--port", 0, "--slots", 1, "--ctx", 48, "--context-shift")
+    try:
+        port = wait_ready(proc)
+        assert "context 48)" in proc.ready_line
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", "/health")
+        assert json.loads(conn.getresponse().read())["status"] == "ok"
+        body = {"prompt": "Once upon a time", "max_tokens": 100, "seed": 3}
+        conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        reply = json.loads(conn.getresponse().read())
+        assert reply["choices"][0]["finish_reason"] == "length" and reply["usage"]["completion_tokens"] == 100
+        conn.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

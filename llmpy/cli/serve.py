@@ -10,9 +10,11 @@ a llama2.c file or stories15M | stories42M | stories110M (tokenizer: -z, else fo
 a Hugging Face Llama directory or hub id (its tokenizer.json, chat template and eos ids); --quantize q8, --dtype
 bf16, --threads N and --allow-nonfinite as for `llmpy run`, so a request gives the text `llmpy run` gives with
 the same options, prompt and seed. --slots requests run at once (one KV cache each), --queue more wait for a
-slot (beyond that: 503), --context (--ctx) sets the positions of each slot's KV cache.
-There is no --context-shift: a request whose prompt and max_tokens do not fit the context is refused with
-400 context_length_exceeded, and one without max_tokens ends at the context with finish_reason "length".
+slot (beyond that: 503), --context (--ctx) sets the positions of each slot's KV cache. A request whose prompt and
+max_tokens do not fit the context is refused with 400 context_length_exceeded, and one without max_tokens ends at
+the context with finish_reason "length"; with --context-shift, `llmpy run --context-shift`'s rule: a reply that
+fills its slot's context keeps the prompt (at most half the window) and the most recent half of the rest and goes
+on, up to any max_tokens (without max_tokens it still ends where the context does).
 SIGINT or SIGTERM ends the active requests (each gets an error event), joins every thread, and exits 0.
 """
 
@@ -33,9 +35,12 @@ def add_arguments(parser):
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0 = any free port)")
     parser.add_argument("--slots", type=int, default=4, help="requests generated at once (continuous batching)")
     parser.add_argument("--queue", type=int, default=64, help="requests that may wait for a slot (then 503)")
+    parser.add_argument("--context-shift", action="store_true",
+                        help="past the context, keep the prompt (at most half the window) and the most recent half "
+                             "of the rest, and go on (default: the reply ends with finish_reason length)")
 
 
-def start(model_args, host="127.0.0.1", port=8000, slots=4, queue=64):
+def start(model_args, host="127.0.0.1", port=8000, slots=4, queue=64, context_shift=False):
     """Load the model (model_args: add_model_arguments' options, e.g. llmpy.cli.run.model_options(path)), start
     the engine and bind the server; returns the Server (call serve_forever)."""
     from llmpy.llama.inference import tune_openmp_waiting
@@ -51,7 +56,7 @@ def start(model_args, host="127.0.0.1", port=8000, slots=4, queue=64):
         raise LlmpyError(f"--port must be in [0, 65535], got {port}")
     tune_openmp_waiting()
     model = load_served(model_args, slots)
-    engine = Engine(model, queue)
+    engine = Engine(model, queue, context_shift)
     try:
         server = make_server(host, port, model, engine)
     except OSError as e:
@@ -66,7 +71,7 @@ def start(model_args, host="127.0.0.1", port=8000, slots=4, queue=64):
 
 
 def run(args):
-    server = start(args, args.host, args.port, args.slots, args.queue)
+    server = start(args, args.host, args.port, args.slots, args.queue, args.context_shift)
     host, port = server.server_address[:2]
     model = server.model
     stop = threading.Event()

@@ -9,7 +9,8 @@ request get a 400 unless they hold their neutral value (n 1, logprobs false, ech
 choices, tools, logprobs, echo, suffix, logit_bias, penalties and response formats are not implemented, and a silent
 ignore would return something other than what was asked for.
 
-Defaults are OpenAI's (temperature 1, top_p 1, max_tokens = what the context leaves); sampling is
+Defaults are OpenAI's (temperature 1, top_p 1, max_tokens = what the context leaves; more only when the server
+shifts the context, `--context-shift`); sampling is
 llmpy.sampler.Sampler, run.c's, with the request's seed (>= 1: it is the xorshift state; none = from the
 clock). The same seed, temperature and top_p give the text `llmpy run -s SEED -t T -p P` prints after the
 prompt.
@@ -171,8 +172,10 @@ class Call:
     created: int
 
 
-def parse_call(body, model, chat):
-    """Validate a completions (chat=False) or chat completions body against model; ApiError when it does not fit."""
+def parse_call(body, model, chat, context_shift=False):
+    """Validate a completions (chat=False) or chat completions body against model; ApiError when it does not fit.
+    context_shift: the engine shifts a full context (max_tokens may go past it; without max_tokens a reply still
+    ends where the context does)."""
     _check_fields(body, CHAT_FIELDS if chat else COMPLETION_FIELDS)
     name = body.get("model")
     if name is not None and name != model.name:
@@ -211,7 +214,7 @@ def parse_call(body, model, chat):
     if left < 1:
         raise ApiError(400, f"the prompt is {len(tokens)} tokens and the context is {model.ctx}: no room for a reply",
                        param="messages" if chat else "prompt", code="context_length_exceeded")
-    if max_tokens is not None and max_tokens > left:
+    if max_tokens is not None and max_tokens > left and not context_shift:
         raise ApiError(400, f"the context is {model.ctx} tokens: {len(tokens)} in the prompt leave room for "
                             f"{left} new tokens, but {max_tokens} were asked for", param="max_tokens",
                        code="context_length_exceeded")

@@ -13,9 +13,15 @@ of model.prefill_chunk rows, one chunk per step in a forward of its own after th
 calls `llmpy run`'s prefill makes (BLAS sgemm, whose rounding differs from the fused kernels'), so the
 prompt leaves the same bits in the KV cache. A long prompt thus does not stop the other slots, which get
 their token every step. Each slot samples the logits of its last row with its own Sampler (its own seed
-and coins), so a request's tokens do not depend on what else is running: the same prompt, seed and
+and coins; all the slots of a forward in one sampler.sample_rows call, which gives each the token its
+Sampler.sample would), so a request's tokens do not depend on what else is running: the same prompt, seed and
 parameters give the same text served alone, among others, or by `llmpy run` (with at most SMALL_BATCH
 slots: more decode rows than that take the sgemm path too).
+
+context_shift (`llmpy serve --context-shift`, `llmpy run --context-shift`'s meaning): a slot whose KV cache is
+full keeps its first keep_for(prompt) tokens and the most recent half of the rest (llmpy.llama.generate's
+keep_for and shift_window), forwards those again after the kept ones as it forwards a prompt (merged into the
+shared forward, or in chunks), and goes on; without it a reply ends at the context with "length".
 
 A request ends on a stop token (stop_ids), a stop string (the text before it is returned, the stop string
 is not), or max_tokens; its slot is free for the next step. A request cancelled by its client (cancel(),
@@ -32,6 +38,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+
+from llmpy.llama.generate import keep_for, shift_window
+from llmpy.sampler import sample_rows
 
 IDLE_WAIT_S = 0.5  # how long the idle engine sleeps before looking again (submit wakes it at once)
 
@@ -92,28 +101,45 @@ class Request:
 
 
 class Slot:
-    """A request in one KV-cache stream: prefilled up to `done` prompt tokens, then decoding at `pos`."""
+    """A request in one KV-cache stream: `feed` (the prompt, or after a context shift the window's tail) is
+    forwarded from position `base` up to `done` tokens, then the slot decodes at `pos`."""
 
-    def __init__(self, index, request, decoder):
+    def __init__(self, index, request, decoder, keep):
         self.index = index
         self.request = request
-        self.done = 0  # prompt tokens forwarded
-        self.pos = 0  # tokens in this slot's KV cache
+        self.feed = request.tokens  # tokens to forward at positions base, base + 1, ... before the next sample
+        self.base = 0
+        self.done = 0  # feed tokens forwarded
+        self.cache = []  # the tokens whose keys and values this slot's KV cache holds (positions 0..len - 1)
+        self.keep = keep  # tokens a context shift keeps from the start (keep_for the prompt)
         self.last = None  # the token to forward next (decoding)
         self.text = TextStream(request.stop)
         self.decoder = decoder  # the model's: sampled token -> bytes
 
     @property
     def decoding(self):
-        return self.done == len(self.request.tokens)
+        return self.done == len(self.feed)
+
+    @property
+    def pos(self):
+        """The position of the next token: tokens in the KV cache."""
+        return len(self.cache)
+
+    def shift(self, ctx):
+        """The KV cache is full and `last` is to be forwarded: keep the first `keep` tokens and the most recent
+        half of the rest (`llmpy run --context-shift`'s window), and forward the rest again after the kept ones."""
+        window = shift_window(self.cache + [self.last], self.keep, ctx)
+        self.cache = window[:self.keep]  # their keys and values stay valid
+        self.feed, self.base, self.done = window[self.keep:], self.keep, 0
 
 
 class Engine:
     """The thread that owns the model: a queue of requests, model.n_slots slots, one forward per step."""
 
-    def __init__(self, model, queue_size=64):
+    def __init__(self, model, queue_size=64, context_shift=False):
         self.model = model
         self.queue_size = queue_size
+        self.context_shift = context_shift
         self.waiting = collections.deque()
         self.slots = [None] * model.n_slots
         self.lock = threading.Lock()
@@ -185,27 +211,31 @@ class Engine:
         for i in range(len(self.slots)):
             if self.slots[i] is None and self.waiting:
                 request = self.waiting.popleft()
-                self.slots[i] = Slot(i, request, self.model.text_decoder(request.tokens, request.chat))
+                self.slots[i] = Slot(i, request, self.model.text_decoder(request.tokens, request.chat),
+                                     keep_for(len(request.tokens), self.model.ctx))
 
     def _step(self):
-        """A forward of a row for every decoding slot and the prompts that fit in step_rows rows; then one chunk of
-        a longer prompt in a forward of its own; each slot that has forwarded its last token samples."""
+        """A forward of a row for every decoding slot and the feeds (prompts) that fit in step_rows rows; then one
+        chunk of a longer feed in a forward of its own; each slot that has forwarded its last token samples."""
         active = [s for s in self.slots if s is not None]
+        for slot in active:
+            if slot.decoding and slot.pos >= self.model.ctx:  # only with context_shift (else it ended)
+                slot.shift(self.model.ctx)
         prefilling = sorted((s for s in active if not s.decoding), key=lambda s: s.request.submitted)
         rows = [(slot, [slot.last], slot.pos, 1) for slot in active if slot.decoding]  # (slot, tokens, start, n)
         budget = self.model.step_rows - len(rows)  # >= the slots prefilling (step_rows >= n_slots)
         for slot in prefilling:
-            n = min(budget, len(slot.request.tokens) - slot.done)
-            if len(slot.request.tokens) <= self.model.step_rows and n > 0:
-                rows.append((slot, slot.request.tokens[slot.done:slot.done + n], slot.done, n))
+            n = min(budget, len(slot.feed) - slot.done)
+            if len(slot.feed) <= self.model.step_rows and n > 0:
+                rows.append((slot, slot.feed[slot.done:slot.done + n], slot.base + slot.done, n))
                 budget -= n
         if rows:
             self._forward(rows)
-        long = [s for s in prefilling if len(s.request.tokens) > self.model.step_rows]
+        long = [s for s in prefilling if len(s.feed) > self.model.step_rows]
         if long:  # `llmpy run`'s prefill chunks (Transformer.prefill): the same forward calls, the same bits
             slot = long[0]
-            n = min(self.model.prefill_chunk, len(slot.request.tokens) - slot.done)
-            self._forward([(slot, slot.request.tokens[slot.done:slot.done + n], slot.done, n)])
+            n = min(self.model.prefill_chunk, len(slot.feed) - slot.done)
+            self._forward([(slot, slot.feed[slot.done:slot.done + n], slot.base + slot.done, n)])
 
     def _forward(self, rows):
         """rows: (slot, its tokens, first position, count), one entry per slot."""
@@ -216,15 +246,20 @@ class Engine:
             streams += [slot.index] * n
         logits = self.model.forward(tokens, positions, streams)  # (distinct slots, V): valid until the next forward
         self.steps += 1
-        for row, (slot, _, _, n) in enumerate(rows):
+        ready = []  # (row of logits, slot) of the slots that sample now
+        for row, (slot, toks, _, n) in enumerate(rows):
             if slot.decoding:  # the decode row just forwarded
-                slot.pos += 1
+                slot.cache.append(slot.last)
             else:
                 slot.done += n
+                slot.cache += toks
                 if not slot.decoding:
-                    continue  # more of the prompt to come
-                slot.pos, slot.last = slot.done, slot.request.tokens[-1]  # the prompt's last token was forwarded
-            self._accept(slot, slot.request.sampler.sample(logits[row]))
+                    continue  # more of the feed to come
+            ready.append((row, slot))
+        if ready:
+            sampled = sample_rows([slot.request.sampler for _, slot in ready], logits[[row for row, _ in ready]])
+            for (_, slot), token in zip(ready, sampled):
+                self._accept(slot, token)
 
     def _accept(self, slot, token):
         """A sampled token: the end of the reply, or a piece of text (and the next row to forward)."""
@@ -238,7 +273,7 @@ class Engine:
         slot.last = token
         if stopped:
             return self._finish(slot, "stop", flush=False)
-        if request.n_generated >= request.max_tokens or slot.pos >= self.model.ctx:
+        if request.n_generated >= request.max_tokens or (slot.pos >= self.model.ctx and not self.context_shift):
             return self._finish(slot, "length")
 
     def _finish(self, slot, reason, message=None, flush=True):

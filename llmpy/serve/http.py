@@ -200,7 +200,8 @@ class Handler(BaseHTTPRequestHandler):
                                                  "accepted", code="body_too_large"), close=True)
         raw = self.rfile.read(int(length))
         try:
-            call = api.parse_call(api.parse_json(raw), self.server.model, chat=path.endswith("chat/completions"))
+            call = api.parse_call(api.parse_json(raw), self.server.model, chat=path.endswith("chat/completions"),
+                                  context_shift=self.server.engine.context_shift)
             self.server.engine.submit(call.request)
         except api.ApiError as e:
             return self._error(e)
