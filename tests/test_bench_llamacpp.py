@@ -156,8 +156,8 @@ def our_logits(t, tokens):
     return np.stack([t.forward([tok], [pos])[0].copy() for pos, tok in enumerate(tokens)])
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_llama_cpp_f32_logits_equal_ours(tmp_path, tied):
+@pytest.mark.parametrize("tied,use_mmap", [(True, False), (False, True)])
+def test_llama_cpp_f32_logits_equal_ours(tmp_path, tied, use_mmap):
     llama_cpp_or_skip()
     config, w = tiny(tied=tied, seed=1)
     path = tmp_path / "m.gguf"
@@ -166,7 +166,7 @@ def test_llama_cpp_f32_logits_equal_ours(tmp_path, tied):
     tokens = np.random.default_rng(2).integers(0, config.vocab_size, 24)
     tokens[0] = 1
     expect = our_logits(ours, tokens)
-    with LlamaCpp(path, n_threads=2, n_ctx=config.seq_len, exact_attention=True) as lcpp:
+    with LlamaCpp(path, n_threads=2, n_ctx=config.seq_len, exact_attention=True, use_mmap=use_mmap) as lcpp:
         got = np.stack([lcpp.forward([tok], [pos])[0].copy() for pos, tok in enumerate(tokens)])
         # a second sequence from position 0 (the bench's next round) starts afresh
         again = lcpp.forward([tokens[0]], [0])[0].copy()

@@ -10,8 +10,8 @@ byte tokens, then distinct filler pieces; bos 1, eos 2): the bench feeds token i
 No row permutation is needed: llama2.c's q/k rows pair adjacent dimensions for RoPE, as Meta's checkpoints and
 GGUF's llama architecture do (llama.cpp's converter un-permutes Hugging Face's half-split rows into this layout).
 
-`LlamaCpp(path, n_threads, n_ctx)` loads such a file with llama-cpp-python's low-level API (llama.cpp's default
-memory map) and decodes one token per `forward` call (llama_decode on a one-token batch, its logits as a NumPy
+`LlamaCpp(path, n_threads, n_ctx)` loads such a file with llama-cpp-python's low-level API (into memory, below)
+and decodes one token per `forward` call (llama_decode on a one-token batch, its logits as a NumPy
 view), the same call the bench's decode loop makes on a Transformer, so one loop times both. `compare` does this for
 each of a model's dtypes (fp32 vs F32, bf16 vs BF16, int8 vs Q8_0), one GGUF file at a time in a temporary
 directory, after a parity check of the logits (a mismatch means the two would not be running the same model: no
@@ -25,8 +25,10 @@ What differs between the two sides, on purpose or not:
   both 1.0625 bytes per weight; both quantize the activations to int8 for the dot products, so the logits differ
   by the two quantizations' noise, not more.
 - BF16: llama.cpp rounds the activations to bf16 for its bf16 dot products; ours keeps them fp32.
-- llama.cpp memory-maps the file (the parity check's decode faults the pages in before the timed rounds); ours are
-  in private memory. It runs its own thread pool with n_threads = the count our side starts with.
+- Weights: llama.cpp reads the file into its own memory (use_mmap=False, not its default memory map), as ours are
+  in private memory: on the development VM a reclaim daemon (DAMON pageout) drops file pages idle for a second or
+  two, so a memory-mapped model was read again from disk in each of its rounds after ours (2-8 tok/s instead of
+  ~200 for 110M Q8_0). Its thread pool (OpenMP) gets n_threads = the count our side starts with.
 
 Not handled: quantized or bf16 input weights (the writer takes fp32 arrays), other architectures, text prompts.
 """
@@ -229,9 +231,10 @@ class LlamaCpp:
     Position 0 starts a new sequence (the KV cache is cleared). Use as a context manager, or close().
     """
 
-    def __init__(self, path, n_threads, n_ctx, exact_attention=False):
+    def __init__(self, path, n_threads, n_ctx, exact_attention=False, use_mmap=False):
         """n_threads: for decode and batches; n_ctx: the context (KV cache positions); exact_attention: an f32 KV
-        cache and no flash attention (llama.cpp's defaults are f16 and its choice)."""
+        cache and no flash attention (llama.cpp's defaults are f16 and its choice); use_mmap: map the file instead
+        of reading it into memory (the file must then stay in place while this object lives)."""
         try:
             import llama_cpp as lc
         except ImportError as e:
@@ -240,7 +243,9 @@ class LlamaCpp:
         lc.llama_log_set(_errors_only_log(lc), None)
         lc.llama_backend_init()
         self.model = self.ctx = self.batch = None
-        self.model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
+        mparams = lc.llama_model_default_params()
+        mparams.use_mmap = use_mmap
+        self.model = lc.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             raise LlmpyError(f"llama.cpp could not load {path} (its error above says why)")
         params = lc.llama_context_default_params()
@@ -309,8 +314,8 @@ def compare(config, weights, transformers, tokens, repeats, decode_rates):
     """[(our dtype, GGUF type, ours tok/s, llama.cpp tok/s, best/best ratio, median per-round ratio, logits
     difference, problem or None)] for each Transformer (one stream each, built from these fp32 weights).
 
-    One GGUF file at a time in a temporary directory, deleted after its rounds. decode_rates is the bench's timing
-    loop (run._decode_rates): our Transformer and llama.cpp take turns in each of `repeats` rounds.
+    One GGUF file at a time in a temporary directory, deleted once llama.cpp has read it. decode_rates is the bench's
+    timing loop (run._decode_rates): our Transformer and llama.cpp take turns in each of `repeats` rounds.
     """
     rows = []
     with tempfile.TemporaryDirectory(prefix="llmpy-bench-gguf-") as tmp:
@@ -327,6 +332,7 @@ def compare(config, weights, transformers, tokens, repeats, decode_rates):
             write_gguf(path, config, weights, gtype)
             try:
                 with LlamaCpp(path, t.governor.current, config.seq_len) as lcpp:
+                    path.unlink()  # llama.cpp holds its own copy now (not memory-mapped): the disk space is free again
                     diff = logits_difference(t, lcpp)
                     row[6] = diff
                     if not diff <= PARITY_TOLERANCE[t.dtype]:
