@@ -117,24 +117,31 @@ MULT, TOPP = 0, 1  # draw_rows' modes: a multinomial draw over all tokens, or wi
 
 
 @numba.njit(cache=True, nogil=True)
-def _draw_mult(probs, coin):
-    """sample_mult: the first index whose running float32 sum (np.cumsum's, in the same order) exceeds coin."""
+def _draw_mult(exps, total, coin):
+    """sample_mult of probs = exps / total (each quotient rounded as NumPy's division rounds it): the first index
+    whose running float32 sum (np.cumsum's, in the same order) exceeds coin."""
     acc = np.float32(0.0)
-    for i in range(probs.shape[0]):
-        acc += probs[i]
+    for i in range(exps.shape[0]):
+        acc += exps[i] / total
         if acc > coin:
             return i
-    return probs.shape[0] - 1
+    return exps.shape[0] - 1
 
 
 @numba.njit(cache=True, nogil=True)
-def _draw_topp(probs, ranked, topp, coin):
-    """sample_topp, given ranked = its candidates (probs >= run.c's cutoff) sorted ascending: read from the end
-    (descending probability), the same running sum, nucleus and scaled coin pick a rank; the token is the one
-    of that probability that the stable order (lower index first among equal probabilities) puts there."""
+def _draw_topp(exps, total, ranked, topp, coin):
+    """sample_topp of probs = exps / total, given ranked = its candidates (probs >= run.c's cutoff) sorted
+    ascending: read from the end (descending probability), the same running sum, nucleus and scaled coin pick a
+    rank; the token is the one of that probability that the stable order (lower index first among equal
+    probabilities) puts there."""
+    n = exps.shape[0]
     m = ranked.shape[0]
     if m == 0:  # topp < 1/n: even the most likely token is below the cutoff (the nucleus is that token)
-        return np.argmax(probs)
+        best = 0
+        for i in range(1, n):
+            if exps[i] / total > exps[best] / total:
+                best = i
+        return best
     cum = np.empty(m, np.float32)  # cum[j]: the sum of the j + 1 largest
     acc = np.float32(0.0)
     last = m - 1  # the nucleus is the last + 1 largest
@@ -154,60 +161,69 @@ def _draw_topp(probs, ranked, topp, coin):
     before = 0  # tokens of the same probability ranked before the pick
     while before < pick and ranked[m - pick + before] == value:
         before += 1
-    for i in range(probs.shape[0]):  # the (before + 1)-th token of that probability, in index order
-        if probs[i] == value:
+    for i in range(n):  # the (before + 1)-th token of that probability, in index order
+        if exps[i] / total == value:
             if before == 0:
                 return i
             before -= 1
-    return -1  # not reached: value is one of probs
+    return -1  # not reached: value is one of the probabilities
 
 
 @numba.njit(cache=True, nogil=True)
-def draw_rows(out, probs, ranked, starts, modes, topps, coins):
-    """out[r] = sample_mult(probs[r], coins[r]) or sample_topp(probs[r], topps[r], coins[r]) by modes[r].
-    probs (S, V) float32 softmax rows; ranked: the TOPP rows' candidates, each row's sorted ascending, row r's at
-    ranked[starts[r]:starts[r + 1]]; modes (S,) MULT/TOPP; topps and coins (S,) float32; out (S,) int64.
+def draw_rows(out, exps, totals, ranked, starts, modes, topps, coins):
+    """out[r] = sample_mult(probs[r], coins[r]) or sample_topp(probs[r], topps[r], coins[r]) by modes[r], where
+    probs[r] = exps[r] / totals[r] (softmax's last step, done here as each row is read).
+    exps (S, V) float32; totals (S,) float32; ranked: the TOPP rows' candidates, each row's sorted ascending, row
+    r's at ranked[starts[r]:starts[r + 1]]; modes (S,) MULT/TOPP; topps and coins (S,) float32; out (S,) int64.
     Releases the GIL."""
-    for r in range(probs.shape[0]):
+    for r in range(exps.shape[0]):
         if modes[r] == TOPP:
-            out[r] = _draw_topp(probs[r], ranked[starts[r]:starts[r + 1]], topps[r], coins[r])
+            out[r] = _draw_topp(exps[r], totals[r], ranked[starts[r]:starts[r + 1]], topps[r], coins[r])
         else:
-            out[r] = _draw_mult(probs[r], coins[r])
+            out[r] = _draw_mult(exps[r], totals[r], coins[r])
 
 
 def sample_rows(samplers, logits):
     """[samplers[r].sample(logits[r]) for every r], as ints; logits (S, V) float32 is not modified.
 
     What sample_token computes, for all rows in a few calls: argmax rows on their own; for the others the same
-    float32 softmax as NumPy arrays of rows (elementwise, and row sums that are the same pairwise sums), the
-    top-p rows' candidates sorted by value (np.sort), and draw_rows, which replaces the whole cumsum by a running
-    sum that stops at the coin, and the sort of uint64 keys by a walk down the sorted candidates.
+    float32 softmax steps on arrays of rows (elementwise, row maxima, and row sums that are the same pairwise
+    sums; a division by temperature 1 skipped, as it changes nothing), the top-p rows' candidates sorted by
+    value (np.sort), and draw_rows, which replaces the whole cumsum by a running sum that stops at the coin,
+    and the sort of uint64 keys by a walk down the sorted candidates.
     Each sampler draws its coin (one, unless greedy) as Sampler.sample does."""
     logits = np.asarray(logits, dtype=np.float32)
-    if not np.isfinite(logits.max()):  # NaN anywhere makes the max NaN
+    top = logits.max(axis=1, keepdims=True)  # (S, 1)
+    if not np.isfinite(top).all():  # NaN anywhere in a row makes its max NaN
         raise LlmpyError("the model's logits are not finite (NaN or inf weights, or activations that overflowed): "
                          "there is nothing to sample from; check the model file")
     tokens = [sample_argmax(logits[r]) if s.temperature == 0.0 else 0 for r, s in enumerate(samplers)]
     drawn = [r for r, s in enumerate(samplers) if s.temperature != 0.0]
     if not drawn:
         return tokens
+    if len(drawn) < len(samplers):
+        logits, top = logits[drawn], top[drawn]
     temperatures = np.array([samplers[r].temperature for r in drawn], np.float32)[:, None]
-    x = (logits if len(drawn) == len(samplers) else logits[drawn]) / temperatures  # (S', V)
-    x -= x.max(axis=1, keepdims=True)
-    probs = np.exp(x, out=x)
-    probs /= probs.sum(axis=1, keepdims=True, dtype=np.float32)  # softmax, row by row
-    n = probs.shape[1]
+    if (temperatures == 1.0).all():
+        x = logits - top  # (S', V)
+    else:
+        x = logits / temperatures
+        x -= x.max(axis=1, keepdims=True)
+    exps = np.exp(x, out=x)
+    totals = exps.sum(axis=1, dtype=np.float32)  # (S',) softmax's denominators, row by row
+    n = exps.shape[1]
     modes = np.array([TOPP if 0.0 < samplers[r].topp < 1.0 else MULT for r in drawn], np.int64)
     topps = np.array([samplers[r].topp for r in drawn], np.float32)
     ranked, starts = [np.zeros(0, np.float32)], [0]  # each TOPP row's candidates, sorted, one after another
     for i in range(len(drawn)):
         if modes[i] == TOPP:
+            probs = exps[i] / totals[i]
             cutoff = (np.float32(1.0) - topps[i]) / np.float32(n - 1) if n > 1 else np.float32(0.0)  # sample_topp's
-            ranked.append(np.sort(probs[i][probs[i] >= cutoff]))
+            ranked.append(np.sort(probs[probs >= cutoff]))
         starts.append(starts[-1] + (len(ranked[-1]) if modes[i] == TOPP else 0))
     coins = np.array([samplers[r].random_f32() for r in drawn], np.float32)
     out = np.empty(len(drawn), np.int64)
-    draw_rows(out, probs, np.concatenate(ranked), np.array(starts, np.int64), modes, topps, coins)
+    draw_rows(out, exps, totals, np.concatenate(ranked), np.array(starts, np.int64), modes, topps, coins)
     for i, r in enumerate(drawn):
         tokens[r] = int(out[i])
     return tokens

@@ -257,7 +257,9 @@ class Engine:
                     continue  # more of the feed to come
             ready.append((row, slot))
         if ready:
-            sampled = sample_rows([slot.request.sampler for _, slot in ready], logits[[row for row, _ in ready]])
+            picked = [row for row, _ in ready]
+            sampled = sample_rows([slot.request.sampler for _, slot in ready],
+                                  logits[:len(picked)] if picked[-1] == len(picked) - 1 else logits[picked])
             for (_, slot), token in zip(ready, sampled):
                 self._accept(slot, token)
 
