@@ -16,10 +16,21 @@ gguf = pytest.importorskip("gguf")
 
 
 def tiny(tied=True, seed=0):
-    """dim 64, 2 layers, GQA 4/2 heads, vocab 512: (config, fp32 weights packed as the bench makes them)."""
+    """dim 64, 2 layers, GQA 4/2 heads, vocab 512: (config, fp32 weights packed as the bench makes them), with the
+    query and key rows 10x larger, so that attention is peaked and positions (RoPE) change the logits: with the
+    bench's N(0, 0.02^2) weights attention is nearly uniform and the positions matter little."""
     config = LlamaConfig(dim=64, hidden_dim=192, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, seq_len=64,
                          shared_classifier=tied)
-    return config, _random_packed(config, np.random.default_rng(seed), tied)
+    w = _random_packed(config, np.random.default_rng(seed), tied)
+    w["packed"]["wqkv"][:, :config.dim + config.kv_dim] *= np.float32(10.0)
+    return config, w
+
+
+def half_split(w, n_heads):
+    """q or k rows (n_heads * hs, C) in llama2.c's adjacent-pair RoPE layout -> Hugging Face's half-split layout
+    (what a GGUF writer that forgot llama.cpp's un-permutation would store)."""
+    hs = w.shape[0] // n_heads
+    return w.reshape(n_heads, hs // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
 
 
 def ours_by_name(config, w):
@@ -174,6 +185,22 @@ def test_llama_cpp_f32_logits_equal_ours(tmp_path, tied, use_mmap):
     scale = np.abs(expect).max(1, keepdims=True)
     assert np.abs(got - expect).max() / scale.min() < 1e-4, np.abs(got - expect).max()
     np.testing.assert_array_equal(again, got[0])
+
+
+def test_llama_cpp_sees_a_wrong_rope_layout(tmp_path):
+    """The equality above is no accident of the weights: q/k rows written in the half-split layout move llama.cpp's
+    logits by far more than its tolerance."""
+    llama_cpp_or_skip()
+    config, w = tiny(seed=1)
+    C, KV = config.dim, config.kv_dim
+    wrong = {k: v.copy() for k, v in w["packed"].items()}
+    for layer in range(config.n_layers):
+        wrong["wqkv"][layer, :C] = half_split(wrong["wqkv"][layer, :C], config.n_heads)
+        wrong["wqkv"][layer, C:C + KV] = half_split(wrong["wqkv"][layer, C:C + KV], config.n_kv_heads)
+    path = tmp_path / "m.gguf"
+    write_gguf(path, config, dict(w, packed=wrong), "F32")
+    with LlamaCpp(path, n_threads=2, n_ctx=config.seq_len, exact_attention=True) as lcpp:
+        assert logits_difference(Transformer(config, w, threads=2), lcpp) > 1e-2
 
 
 @pytest.mark.parametrize("kind", ["fp32", "bf16", "int8"])

@@ -51,10 +51,12 @@ N_BYTE_TOKENS = 256  # <0x00> .. <0xFF>, after <unk>, <s>, </s>
 GGML_LOG_LEVEL_ERROR = 4  # ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
 N_BATCH = 64  # llama.cpp's batch (decode feeds one token; it raises smaller batches to its KQ mask padding anyway)
 PARITY_POSITIONS = 8  # positions whose logits are compared before timing
-# relative RMS difference of the logits allowed per dtype (a different model, e.g. a wrong RoPE layout or swapped
-# w1/w3, differs by ~1): fp32 only by llama.cpp's f16 KV cache, bf16 also by its bf16 activations, int8 by two
-# different Q8_0 quantizations of the weights and of the activations
-PARITY_TOLERANCE = {"fp32": 1e-2, "bf16": 5e-2, "int8": 1e-1}
+# relative RMS difference of the logits allowed per dtype: fp32 only by llama.cpp's f16 KV cache (measured 5e-4 to
+# 1.3e-3 on the bench's shapes), bf16 also by its bf16 activations (4e-3 to 1.1e-2), int8 by two different Q8_0
+# quantizations of the weights and of the activations (0.03 to 0.07). Other weights differ by ~1, swapped w1/w3 by
+# ~0.5 and q/k rows in the wrong RoPE layout by ~0.13 on 110M (the random weights' attention is nearly uniform): the
+# F32 check catches all of these (the tests hold the layout to 1e-4 with peaked attention).
+PARITY_TOLERANCE = {"fp32": 1e-2, "bf16": 5e-2, "int8": 0.25}
 INSTALL_HINT = "pip install llama-cpp-python gguf (pip builds llama.cpp from source: tens of minutes on 2 cores)"
 
 
@@ -300,13 +302,15 @@ class LlamaCpp:
 
 def logits_difference(ours, theirs, positions=PARITY_POSITIONS):
     """Largest relative RMS difference ||theirs - ours|| / ||ours|| of the logits over the first `positions`
-    positions, both fed BOS then our greedy tokens (so that a near-tie cannot send them down different paths)."""
-    tok, worst = BOS, 0.0
-    for pos in range(positions):
+    positions, both fed BOS then the same varied tokens (fixed pseudo-random ids: a random-weight model's greedy
+    tokens often repeat one id, under which attention hardly depends on the positions)."""
+    vocab_size = ours.config.vocab_size
+    tokens = [BOS] + [int(i) for i in np.random.default_rng(0).integers(3, vocab_size, positions - 1)]
+    worst = 0.0
+    for pos, tok in enumerate(tokens):
         a = np.array(ours.forward([tok], [pos])[0], np.float64)  # copies: both return views of reused buffers
         b = np.array(theirs.forward([tok], [pos])[0], np.float64)
         worst = max(worst, float(np.linalg.norm(b - a) / np.linalg.norm(a)))
-        tok = int(a.argmax())
     return worst
 
 
