@@ -1,6 +1,8 @@
 """llmpy bench run's llama.cpp comparison: the GGUF writer read back with gguf's own reader, and llama.cpp's logits on
 the written file against our Transformer's (skipped without llama-cpp-python, which CI does not install)."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -154,6 +156,13 @@ def test_gguf_writer_refuses(tmp_path):
     with pytest.raises(LlmpyError, match="fp32"):
         write_gguf(tmp_path / "o.gguf", config, bad, "F32")
     assert not (tmp_path / "n.gguf").exists() and not (tmp_path / "o.gguf").exists()
+
+
+def test_unavailable_says_how_to_install(monkeypatch):
+    from llmpy.bench.llamacpp import unavailable
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp raises ImportError
+    assert "pip install llama-cpp-python gguf" in unavailable()
 
 
 # -----------------------------------------------------------------------------
