@@ -8,6 +8,7 @@ import http.client
 import io
 import itertools
 import json
+import queue
 import socket
 import sys
 import threading
@@ -24,7 +25,9 @@ from llmpy.formats.llama2c import write_llama2c
 from llmpy.llama.inference import Transformer
 from llmpy.llama.model import LlamaConfig, random_weights
 from llmpy.sampler import Sampler
+from llmpy.serve import api
 from llmpy.serve.engine import Engine, QueueFull, Request, TextStream
+from llmpy.serve.http import Sink, sse_chunk
 from llmpy.tokenizers.llama2 import Llama2Tokenizer, safe_piece
 
 openai = pytest.importorskip("openai")
@@ -182,6 +185,44 @@ def test_long_prompt_is_prefilled_in_chunks_between_decode_steps(files):
     ref = Transformer.from_file(files[0], max_rows=40)
     ref.prefill(b.tokens)
     np.testing.assert_array_equal(model.transformer.key_cache[:, slot_b, :, :n], ref.key_cache[:, 0, :, :n])
+
+
+def test_sink_sends_in_order_what_the_socket_takes_later():
+    """A stream's text chunks sent from the engine's thread: before the headers they wait; what a full socket
+    does not take waits behind, with one ("flush", None) event for the handler, which sends it in order."""
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    events = queue.SimpleQueue()
+    sink = Sink(a, (b'{"t": ', b"}"), events)
+    texts = ["before the headers"] + [f"piece {i} \u00e9\"" + "x" * 100 for i in range(400)]  # > the buffers
+    assert sink.text(texts[0]) and events.empty()
+    sink.open()
+    assert all(sink.text(t) for t in texts[1:])
+    assert events.get_nowait() == ("flush", None) and events.empty()  # one wake-up for the whole backlog
+    want = b"".join(sse_chunk(b'{"t": ' + json.dumps(t).encode() + b"}") for t in texts)
+    got = bytearray()
+
+    def read():
+        while len(got) < len(want):
+            got.extend(b.recv(65536))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    sink.flush()
+    reader.join(30)
+    assert bytes(got) == want
+    b.close()
+    assert not sink.text("after the client left")
+    a.close()
+
+
+def test_text_chunk_template_is_the_chunk_json():
+    for chat, usage in [(False, False), (True, True)]:
+        call = api.Call(Request([1, 2], 5, Sampler(10), frozenset()), chat, True, usage, "id-1", 7)
+        prefix, suffix = api.text_chunk_template(call, "m.bin")
+        for text in [" w1", 'quote " and \\', "\u00e9\u4e16\n", ""]:
+            assert prefix + json.dumps(text).encode() + suffix == json.dumps(api.chunk(call, "m.bin", text)).encode()
 
 
 def a_slot(engine, request):
@@ -465,9 +506,9 @@ def _disconnect_mid_reply(served):
 
 
 def test_full_queue_answers_503(files):
-    s = Served(files[0], slots=1, queue=0)
-    try:
-        stream = s.client.completions.create(model="model.bin", prompt="Once", max_tokens=SEQ_LEN - 10, seed=3,
+    s = Served(write_slow_model(files[0].with_name("slow.bin"), files[1].vocab_size), slots=1, queue=0)
+    try:  # the slow model: the reply is still being generated when the next request comes
+        stream = s.client.completions.create(model="slow.bin", prompt="Once", max_tokens=SLOW_SEQ_LEN - 10, seed=3,
                                              stream=True)
         next(iter(stream))  # the only slot is busy
         status, body = s.raw("POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})

@@ -227,7 +227,7 @@ def _level(port, n_clients, tokens, seed0, sampling):
     ttft = [r[1][0] - r[0] for r in results if r[1]]
     gaps = [b - a for r in results for a, b in zip(r[1][:-1], r[1][1:])]
     _, times, n, _ = results[0]
-    decode = (n - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
+    decode = (n - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else float("nan")
     return total / (last - first), _percentile(ttft, 50), _percentile(gaps, 50), _percentile(gaps, 99), decode
 
 

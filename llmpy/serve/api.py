@@ -260,6 +260,15 @@ def chunk(call, model_name, text=None, finish_reason=None, role=False, with_usag
     return out
 
 
+def text_chunk_template(call, model_name):
+    """(prefix, suffix) bytes such that prefix + json.dumps(text).encode() + suffix is json.dumps(chunk(call,
+    model_name, text)).encode(): a streamed text chunk without building and encoding its dict every token."""
+    marker = json.dumps("\u0000text\u0000")
+    whole = json.dumps(chunk(call, model_name, "\u0000text\u0000"))
+    i = whole.index(marker)
+    return whole[:i].encode(), whole[i + len(marker):].encode()
+
+
 def models_list(model_name, created):
     return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
                                         "owned_by": "llmpy"}]}

@@ -6,6 +6,10 @@
     engine.submit(req)                         # QueueFull when the queue is full (the server answers 503)
     while (event := req.events.get())[0] == "text": ...   # ("text", str) ..., then ("done", reason) or ("error", msg)
 
+A request with a sink (http.Sink: a streamed reply's socket) has its text given to sink.text(str) on the engine's
+thread instead of ("text", str) events: no thread to wake per token (sink.text never blocks; it returns False
+when the client has gone, and the request is cancelled). The ("done" | "error", ...) event still ends it.
+
 Each step is one forward of a row (last token, position, slot) for every slot that is decoding and the
 prompts (or parts of prompts) of slots still prefilling, up to model.step_rows rows: kernels that compute
 each row the same way whatever rows share the call. A prompt longer than step_rows is forwarded in chunks
@@ -91,6 +95,7 @@ class Request:
     stop: tuple = ()  # stop strings
     chat: bool = False  # a chat reply (decoded on its own) or a completion (continuing the prompt's text)
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    sink: object = None  # a streamed reply's writer (http.Sink): the text goes to sink.text, not to events
     cancelled: bool = False
     n_generated: int = 0  # tokens of the reply (a stop token not counted)
     submitted: float = field(default_factory=time.perf_counter)
@@ -271,18 +276,25 @@ class Engine:
         request.n_generated += 1
         text, stopped = slot.text.feed(slot.decoder.push(token))
         if text:
-            request.events.put(("text", text))
+            self._emit(request, text)
         slot.last = token
         if stopped:
             return self._finish(slot, "stop", flush=False)
         if request.n_generated >= request.max_tokens or (slot.pos >= self.model.ctx and not self.context_shift):
             return self._finish(slot, "length")
 
+    @staticmethod
+    def _emit(request, text):
+        if request.sink is None:
+            request.events.put(("text", text))
+        elif not request.sink.text(text):
+            request.cancel()  # the client has gone: the slot is freed at the next step
+
     def _finish(self, slot, reason, message=None, flush=True):
         if flush and reason != "error":
             text = slot.text.feed(slot.decoder.finish())[0] + slot.text.flush()
             if text:
-                slot.request.events.put(("text", text))
+                self._emit(slot.request, text)
         slot.request.events.put(("error", message) if reason == "error" else ("done", reason))
         with self.lock:
             self.slots[slot.index] = None
