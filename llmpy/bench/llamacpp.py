@@ -343,6 +343,9 @@ def compare(config, weights, transformers, tokens, repeats, decode_rates):
                         row[-1] = (f"LOGITS DIFFER: relative difference {diff:.3g} > {PARITY_TOLERANCE[t.dtype]:g}: "
                                    "not the same model, no ratio")
                     else:
+                        # one untimed run first: llama.cpp's first decodes after loading are slow (TinyLlama F32: 1.7
+                        # tok/s, then 6.2), while ours come warm from the bench's own rounds
+                        decode_rates([(lcpp, 1)], tokens, 1, lambda: 1.0)
                         (ours, _, ours_rounds, _), (theirs, _, theirs_rounds, _) = decode_rates(
                             [(t, 1), (lcpp, 1)], tokens, repeats, lambda: 1.0)
                         per_round = float(np.median(np.array(ours_rounds) / np.array(theirs_rounds)))
