@@ -6,9 +6,10 @@
     engine.submit(req)                         # QueueFull when the queue is full (the server answers 503)
     while (event := req.events.get())[0] == "text": ...   # ("text", str) ..., then ("done", reason) or ("error", msg)
 
-A request with a sink (http.Sink: a streamed reply's socket) has its text given to sink.text(str) on the engine's
-thread instead of ("text", str) events: no thread to wake per token (sink.text never blocks; it returns False
-when the client has gone, and the request is cancelled). The ("done" | "error", ...) event still ends it.
+A request with a sink (http.Sink: a streamed reply's socket; http.Collected: a whole reply's text) has its text
+given to sink.text(str) on the engine's thread instead of ("text", str) events: no thread to wake per token
+(sink.text never blocks; it returns False when the client has gone, and the request is cancelled). The
+("done" | "error", ...) event still ends it.
 
 Each step is one forward of a row (last token, position, slot) for every slot that is decoding and the
 prompts (or parts of prompts) of slots still prefilling, up to model.step_rows rows: kernels that compute
@@ -95,7 +96,7 @@ class Request:
     stop: tuple = ()  # stop strings
     chat: bool = False  # a chat reply (decoded on its own) or a completion (continuing the prompt's text)
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    sink: object = None  # a streamed reply's writer (http.Sink): the text goes to sink.text, not to events
+    sink: object = None  # http.Sink or http.Collected: the text goes to sink.text, not to events
     cancelled: bool = False
     n_generated: int = 0  # tokens of the reply (a stop token not counted)
     submitted: float = field(default_factory=time.perf_counter)

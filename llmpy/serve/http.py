@@ -13,9 +13,10 @@ What it must do, it does: a stream is written chunk by chunk to the unbuffered s
 TCP_NODELAY) as the engine produces text; a closed connection is found when a write fails or, while the
 client waits, when its socket reads end-of-file (polled every POLL_S), and the request is cancelled.
 A stream's text chunks are sent by the engine's thread itself (Sink: a send that does not block, the chunk's
-JSON from a template), not by the connection's thread: waking that thread for every token cost ~40-70 us of
-CPU per token on this box (futex wake-ups and GIL hand-overs), as much as the rest of a token's serving.
-What a slow client's socket does not take at once is left to its connection's thread to send.
+JSON from a template), and a whole reply's text is collected by it (Collected), not handed to the connection's
+thread token by token: waking that thread for every token cost ~40-70 us of CPU per token on this box (futex
+wake-ups and GIL hand-overs), as much as the rest of a token's serving. What a slow client's socket does not
+take at once is left to its connection's thread to send.
 
 Endpoints: GET / (the chat page), GET /health, GET /v1/models, POST /v1/completions, POST
 /v1/chat/completions. Bodies need a Content-Length of at most MAX_BODY_BYTES: a larger one is refused
@@ -112,6 +113,17 @@ def sse_chunk(payload):
     """One Server-Sent Event as one HTTP/1.1 chunk."""
     data = b"data: " + payload + b"\n\n"
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class Collected:
+    """A whole (non-streamed) reply's text, collected by the engine's thread (its handler waits for the end)."""
+
+    def __init__(self):
+        self.parts = []
+
+    def text(self, text):
+        self.parts.append(text)
+        return True
 
 
 class Sink:
@@ -278,6 +290,8 @@ class Handler(BaseHTTPRequestHandler):
             if call.stream:
                 template = api.text_chunk_template(call, self.server.model.name)
                 call.request.sink = Sink(self.connection, template, call.request.events)
+            else:
+                call.request.sink = Collected()
             self.server.engine.submit(call.request)
         except api.ApiError as e:
             return self._error(e)
@@ -294,14 +308,12 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _whole(self, call):
-        parts = []
         while True:
             event = self._next_event(call.request)
-            if event[0] == "text":
-                parts.append(event[1])
-            elif event[0] == "done":
-                return self._send(200, api.reply(call, self.server.model.name, "".join(parts), event[1]))
-            else:  # the server is stopping (503), or the model failed (500)
+            if event[0] == "done":
+                text = "".join(call.request.sink.parts)
+                return self._send(200, api.reply(call, self.server.model.name, text, event[1]))
+            if event[0] == "error":  # the server is stopping (503), or the model failed (500)
                 status = 503 if self.server.stopping else 500
                 return self._error(api.ApiError(status, event[1], code="aborted", kind="server_error"))
 
