@@ -4,7 +4,7 @@ For random-weight models with the shapes of llama2.c's stories15M / 110M (and a 
 made-up pieces): the server runs as its own process (`llmpy serve --slots max(clients) --threads N`), the
 clients stream one /v1/completions each of --tokens new tokens (--temperature 1, --top-p 0.9 by default, its
 own seed). Random weights give near-uniform next-token distributions, whose top-p nucleus is most of the
-vocabulary: sampling then costs ~0.2 ms per token and slot (a sort of ~29000 candidates), serial work between
+vocabulary: sampling then costs ~0.3 ms per token and slot (a sort of ~29000 candidates), serial work between
 forwards that a trained model's peaked distributions do not have; --top-p 1 (a plain multinomial draw) shows
 the batching without it. Per concurrency level: aggregate tokens/s (all tokens / wall time from the first
 request to the last [DONE]), time to first token (median), inter-token latency p50/p99 (gaps between streamed
@@ -16,9 +16,9 @@ process, while the server idles).
 [DONE], fewer tokens than asked) and the server's resident memory at the start and the end.
 
 The clients share the server's cores, so they are made cheap: one thread of this process reads every stream
-from raw sockets (selectors; HTTP/1.1 chunks parsed by hand, each event's JSON decoded), ~15 us of CPU per
-token where a thread per client through http.client took ~150 us (at 8 clients, a third of a core taken from
-the server). What is measured is unchanged: when each chunk arrives at a client. The server and the `llmpy run`
+from raw sockets (selectors; HTTP/1.1 chunks parsed by hand, each event's JSON decoded): ~40 us of CPU per
+token where a thread per client through http.client took ~60 us (measured at 8 clients on stories15M; the rest
+is the kernel's socket work). What is measured is unchanged: when each chunk arrives at a client. The server and the `llmpy run`
 comparison run on the same fixed thread count, every core by default (--threads): the server's thread
 governor would otherwise count the clients' process as load and might run one thread where run used two.
 The machine's other load moves every figure: ratios from one run are what to read.
