@@ -18,9 +18,10 @@ process, while the server idles).
 The clients share the server's cores, so they are made cheap: one thread of this process reads every stream
 from raw sockets (selectors; HTTP/1.1 chunks parsed by hand, each event's JSON decoded): ~40 us of CPU per
 token where a thread per client through http.client took ~60 us (measured at 8 clients on stories15M; the rest
-is the kernel's socket work). What is measured is unchanged: when each chunk arrives at a client. The server and the `llmpy run`
-comparison run on the same fixed thread count, every core by default (--threads): the server's thread
-governor would otherwise count the clients' process as load and might run one thread where run used two.
+is the kernel's socket work). What is measured is unchanged: when each chunk arrives at a client. The server and
+the `llmpy run` comparison run on the same fixed thread count, every core by default (--threads): the server's
+thread governor would otherwise count the clients' process as load and might run one thread where run used two.
+Before the levels, a warm-up request on every slot: a slot's first writes to its KV cache fault its pages in.
 The machine's other load moves every figure: ratios from one run are what to read.
 """
 
@@ -207,11 +208,6 @@ def _clients(port, tokens, seeds, sampling, until=None):
     return results
 
 
-def _stream(port, tokens, seed, sampling=(1.0, 0.9)):
-    """One streamed completion: _Stream.result."""
-    return _clients(port, tokens, [seed], sampling)[0]
-
-
 def _percentile(values, q):
     import numpy as np
 
@@ -282,10 +278,12 @@ def run(args):
         with tempfile.TemporaryDirectory() as d:
             model = _write_model(Path(d), name)
             run_rate = _run_rate(model, args.tokens, sampling, threads)
-            proc, port = _start_server(model, max(clients + ([SOAK_CLIENTS] if args.soak_seconds > 0 else [])),
-                                       threads)
+            slots = max(clients + ([SOAK_CLIENTS] if args.soak_seconds > 0 else []))
+            proc, port = _start_server(model, slots, threads)
             try:
-                _stream(port, args.tokens, 1, sampling)  # warm-up
+                # warm-up: every slot once, to the positions the levels use (the first writes to a slot's KV
+                # cache fault its pages in: ~0.5 s of a 110M step, a one-time cost that would land in a level)
+                _clients(port, args.tokens, [1 + i for i in range(slots)], sampling)
                 print(f"{name}: {args.tokens} new tokens per request, {threads or 'governed'} threads; llmpy run "
                       f"decodes {run_rate:.1f} tok/s")
                 print(f"{'clients':>8} {'tok/s':>9} {'TTFT p50':>10} {'ITL p50':>9} {'ITL p99':>9}")
