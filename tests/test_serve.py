@@ -388,6 +388,26 @@ def test_context_shift_continues_as_llmpy_run(files, capsysbinary, ctx, max_toke
         s.close()
 
 
+def test_chat_context_shift_continues_as_llmpy_run_chat(files, capsysbinary, monkeypatch):
+    """A chat reply past a small --context: the text `llmpy run -m chat --ctx N --context-shift` prints (which keeps
+    the first turn, as the server keeps the prompt)."""
+    s = Served(files[0], slots=2, context=48, context_shift=True)
+    try:
+        user, seed = "Tell me a story", 4
+        r = s.client.chat.completions.create(model="model.bin", seed=seed, temperature=1.0, top_p=0.9,
+                                             max_tokens=120, messages=[{"role": "user", "content": user}])
+        text = r.choices[0].message.content
+        assert r.usage.prompt_tokens + r.usage.completion_tokens > 48  # past the context
+    finally:
+        s.close()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    code = main(["run", str(files[0]), "-z", str(files[0].with_name("tokenizer.bin")), "-m", "chat", "-y", "",
+                 "-i", user, "-s", str(seed), "-t", "1.0", "-p", "0.9", "--ctx", "48", "--context-shift"])
+    out, _ = capsysbinary.readouterr()
+    assert code == 0
+    assert len(text) > 10 and out.decode("utf-8", errors="replace").startswith("Assistant: " + text)
+
+
 def test_without_context_shift_a_reply_past_the_context_is_refused(files):
     s = Served(files[0], slots=1, context=40)
     try:
