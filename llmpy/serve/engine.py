@@ -151,6 +151,7 @@ class Engine:
         self.lock = threading.Lock()
         self.wake = threading.Condition(self.lock)
         self.stopping = False
+        self.outbox = []  # (request, text or None, event or None) of this forward, delivered after its sampling
         self.thread = threading.Thread(target=self._loop, name="llmpy-engine", daemon=True)
         self.steps = 0  # forwards run (tests and the benchmark read it)
 
@@ -201,6 +202,7 @@ class Engine:
                 for slot in self.slots:
                     if slot is not None:
                         self._finish(slot, "error", f"the model failed: {e}")
+                self._deliver()
         with self.lock:
             ended = [s.request for s in self.slots if s is not None] + list(self.waiting)
             self.slots = [None] * len(self.slots)
@@ -268,6 +270,7 @@ class Engine:
                                   logits[:len(picked)] if picked[-1] == len(picked) - 1 else logits[picked])
             for (_, slot), token in zip(ready, sampled):
                 self._accept(slot, token)
+            self._deliver()
 
     def _accept(self, slot, token):
         """A sampled token: the end of the reply, or a piece of text (and the next row to forward)."""
@@ -284,18 +287,27 @@ class Engine:
         if request.n_generated >= request.max_tokens or (slot.pos >= self.model.ctx and not self.context_shift):
             return self._finish(slot, "length")
 
-    @staticmethod
-    def _emit(request, text):
-        if request.sink is None:
-            request.events.put(("text", text))
-        elif not request.sink.text(text):
-            request.cancel()  # the client has gone: the slot is freed at the next step
+    def _emit(self, request, text):
+        self.outbox.append((request, text, None))
+
+    def _deliver(self):
+        """Hand this forward's text and ends to the requests, all in a row after the sampling and bookkeeping:
+        the clients' chunks leave within microseconds of each other (a client reading several streams wakes once
+        per step, not once per stream); a request's end comes after its text."""
+        for request, text, event in self.outbox:
+            if event is not None:
+                request.events.put(event)
+            elif request.sink is None:
+                request.events.put(("text", text))
+            elif not request.sink.text(text):
+                request.cancel()  # the client has gone: the slot is freed at the next step
+        self.outbox.clear()
 
     def _finish(self, slot, reason, message=None, flush=True):
         if flush and reason != "error":
             text = slot.text.feed(slot.decoder.finish())[0] + slot.text.flush()
             if text:
                 self._emit(slot.request, text)
-        slot.request.events.put(("error", message) if reason == "error" else ("done", reason))
+        self.outbox.append((slot.request, None, ("error", message) if reason == "error" else ("done", reason)))
         with self.lock:
             self.slots[slot.index] = None
