@@ -12,7 +12,17 @@ checkpoint (first int32 20240326) is handed to llmpy.gpt2.hf's export.
 
 A Hugging Face Llama directory (config.json + safetensors; llmpy.llama.hf_load) converts to v0, v1 or v2 when
 llama2.c can run it: run.c fixes RoPE theta 10000, no RoPE scaling and RMSNorm eps 1e-5, and the file stores
-none of them, so any other value is refused rather than written into a file that would run differently.
+none of them, so any other value is refused rather than written into a file that would run differently. When
+the directory has a sentencepiece tokenizer.model (TinyLlama, Llama 2) of the model's vocabulary size, its
+llama2.c tokenizer.bin is written beside OUTPUT too (an existing one is kept unless --overwrite), so that
+llama2.c's `run OUTPUT` and `llmpy run OUTPUT` find it; byte-level BPE tokenizers (tokenizer.json only:
+SmolLM2, Llama 3) have no llama2.c form.
+
+--to tokenizer: llama2.c's tokenizer.bin from a sentencepiece model (llama2.c's `tokenizer.py -t
+tokenizer.model`: pieces with "▁" as " ", BOS/EOS as "\n<s>\n" / "\n</s>\n", sentencepiece scores),
+INPUT a .model file or a directory holding tokenizer.model:
+
+    llmpy export TinyLlama-1.1B/tokenizer.model tokenizer.bin --to tokenizer
 
 An existing OUTPUT is replaced only with --overwrite; an output that cannot be written is an error
 before anything is converted.
@@ -26,7 +36,9 @@ from llmpy.errors import LlmpyError
 from llmpy.formats.llama2c import DEFAULT_GROUP_SIZE  # llama2.c export.py's 64
 
 GPT2_MAGIC = 20240326  # llm.c model checkpoints start with this int32
-TARGETS = ("v0", "v1", "v2", "hf")
+TARGETS = ("v0", "v1", "v2", "hf", "tokenizer")
+SENTENCEPIECE = "tokenizer.model"  # a Hugging Face directory's sentencepiece model (TinyLlama, Llama 2)
+LLAMA2C_TOKENIZER = "tokenizer.bin"  # what llama2.c's run (and llmpy run) look for beside a model
 
 
 def add_arguments(parser):
@@ -35,7 +47,8 @@ def add_arguments(parser):
     parser.add_argument("output", nargs="?", default=None, help="output file (a directory for --to hf)")
     parser.add_argument("-o", "--output", dest="output_flag", default=None, metavar="OUTPUT",
                         help="the output, as a flag instead of the second argument")
-    parser.add_argument("--to", required=True, choices=TARGETS, help="output format")
+    parser.add_argument("--to", required=True, choices=TARGETS,
+                        help="output format (tokenizer: llama2.c's tokenizer.bin from a sentencepiece .model)")
     parser.add_argument("--group-size", type=int, default=None,
                         help=f"Q8_0 group size for --to v2 (default {DEFAULT_GROUP_SIZE}, halved until it divides "
                              "dim and hidden_dim)")
@@ -111,10 +124,51 @@ def export_hf_dir(args):
     write_llama2c(args.output, config, weights, int(args.to[1:]), group_size or DEFAULT_GROUP_SIZE)
     print(f"wrote {args.output}: Hugging Face -> {args.to}" + (f" (group size {group_size})" if group_size else "")
           + f", {config}")
+    _tokenizer_beside(Path(args.input), Path(args.output), config.vocab_size, args.overwrite)
+    return 0
+
+
+def _tokenizer_beside(model_dir, output, vocab_size, overwrite):
+    """Write llama2.c's tokenizer.bin of model_dir's tokenizer.model beside the exported model, or say why not."""
+    from llmpy.tokenizers.bpe_train import llama2c_tokenizer
+
+    source, target = model_dir / SENTENCEPIECE, output.with_name(LLAMA2C_TOKENIZER)
+    if not source.is_file():
+        print(f"note: {model_dir} has no {SENTENCEPIECE} (a byte-level BPE tokenizer.json has no llama2.c form): "
+              f"llama2.c's run cannot encode text for this model; `llmpy run {model_dir}` can")
+        return
+    if target.exists() and not overwrite:
+        print(f"note: kept the existing {target}; pass --overwrite to replace it with {source}'s")
+        return
+    tokenizer = llama2c_tokenizer(source)
+    if len(tokenizer.vocab) != vocab_size:
+        print(f"note: {source} has {len(tokenizer.vocab)} pieces and the model {vocab_size} tokens: no "
+              f"{LLAMA2C_TOKENIZER} written (llama2.c reads one piece per token)")
+        return
+    tokenizer.save(target)
+    print(f"wrote {target}: llama2.c's tokenizer of {source}")
+
+
+def export_tokenizer(args):
+    """A sentencepiece model (or a directory's tokenizer.model) -> llama2.c's tokenizer.bin."""
+    from llmpy.tokenizers.bpe_train import llama2c_tokenizer
+
+    source = Path(args.input)
+    if source.is_dir():
+        if not (source / SENTENCEPIECE).is_file():
+            raise LlmpyError(f"{source} has no {SENTENCEPIECE}: --to tokenizer converts a sentencepiece model "
+                             "(byte-level BPE tokenizers such as SmolLM2's or Llama 3's have no llama2.c form)")
+        source = source / SENTENCEPIECE
+    args.output = _output(args)
+    tokenizer = llama2c_tokenizer(source)  # LlmpyError naming the file if it is not a sentencepiece model
+    tokenizer.save(args.output)
+    print(f"wrote {args.output}: llama2.c's tokenizer.bin of {source} ({len(tokenizer.vocab)} pieces)")
     return 0
 
 
 def run(args):
+    if args.to == "tokenizer":
+        return export_tokenizer(args)
     if Path(args.input).is_dir():
         return export_hf_dir(args)
     is_gpt2 = _first_int32(args.input) == GPT2_MAGIC
