@@ -135,20 +135,33 @@ def test_half_precision_checkpoints_sharded(tmp_path, dtype):
     np.testing.assert_allclose(llmpy_logits(tmp_path, toks)[0], reference_logits(model, toks), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("dtype, stored", [("bfloat16", np.uint16), ("float16", np.float32),
-                                           ("float32", np.float32)])
-def test_default_dtype_is_the_stored_one(tmp_path, dtype, stored):
-    """A bf16 checkpoint stays bf16 (half the bytes per token) unless dtype="fp32" is asked; fp16 would lose
-    mantissa bits in bf16, so it (and fp32) load as fp32. Both equal transformers over the same weights."""
+@pytest.mark.parametrize("dtype, stored, kind", [("bfloat16", np.uint16, "bf16"), ("float16", np.float16, "fp16"),
+                                                 ("float32", np.float32, "fp32")])
+def test_default_dtype_is_the_stored_one(tmp_path, dtype, stored, kind):
+    """A bf16 or fp16 checkpoint stays so (half the bytes per token) unless dtype="fp32" is asked; each equals
+    transformers over the same weights."""
     model = make_checkpoint(tmp_path, dtype=dtype, num_key_value_heads=2)
     config, weights = load_hf(tmp_path)
     assert all(weights["packed"][k].dtype == stored for k in ("wqkv", "wo", "w13", "w2"))
     assert weights["tok_emb"].dtype == stored and weights["rms_final"].dtype == np.float32
     toks = tokens(16)
     got = Transformer(config, weights)
-    assert got.dtype == ("bf16" if stored == np.uint16 else "fp32")
+    assert got.dtype == kind
     np.testing.assert_allclose(got.prefill(toks, logits="all"), reference_logits(model, toks), atol=1e-4, rtol=0)
     assert load_hf(tmp_path, dtype="fp32")[1]["packed"]["w13"].dtype == np.float32
+
+
+def test_fp16_refuses_values_beyond_its_range(tmp_path):
+    model = make_checkpoint(tmp_path)
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["model.layers.1.mlp.down_proj.weight"][3, 5] = 7e4  # > 65504
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(LlmpyError, match="down_proj.weight has values beyond float16's range"):
+        load_hf(tmp_path, dtype="fp16")
+    assert load_hf(tmp_path, dtype="bf16")[1]["packed"]["w2"].dtype == np.uint16
+    del model
 
 
 def test_greedy_generation_token_identical(tmp_path):

@@ -92,7 +92,7 @@ def test_q8_load_of_bf16_holds_one_tensor_beyond_the_int8_model(tmp_path, monkey
 def test_load_arguments_are_checked(tmp_path):
     make_checkpoint(tmp_path)
     with pytest.raises(LlmpyError, match="dtype must be None or one of"):
-        load_hf(tmp_path, dtype="fp16")
+        load_hf(tmp_path, dtype="fp8")
     with pytest.raises(LlmpyError, match="quantize must be None or 'q8'"):
         load_hf(tmp_path, quantize="q4")
 

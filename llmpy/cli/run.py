@@ -22,7 +22,7 @@ that reaches the end of the context (seq_len, or --context) stops there with a n
 --context-shift it keeps the prompt (at most half the window) and the most recent half of the rest, forwards
 them again and goes on (llmpy/llama/generate.py); -m chat likewise, keeping the first turn. --quantize q8
 quantizes fp32/bf16/fp16 weights to Q8_0 on load, a tensor at a time; --dtype bf16 keeps them as bf16 (a Hugging
-Face checkpoint stored in bf16 stays bf16 unless --dtype fp32).
+Face checkpoint stored in bf16 or fp16 stays so unless --dtype fp32).
 --batch N runs N streams (N samples of one prompt, or one per -i) sharing every weight read; stream i uses
 seed + i. Threads: as many as the other processes leave cores free, checked while it runs (llmpy/threads.py), so a busy
 laptop is never slower than one thread; --threads N fixes it.
@@ -54,9 +54,9 @@ def add_model_arguments(parser):
     parser.add_argument("--quantize", choices=["q8"], default=None,
                         help="quantize float weights to Q8_0 (int8) on load, a tensor at a time (group size 64, "
                              "halved until it divides dim and hidden_dim)")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
-                        help="keep float weights as fp32 or bf16 (half the memory, rounded to nearest even); "
-                             "default: a Hugging Face checkpoint's bf16 stays bf16, everything else fp32")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+                        help="keep float weights as fp32, bf16 or fp16 (half the memory, rounded to nearest even); "
+                             "default: a Hugging Face checkpoint's bf16 or fp16 stays so, everything else fp32")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="threads (default: the cores other processes leave free, checked as it runs; "
                              "NUMBA_NUM_THREADS caps it)")

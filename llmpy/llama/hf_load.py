@@ -56,7 +56,8 @@ FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float16"))  # and BF16, read raw 
 # tensors a checkpoint may carry that inference does not need (old transformers saved the RoPE frequencies)
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 BLOCK_ELEMENTS = 1 << 18  # a tensor is converted (and quantized) this many elements at a time: no fp32 copy of it
-DTYPES = ("fp32", "bf16")  # load_hf's dtype=; quantize="q8" for Q8_0
+DTYPES = ("fp32", "bf16", "fp16")  # load_hf's dtype=; quantize="q8" for Q8_0
+FP16_MAX = 65504.0  # the largest finite float16
 LAYER_TENSORS = {  # HF name inside model.layers.{l}. -> llama2.c name
     "self_attn.q_proj.weight": "wq", "self_attn.k_proj.weight": "wk", "self_attn.v_proj.weight": "wv",
     "self_attn.o_proj.weight": "wo", "mlp.gate_proj.weight": "w1", "mlp.down_proj.weight": "w2",
@@ -274,11 +275,14 @@ class _Tensors:
                 label = name if n >= rows.shape[0] else f"{name} (llmpy's rows {r}..{r + len(x) - 1})"
                 check_finite(self.files[name], {label: x}, allow_nonfinite)
                 checked = True
+            if getattr(out, "dtype", None) == np.float16 and np.abs(x).max(initial=0.0) > FP16_MAX:
+                raise LlmpyError(f"{self.files[name]}: tensor {name} has values beyond float16's range (+-65504): "
+                                 "load it as bf16 or fp32 (--dtype bf16|fp32)")
             _store(out, r, x if len(shape) > 1 else x.reshape(-1))
 
 
 def _store(out, row, x):
-    """out[row:row + len(x)] = fp32 rows x, as out keeps them: fp32, bf16 bits (uint16) or Q8_0 (QTensor)."""
+    """out[row:row + len(x)] = fp32 rows x, as out keeps them: fp32, fp16, bf16 bits (uint16) or Q8_0 (QTensor)."""
     end = row + len(x)
     if isinstance(out, QTensor):
         t = quantize_q80(x, out.group_size)
@@ -290,11 +294,20 @@ def _store(out, row, x):
 
 
 def _empty(shape, dtype, group_size):
-    """An uninitialized weight of `shape` stored as dtype: "fp32", "bf16" (uint16 bits) or "q8" (QTensor)."""
+    """An uninitialized weight of `shape` stored as dtype: "fp32", "bf16" (uint16 bits), "fp16" or "q8" (QTensor)."""
     if dtype == "q8":
         return QTensor(np.empty(shape, np.int8), np.empty((*shape[:-1], shape[-1] // group_size), np.float32),
                        group_size)
-    return np.empty(shape, np.uint16 if dtype == "bf16" else np.float32)
+    return np.empty(shape, {"bf16": np.uint16, "fp16": np.float16}.get(dtype, np.float32))
+
+
+def _stored_dtype(tensors, names):
+    """"bf16" or "fp16" when every tensor of `names` is stored so, else "fp32"."""
+    if all(n in tensors.bf16 for n in names):
+        return "bf16"
+    if all(tensors.raw(n).dtype == np.float16 for n in names):
+        return "fp16"
+    return "fp32"
 
 
 def _part(w, *index):
@@ -315,8 +328,8 @@ def load_hf(model_dir, max_seq_len=None, allow_nonfinite=False, dtype=None, quan
     """(LlamaConfig, weights) of a Hugging Face Llama directory, ready for llmpy.llama.inference.Transformer.
 
     max_seq_len: the context (KV cache positions); default min(max_position_embeddings, DEFAULT_CONTEXT).
-    dtype: the matrices and embedding stored as "fp32" or "bf16" (uint16 bits, rounded to nearest even); None:
-    as the checkpoint stores them (bf16 when every matrix is BF16, else fp32: fp16 would lose bits in bf16);
+    dtype: the matrices and embedding stored as "fp32", "bf16" (uint16 bits, rounded to nearest even) or "fp16";
+    None: as the checkpoint stores them (bf16 or fp16 when every matrix is stored so, else fp32);
     quantize="q8": stored as Q8_0 in groups of inference.q8_group_size (the Transformer dequantizes the embedding
     table, as runq.c does). Each tensor is converted a block of rows at a time straight from the file's memory
     map into its final place: the peak is the stored model plus one block (an int8 Llama-2-7B is ~7 GB)."""
@@ -342,8 +355,7 @@ def load_hf(model_dir, max_seq_len=None, allow_nonfinite=False, dtype=None, quan
     tensors = _Tensors(model_dir, files, _bf16_names(files))
     L, C, H, V, KV = config.n_layers, config.dim, config.hidden_dim, config.vocab_size, config.kv_dim
     if dtype is None:
-        matrices = [n for n in files if not n.endswith("norm.weight") and not n.endswith(IGNORED_SUFFIXES)]
-        dtype = "bf16" if all(n in tensors.bf16 for n in matrices) else "fp32"
+        dtype = _stored_dtype(tensors, [n for n in files if not n.endswith(("norm.weight", *IGNORED_SUFFIXES))])
     store = quantize or dtype
     gs = q8_group_size(config)
 
