@@ -10,6 +10,7 @@ import copy
 import json
 import shutil
 
+import numba
 import numpy as np
 import pytest
 
@@ -40,7 +41,12 @@ VARIANTS = {
     "eos_list": {"eos_token_id": [2, 5], "num_key_value_heads": 1},
     "9_heads_3_groups": {"hidden_size": 72, "num_attention_heads": 9, "num_key_value_heads": 3,
                          "intermediate_size": 50},  # SmolLM2-135M's head layout; an ffn size not a multiple of 4
+    # head_dim other than hidden_size / num_attention_heads (width-pruned Minitron): queries 64 wide over 32 channels,
+    # and 32 wide over 64
+    "wide_heads": {"hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16},
+    "narrow_heads": {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8},
 }
+THREADS = numba.config.NUMBA_NUM_THREADS  # fixed: the thread governor must not pick the path under test
 
 
 def make_checkpoint(path, dtype="float32", shard=None, seed=0, **overrides):
@@ -95,6 +101,42 @@ def test_logits_equal_transformers(tmp_path, variant):
     got = np.concatenate([transformer.forward(toks[i:i + 16], np.arange(i, min(i + 16, 40)), logits="all")
                           for i in range(0, 40, 16)])
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def logits_by_steps(transformer, toks):
+    """Logits of every position, forwarded as 20 rows at once (kernels.forward_rows, batched), then calls of 1, 2
+    and 3 rows (decode: decode.forward_decode when one_region holds) and one of 5 rows."""
+    out, i = [], 0
+    for n in (20, 1, 1, 2, 3, 5, 1, 3, 2, 1, 1):
+        out.append(transformer.forward(toks[i:i + n], np.arange(i, i + n), logits="all"))
+        i += n
+    assert i == len(toks)
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("variant", ["wide_heads", "narrow_heads"])
+def test_head_dim_on_every_path(tmp_path, variant, dtype):
+    """Heads of head_dim != hidden_size / num_attention_heads: transformers' logits through prefill (sgemm), the
+    fused rows (4+), decode of 1-3 rows (one parallel region and per-step regions) and the per-layer loop."""
+    model = make_checkpoint(tmp_path, dtype=dtype, **VARIANTS[variant])
+    config, weights = load_hf(tmp_path)
+    QD, C = 4 * VARIANTS[variant]["head_dim"], VARIANTS[variant]["hidden_size"]
+    assert config.q_dim == QD != config.dim == C and config.head_size == QD // 4
+    assert weights["wq"][1].shape == (QD, C) and weights["wo"][1].shape == (C, QD)
+    toks = tokens(40)
+    want = reference_logits(model, toks)
+    for one_region in (True, False):
+        t = Transformer(config, weights, threads=THREADS)
+        assert t.dtype == ("bf16" if dtype == "bfloat16" else "fp32")
+        np.testing.assert_allclose(t.prefill(toks, logits="all"), want, atol=1e-4, rtol=0)  # 40 rows: sgemm
+        if not one_region:
+            t.one_region = False
+        np.testing.assert_allclose(logits_by_steps(t, toks), want, atol=1e-4, rtol=0)
+        if one_region and numba.get_num_threads() >= 2:
+            assert t._one_region_for(numba.get_num_threads(), 3), "decode.forward_decode was not taken"
+    t.fused = False  # the per-layer loop, a few rows per call
+    np.testing.assert_allclose(logits_by_steps(t, toks), want, atol=1e-4, rtol=0)
 
 
 def test_config_fields(tmp_path):
@@ -164,8 +206,9 @@ def test_fp16_refuses_values_beyond_its_range(tmp_path):
     del model
 
 
-def test_greedy_generation_token_identical(tmp_path):
-    model = make_checkpoint(tmp_path, **VARIANTS["llama3"])
+@pytest.mark.parametrize("variant", ["llama3", "wide_heads", "narrow_heads"])
+def test_greedy_generation_token_identical(tmp_path, variant):
+    model = make_checkpoint(tmp_path, **VARIANTS[variant])
     prompt = tokens(8, seed=3)
     want = list(prompt)
     for _ in range(24):  # transformers, no cache: the whole sequence each step
@@ -210,7 +253,8 @@ def checkpoint(tmp_path):
     ({"hidden_act": "gelu"}, "hidden_act"),
     ({"sliding_window": 16}, "sliding-window"),
     ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, "a quantized checkpoint (gptq)"),
-    ({"head_dim": 16}, "head_dim = hidden_size / num_attention_heads"),
+    ({"head_dim": 7}, "head_dim 7 is odd"),
+    ({"head_dim": 16}, "q_proj.weight has shape (32, 32) but config.json asks for (64, 32)"),
     ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}}, "'yarn' is not supported"),
     ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4}}, "needs factor"),
     ({"intermediate_size": 40}, "has shape (48, 32) but config.json asks for (40, 32)"),
@@ -293,6 +337,7 @@ def test_export_to_llama2c(tmp_path, capsys):
     ({"rms_norm_eps": 1e-5, "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}, "rope_theta 500000"),
     ({"rms_norm_eps": 1e-5, "rope_parameters": LLAMA3, "hidden_size": 64}, "llama3 RoPE scaling"),
     ({"rms_norm_eps": 1e-6}, "rms_norm_eps 1e-06"),
+    ({"rms_norm_eps": 1e-5, **VARIANTS["wide_heads"]}, "head_dim 16 (run.c's heads are dim / n_heads = 32 / 4)"),
 ])
 def test_export_refuses_what_llama2c_cannot_store(tmp_path, capsys, overrides, message):
     d = tmp_path / "hf"
@@ -301,6 +346,21 @@ def test_export_refuses_what_llama2c_cannot_store(tmp_path, capsys, overrides, m
     err = capsys.readouterr().err
     assert message in err and "llama2.c file cannot store" in err
     assert not (tmp_path / "out.bin").exists()
+
+
+def test_llama2c_writer_and_training_refuse_head_dim(tmp_path):
+    """llama2.c's header has no head size: the writer refuses such a config (nothing written), so does training."""
+    from llmpy.formats.llama2c import write_llama2c
+    from llmpy.train.family import LlamaFamily
+
+    make_checkpoint(tmp_path / "hf", **VARIANTS["narrow_heads"])
+    config, weights = load_hf(tmp_path / "hf", dtype="fp32")
+    for version in (0, 1, 2):
+        with pytest.raises(LlmpyError, match="a llama2.c file cannot store head_dim 8"):
+            write_llama2c(tmp_path / "out.bin", config, weights, version)
+        assert not (tmp_path / "out.bin").exists()
+    with pytest.raises(LlmpyError, match="training .* needs heads of dim / n_heads"):
+        LlamaFamily(config)
 
 
 def test_bf16_load_holds_no_second_copy(tmp_path):

@@ -2,8 +2,8 @@
 `--dtype bf16` for them and for llama2.c files.
 
 The reference for q8 is quantize_q80 applied here to each fp32 matrix (and the embedding table) of the fp32
-load, in groups of 64 halved until they divide dim and hidden_dim; for bf16 the Transformer's own rounding of
-the fp32 load. Logits must be identical. Loading quantizes a block of rows at a time straight from the
+load, in groups of 64 halved until they divide dim, hidden_dim and the query width; for bf16 the Transformer's
+own rounding of the fp32 load. Logits must be identical. Loading quantizes a block of rows at a time straight from the
 safetensors memory map: tracemalloc's peak stays within about one fp32 tensor of what the model keeps.
 """
 
@@ -11,13 +11,14 @@ import sys
 import tracemalloc
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from test_hf_llama import make_checkpoint, tokens
+from test_hf_llama import THREADS, VARIANTS, logits_by_steps, make_checkpoint, reference_logits, tokens
 
 from llmpy.cli import main
 from llmpy.errors import LlmpyError
@@ -31,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 MATRICES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
 
-def group_size(dim, hidden_dim):
+def group_size(dim, hidden_dim, q_dim):
     gs = 64
-    while dim % gs or hidden_dim % gs:
+    while dim % gs or hidden_dim % gs or q_dim % gs:
         gs //= 2
     return gs
 
@@ -42,11 +43,13 @@ def group_size(dim, hidden_dim):
 @pytest.mark.parametrize("overrides", [
     {},  # hidden 32, ffn 48: groups of 16; untied
     {"hidden_size": 128, "intermediate_size": 192, "tie_word_embeddings": True},  # groups of 64; tied
+    VARIANTS["wide_heads"],  # queries 64 wide over 32 channels
+    {"hidden_size": 128, "intermediate_size": 192, "num_attention_heads": 4, "head_dim": 8},  # queries 32 wide: 32
 ])
 def test_q8_on_load_equals_quantizing_the_fp32_load(tmp_path, dtype, overrides):
     make_checkpoint(tmp_path, dtype=dtype, **overrides)
     config, fp32 = load_hf(tmp_path, dtype="fp32")
-    gs = group_size(config.dim, config.hidden_dim)
+    gs = group_size(config.dim, config.hidden_dim, config.q_dim)
     by_hand = {k: [quantize_q80(np.array(m), gs) for m in fp32[k]] for k in MATRICES}
     emb = quantize_q80(fp32["tok_emb"], gs)
     wcls = emb if config.shared_classifier else quantize_q80(fp32["wcls"], gs)
@@ -66,6 +69,25 @@ def test_q8_on_load_equals_quantizing_the_fp32_load(tmp_path, dtype, overrides):
     assert b16["packed"]["w13"].dtype == np.uint16
     np.testing.assert_array_equal(Transformer(config_b, b16).prefill(seq, logits="all"),
                                   Transformer(config, fp32, dtype="bf16").prefill(seq, logits="all"))
+
+
+@pytest.mark.parametrize("head_dim", [64, 16])
+def test_q8_head_dim_close_to_transformers_on_every_path(tmp_path, head_dim):
+    """Q8_0 in groups of 64 (the int8 decode kernels) with queries 256 and 64 wide over 128 channels: within
+    quantization error of transformers' fp32 logits (~5% of their range, as without head_dim), and the fused rows and
+    decode of 1-3 rows equal to the prefill (the exact Q8_0 reference: test_q8_on_load_equals_quantizing_...)."""
+    model = make_checkpoint(tmp_path, hidden_size=128, intermediate_size=192, num_attention_heads=4,
+                            head_dim=head_dim)
+    config, q8 = load_hf(tmp_path, quantize="q8")
+    assert q8["packed"]["wo"].q.shape == (2, 128, 4 * head_dim) and q8["packed"]["wo"].group_size == 64
+    toks = tokens(40)
+    want = reference_logits(model, toks)
+    t = Transformer(config, q8, threads=THREADS)
+    prefill = t.prefill(toks, logits="all")
+    np.testing.assert_allclose(prefill, want, atol=0.1 * np.abs(want).max(), rtol=0)
+    np.testing.assert_allclose(logits_by_steps(t, toks), prefill, atol=1e-5, rtol=0)
+    if numba.get_num_threads() >= 2:
+        assert t._one_region_for(numba.get_num_threads(), 3), "decode.forward_decode was not taken"
 
 
 def test_q8_load_of_bf16_holds_one_tensor_beyond_the_int8_model(tmp_path, monkeypatch):

@@ -276,12 +276,13 @@ def model_dir(tmp_path, family, **overrides):
     return model, eos
 
 
-def test_run_generates_what_transformers_greedy_gives(tmp_path, capsysbinary):
+@pytest.mark.parametrize("overrides", [{}, {"head_dim": 16}])  # head_dim: queries 64 wide over 32 channels
+def test_run_generates_what_transformers_greedy_gives(tmp_path, capsysbinary, overrides):
     import torch
 
     from llmpy.cli import main
 
-    model, eos = model_dir(tmp_path, "tinyllama")
+    model, eos = model_dir(tmp_path, "tinyllama", **overrides)
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
     prompt = "Once upon a time"
     ids = theirs(prompt)["input_ids"]

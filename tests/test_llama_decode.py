@@ -20,6 +20,10 @@ CONFIGS = [  # head size 48 with GQA; MQA with 3 layers; hidden 128 and 64 (% 4 
     LlamaConfig(192, 128, 2, 4, 1, 67, 24, True),
     LlamaConfig(64, 64, 3, 4, 1, 67, 24, False),
 ]
+HEAD_DIM_CONFIGS = [  # heads wider (queries 128 wide over 64 channels) and narrower (64 over 128) than dim / n_heads
+    LlamaConfig(64, 64, 2, 4, 2, 67, 24, True, head_dim=32),
+    LlamaConfig(128, 64, 2, 4, 2, 67, 24, False, head_dim=16),
+]
 
 
 def _weights(config, int8):
@@ -39,7 +43,7 @@ def _steps(t, rows):
 
 @needs_threads
 @pytest.mark.parametrize("int8", [False, True])
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("config", CONFIGS + HEAD_DIM_CONFIGS)
 def test_one_region_decode_equals_per_step_regions(config, int8):
     w = _weights(config, int8)
     rng = np.random.default_rng(1)
@@ -70,7 +74,7 @@ def test_barrier_gives_up_when_a_thread_never_comes():
     nt = numba.get_num_threads() + 1  # one iteration more than threads: the barrier waits for a thread that is busy
     priv = np.zeros((nt, 2, 1, c.dim), np.float32)
     sync = np.zeros(decode.SYNC_SIZE, np.int64)
-    acts = (t.x, t.xb, t.xb2, t.qkv, t.att, t.hb13, t.hb, t.xf)
+    acts = (t.x, t.xb, t.xb2, t.qkv, t.att, t.atty, t.hb13, t.hb, t.xf)
     weights = (t.tok_emb, t.rms_att, t.wqkv, t.wo, t.rms_ffn, t.w13, t.w2, t.rms_final, t.wcls[None])
     start = time.perf_counter()
     ok = decode.forward_decode(t.logits[:1], np.zeros(1, np.int64), np.ones(1, np.int64), np.zeros(1, np.int64),

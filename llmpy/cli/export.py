@@ -101,6 +101,9 @@ def llama2c_compatible(config, where):
         problems.append(f"{config.rope_scaling['rope_type']} RoPE scaling (run.c has none)")
     if config.norm_eps != RMS_EPS:
         problems.append(f"rms_norm_eps {config.norm_eps:g} (run.c uses {RMS_EPS:g})")
+    if config.q_dim != config.dim:
+        problems.append(f"head_dim {config.head_size} (run.c's heads are dim / n_heads = {config.dim} / "
+                        f"{config.n_heads})")
     if problems:
         raise LlmpyError(f"{where}: a llama2.c file cannot store {', '.join(problems)}; the exported model would "
                          "compute something else. Run the directory itself: llmpy run DIR")

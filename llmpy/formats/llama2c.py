@@ -250,6 +250,10 @@ def write_llama2c(path, config, weights, version, group_size=DEFAULT_GROUP_SIZE)
     """Write a llama2.c file of the given version, atomically (llmpy.fileio.atomic_write_with)."""
     if version not in VERSIONS:
         raise LlmpyError(f"unknown llama2.c version {version} for {path}: choose one of {VERSIONS}")
+    if config.q_dim != config.dim:
+        raise LlmpyError(f"{path}: a llama2.c file cannot store head_dim {config.head_size} (its header has no head "
+                         f"size: run.c takes dim / n_heads = {config.dim} / {config.n_heads}); run the Hugging Face "
+                         "directory itself: llmpy run DIR")
     if version == 2 and (group_size <= 0 or config.dim % group_size or config.hidden_dim % group_size):
         raise LlmpyError(f"group size {group_size} must divide dim {config.dim} and hidden_dim {config.hidden_dim}: "
                          "pick a smaller --group-size (e.g. 32)")

@@ -105,10 +105,10 @@ def _attention_share(out, att, qkv, key_cache, value_cache, streams, positions, 
                      sync, tid, nt):
     """A thread's share of attention_forward: RoPE and cache stores of its heads, a barrier (every head's key and
     value rows are stored), attention of its (row, head) pairs. False if the barrier gave up."""
-    C = out.shape[1]
-    hs = C // n_heads
+    QD = out.shape[1]  # out is (B, QD): the heads side by side
+    hs = QD // n_heads
     B = qkv.shape[0]
-    rope_store_heads(qkv, key_cache, value_cache, streams, positions, cos, sin, C, n_kv_heads * hs,
+    rope_store_heads(qkv, key_cache, value_cache, streams, positions, cos, sin, QD, n_kv_heads * hs,
                      tid * n_heads // nt, (tid + 1) * n_heads // nt, tid * n_kv_heads // nt,
                      (tid + 1) * n_kv_heads // nt)
     if not barrier(sync, nt):
@@ -178,14 +178,14 @@ def forward_decode(logits, rows, tokens, streams, positions, acts, priv, weights
     weights = (tok_emb, rms_att, wqkv, wo, rms_ffn, w13, w2, rms_final, wcls), the matrices stacked over layers and
     wcls as (1, V, C); scales = None (fp32) or the scales of wqkv, wo, w13, w2, wcls stacked alike; qacts = (xq, xs)
     with >= nt * B rows (int8: thread t quantizes into rows t B .. t B + B - 1). priv (>= nt, 2, >= B, C) is each
-    thread's copy of x and of the normed rows; acts as in forward_rows (att, xb, xb2, qkv, hb shared: each thread
-    writes its share of them).
+    thread's copy of x and of the normed rows; acts as in forward_rows (att, atty, xb2, qkv, hb shared: each thread
+    writes its share of them; xb is unused, the normed rows being each thread's own).
     """
-    _, xb, xb2, qkv, att, _, hb, _ = acts
+    _, _, xb2, qkv, att, atty, _, hb, _ = acts
     xq, xs = qacts
     tok_emb, rms_att, wqkv, wo, rms_ffn, w13, w2, rms_final, wcls = weights
     B, R = tokens.shape[0], rows.shape[0]
-    xb, xb2, qkv, att, hb = xb[:B], xb2[:B], qkv[:B], att[:B], hb[:B]
+    xb2, qkv, att, atty, hb = xb2[:B], qkv[:B], att[:B], atty[:B], hb[:B]
     sync[0] = sync[2 * ARRIVE_STRIDE] = 0
     for tid in numba.prange(nt):  # one iteration per thread
         xt, xn = priv[tid, 0, :B], priv[tid, 1, :B]  # this thread's residual stream and normed rows
@@ -197,12 +197,12 @@ def forward_decode(logits, rows, tokens, streams, positions, acts, priv, weights
             _linear_share(qkv, xn, wqkv[layer], _layer(scales, 0, layer), xqt, xst, False, tid, nt)
             if not barrier(sync, nt):
                 break
-            if not _attention_share(xb, att, qkv, key_cache[layer], value_cache[layer], streams, positions, cos, sin,
+            if not _attention_share(atty, att, qkv, key_cache[layer], value_cache[layer], streams, positions, cos, sin,
                                     n_heads, n_kv_heads, sync, tid, nt):
                 break
             if not barrier(sync, nt):
                 break
-            _linear_share(xb2, xb, wo[layer], _layer(scales, 1, layer), xqt, xst, False, tid, nt)
+            _linear_share(xb2, atty, wo[layer], _layer(scales, 1, layer), xqt, xst, False, tid, nt)
             if not barrier(sync, nt):
                 break
             residual_rmsnorm(xt, xb2, xn, rms_ffn[layer], eps)

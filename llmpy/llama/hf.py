@@ -68,6 +68,8 @@ def write_hf(out_dir, config, weights):
         "eos_token_id": 2,
         "torch_dtype": "float32",
     }
+    if config.q_dim != config.dim:
+        hf_config["head_dim"] = config.head_size
     tensors = {name: np.asarray(a, dtype=np.float32) for name, a in hf_state_dict(config, weights).items()}
     write_safetensors(out_dir / "model.safetensors", tensors)
     atomic_write_text(out_dir / "config.json", json.dumps(hf_config, indent=2) + "\n")

@@ -22,7 +22,8 @@ a tensor: an int8 Llama-2-7B (~7 GB) loads from its bf16 shards in that much mem
 table the Transformer dequantizes. The per-layer lists (weights["wq"][l], ...) are views into those stacks.
 
 Config keys read: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads
-(GQA/MQA), head_dim (must be hidden_size / num_attention_heads: the kernels' head size), vocab_size,
+(GQA/MQA), head_dim (default hidden_size / num_attention_heads; another even size makes q_proj (NH * head_dim,
+hidden_size) and o_proj its transpose's shape, as in width-pruned Minitron models), vocab_size,
 max_position_embeddings, rms_norm_eps, rope_theta, rope_scaling or rope_parameters (linear, llama3),
 tie_word_embeddings (transformers' default: untied), bos_token_id, eos_token_id (a number or a list; also
 generation_config.json's). Anything else a config asks for (biases, another architecture or activation,
@@ -163,13 +164,12 @@ def config_from_hf(hf, path, generation=None):
         sizes[key] = value
     C, NH = sizes["hidden_size"], sizes["num_attention_heads"]
     NKV = sizes.get("num_key_value_heads", NH)
-    if C % NH or NH % NKV:
+    head_dim = sizes.get("head_dim")  # transformers: head_dim, else hidden_size // num_attention_heads
+    if (head_dim is None and C % NH) or NH % NKV:
         raise LlmpyError(f"{path}: hidden_size {C}, num_attention_heads {NH}, num_key_value_heads {NKV} do not "
                          "divide into whole heads and groups")
-    head_dim = sizes.get("head_dim", C // NH)
-    if head_dim * NH != C:
-        raise LlmpyError(f"{path}: head_dim {head_dim} * num_attention_heads {NH} != hidden_size {C}: llmpy's "
-                         "kernels need head_dim = hidden_size / num_attention_heads")
+    if head_dim is not None and head_dim % 2:
+        raise LlmpyError(f"{path}: head_dim {head_dim} is odd: RoPE turns pairs of values, so heads of even size only")
     theta, scaling = rope_scaling_from(hf, path)
     eps = hf.get("rms_norm_eps", 1e-6)
     if not isinstance(eps, (int, float)) or not eps > 0:
@@ -182,7 +182,8 @@ def config_from_hf(hf, path, generation=None):
                          n_heads=NH, n_kv_heads=NKV, vocab_size=sizes["vocab_size"],
                          seq_len=sizes.get("max_position_embeddings", 2048),
                          shared_classifier=bool(hf.get("tie_word_embeddings", False)), rope_theta=theta,
-                         norm_eps=float(eps), rope_scaling=scaling, bos_id=bos[0] if bos else None, eos_ids=eos)
+                         norm_eps=float(eps), rope_scaling=scaling, bos_id=bos[0] if bos else None, eos_ids=eos,
+                         head_dim=None if head_dim is None or head_dim * NH == C else head_dim)
     config.validate(str(path))
     return config
 
@@ -353,7 +354,7 @@ def load_hf(model_dir, max_seq_len=None, allow_nonfinite=False, dtype=None, quan
         raise LlmpyError(f"{files[unknown[0]]}: tensor {unknown[0]} (and {len(unknown) - 1} more) is not part of "
                          f"a {ARCHITECTURE} llmpy can run (biases or another architecture)")
     tensors = _Tensors(model_dir, files, _bf16_names(files))
-    L, C, H, V, KV = config.n_layers, config.dim, config.hidden_dim, config.vocab_size, config.kv_dim
+    L, C, H, V, KV, QD = config.n_layers, config.dim, config.hidden_dim, config.vocab_size, config.kv_dim, config.q_dim
     if dtype is None:
         dtype = _stored_dtype(tensors, [n for n in files if not n.endswith(("norm.weight", *IGNORED_SUFFIXES))])
     store = quantize or dtype
@@ -362,7 +363,7 @@ def load_hf(model_dir, max_seq_len=None, allow_nonfinite=False, dtype=None, quan
     def empty(*shape):
         return _empty(shape, store, gs)
 
-    wqkv, wo, w13, w2 = empty(L, C + 2 * KV, C), empty(L, C, C), empty(L, 2 * H, C), empty(L, C, H)
+    wqkv, wo, w13, w2 = empty(L, QD + 2 * KV, C), empty(L, C, QD), empty(L, 2 * H, C), empty(L, C, H)
     rms_att, rms_ffn = np.empty((L, C), np.float32), np.empty((L, C), np.float32)
     tok_emb, rms_final = empty(V, C), np.empty(C, np.float32)
 
@@ -373,10 +374,10 @@ def load_hf(model_dir, max_seq_len=None, allow_nonfinite=False, dtype=None, quan
     take(rms_final, "model.norm.weight", (C,))
     for i in range(L):
         p = f"model.layers.{i}."
-        take(_part(wqkv, i, slice(0, C)), p + "self_attn.q_proj.weight", (C, C), config.n_heads)
-        take(_part(wqkv, i, slice(C, C + KV)), p + "self_attn.k_proj.weight", (KV, C), config.n_kv_heads)
-        take(_part(wqkv, i, slice(C + KV, None)), p + "self_attn.v_proj.weight", (KV, C))
-        take(_part(wo, i), p + "self_attn.o_proj.weight", (C, C))
+        take(_part(wqkv, i, slice(0, QD)), p + "self_attn.q_proj.weight", (QD, C), config.n_heads)
+        take(_part(wqkv, i, slice(QD, QD + KV)), p + "self_attn.k_proj.weight", (KV, C), config.n_kv_heads)
+        take(_part(wqkv, i, slice(QD + KV, None)), p + "self_attn.v_proj.weight", (KV, C))
+        take(_part(wo, i), p + "self_attn.o_proj.weight", (C, QD))
         take(_part(w13, i, slice(0, H)), p + "mlp.gate_proj.weight", (H, C))
         take(_part(w13, i, slice(H, None)), p + "mlp.up_proj.weight", (H, C))
         take(_part(w2, i), p + "mlp.down_proj.weight", (C, H))
@@ -392,9 +393,9 @@ def load_hf(model_dir, max_seq_len=None, allow_nonfinite=False, dtype=None, quan
         take(wcls, "lm_head.weight", (V, C))
     weights = {
         "tok_emb": tok_emb, "rms_att": rms_att, "rms_ffn": rms_ffn, "rms_final": rms_final, "wcls": wcls,
-        "wq": [_part(wqkv, i, slice(0, C)) for i in range(L)],
-        "wk": [_part(wqkv, i, slice(C, C + KV)) for i in range(L)],
-        "wv": [_part(wqkv, i, slice(C + KV, None)) for i in range(L)], "wo": [_part(wo, i) for i in range(L)],
+        "wq": [_part(wqkv, i, slice(0, QD)) for i in range(L)],
+        "wk": [_part(wqkv, i, slice(QD, QD + KV)) for i in range(L)],
+        "wv": [_part(wqkv, i, slice(QD + KV, None)) for i in range(L)], "wo": [_part(wo, i) for i in range(L)],
         "w1": [_part(w13, i, slice(0, H)) for i in range(L)], "w3": [_part(w13, i, slice(H, None)) for i in range(L)],
         "w2": [_part(w2, i) for i in range(L)],
         "packed": {"wqkv": wqkv, "wo": wo, "w13": w13, "w2": w2},

@@ -25,7 +25,10 @@ WIDEN_BYTES of a matrix at a time into fp32 scratch for sgemm.
 
 RoPE tables follow config.rope_theta and rope_scaling (llmpy/llama/rope.py), RMSNorm config.norm_eps.
 
-Not handled: sliding windows, biases in the linears, head_dim other than dim / n_heads.
+Heads may be wider or narrower than dim / n_heads (config.head_dim, Hugging Face's width-pruned models): the
+queries and the attention output (atty) are then QD = n_heads * head_size wide instead of C.
+
+Not handled: sliding windows, biases in the linears.
 """
 
 import dataclasses
@@ -148,10 +151,10 @@ def _stack_q8(per_layer, group_size):
 
 
 def q8_group_size(config):
-    """Q8_0 group size for quantizing on load: 64 (llama2.c's export default), halved until it divides dim and
-    hidden_dim (the rows of every matrix)."""
+    """Q8_0 group size for quantizing on load: 64 (llama2.c's export default), halved until it divides dim,
+    hidden_dim and q_dim (the rows of every matrix)."""
     gs = 64
-    while config.dim % gs or config.hidden_dim % gs:
+    while config.dim % gs or config.hidden_dim % gs or config.q_dim % gs:
         gs //= 2
     return gs
 
@@ -232,7 +235,7 @@ class Transformer:
                       for k in ("wqkv", "wo", "w13", "w2")]
         else:
             stacks = [_stack(per_layer[k], wdtype) for k in ("wqkv", "wo", "w13", "w2")]
-        # wqkv (L, C+2KV, C), wo (L, C, C), w13 (L, 2H, C), w2 (L, C, H)
+        # wqkv (L, QD+2KV, C), wo (L, C, QD), w13 (L, 2H, C), w2 (L, C, H)
         self.wqkv, self.wo, self.w13, self.w2 = stacks
         if isinstance(wcls, QTensor):
             self.wcls = QTensor(np.array(wcls.q), np.array(wcls.s, np.float32), wcls.group_size)  # (V, C)
@@ -244,13 +247,14 @@ class Transformer:
         self.fused = True  # rows <= SMALL_BATCH in one numba call (tests turn it off to check one path vs the other)
         self.n_streams = n_streams
         self.max_rows = max(max_rows, n_streams)
-        R, C, KV, H = self.max_rows, c.dim, c.kv_dim, c.hidden_dim
+        R, C, KV, H, QD = self.max_rows, c.dim, c.kv_dim, c.hidden_dim, c.q_dim
         # run state: activations for up to R rows, llama2.c's names
         self.x = np.zeros((R, C), np.float32)  # residual stream
         self.xb = np.zeros((R, C), np.float32)  # inside a residual branch
         self.xb2 = np.zeros((R, C), np.float32)  # branch output, added to x
-        self.qkv = np.zeros((R, C + 2 * KV), np.float32)
+        self.qkv = np.zeros((R, QD + 2 * KV), np.float32)
         self.att = np.zeros((SMALL_BATCH, c.n_heads, c.seq_len), np.float32)  # attention scores of SMALL_BATCH rows
+        self.atty = np.zeros((R, QD), np.float32)  # attention output, the heads side by side (wo's input)
         self.hb13 = np.zeros((R, 2 * H), np.float32)  # [w1 x | w3 x]
         self.hb = np.zeros((R, H), np.float32)  # silu(w1 x) * w3 x
         self.xf = np.zeros((R, C), np.float32)  # final rmsnorm of the rows that need logits
@@ -261,8 +265,8 @@ class Transformer:
         if self.quantized:
             gs = self.group_size
             Rq = max(R, 3 * numba.config.NUMBA_NUM_THREADS)  # decode: each thread quantizes its own copy of <= 3 rows
-            self.xq = np.zeros((Rq, max(C, H)), np.int16)  # quantized activations (int8 values)
-            self.xs = np.zeros((Rq, max(C, H) // gs), np.float32)  # their scales
+            self.xq = np.zeros((Rq, max(C, H, QD)), np.int16)  # quantized activations (int8 values)
+            self.xs = np.zeros((Rq, max(C, H, QD) // gs), np.float32)  # their scales
         # decode in one parallel region (decode.forward_decode): each thread's copy of x and of the normed rows;
         # None = not decided yet (numba's threading layer is known once a parallel function has run)
         self.one_region = None
@@ -365,7 +369,7 @@ class Transformer:
 
     def _forward_fused(self, out, rows, tokens, streams, positions):
         c = self.config
-        acts = (self.x, self.xb, self.xb2, self.qkv, self.att, self.hb13, self.hb, self.xf)
+        acts = (self.x, self.xb, self.xb2, self.qkv, self.att, self.atty, self.hb13, self.hb, self.xf)
         out = self.logits[:0] if out is None else out
         common = (self.key_cache, self.value_cache, self.cos, self.sin, c.n_heads, c.n_kv_heads, c.norm_eps)
         n_threads = numba.get_num_threads()
@@ -410,7 +414,7 @@ class Transformer:
         """The forward as a Python loop over layers (prefill: BLAS sgemm for the fp32 matmuls)."""
         c = self.config
         B = tokens.shape[0]
-        x, xb, xb2, qkv = self.x[:B], self.xb[:B], self.xb2[:B], self.qkv[:B]
+        x, xb, xb2, qkv, atty = self.x[:B], self.xb[:B], self.xb2[:B], self.qkv[:B], self.atty[:B]
         hb13, hb = self.hb13[:B], self.hb[:B]
         for b in range(B):
             embed_row(x[b], self.tok_emb, tokens[b])  # (B, C)
@@ -420,9 +424,10 @@ class Transformer:
             self.linear(qkv, xb, self.wqkv[layer])
             for i in range(0, B, SMALL_BATCH):  # in chunks: the scores scratch holds SMALL_BATCH rows
                 j = min(B, i + SMALL_BATCH)
-                attention_forward(xb[i:j], self.att[:j - i], qkv[i:j], self.key_cache[layer], self.value_cache[layer],
-                                  streams[i:j], positions[i:j], self.cos, self.sin, c.n_heads, c.n_kv_heads)
-            self.linear(xb2, xb, self.wo[layer])
+                attention_forward(atty[i:j], self.att[:j - i], qkv[i:j], self.key_cache[layer],
+                                  self.value_cache[layer], streams[i:j], positions[i:j], self.cos, self.sin, c.n_heads,
+                                  c.n_kv_heads)
+            self.linear(xb2, atty, self.wo[layer])
             # ffn block: x += w2 @ (silu(w1 @ rmsnorm(x)) * (w3 @ rmsnorm(x)))
             residual_rmsnorm(x, xb2, xb, self.rms_ffn[layer], c.norm_eps)
             self.linear(hb13, xb, self.w13[layer])

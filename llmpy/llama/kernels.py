@@ -48,20 +48,21 @@ def residual_rmsnorm(x, dx, out, weight, eps):
 
 
 @numba.njit(cache=True, fastmath=True)
-def rope_store_kv(qkv, key_cache, value_cache, streams, positions, cos, sin, C, KV):
+def rope_store_kv(qkv, key_cache, value_cache, streams, positions, cos, sin, QD, KV):
     """RoPE on q and k of every row (in place in qkv), then k and v into the cache at (stream, pos).
 
-    qkv is (B, C + 2*KV) = [q | k | v]; key_cache, value_cache are (S, NKV, T, hs) for one layer.
+    qkv is (B, QD + 2*KV) = [q | k | v] (QD = NH * hs: C unless config.head_dim says otherwise); key_cache,
+    value_cache are (S, NKV, T, hs) for one layer.
     Pairs (2j, 2j+1) within each head rotate by pos * theta^(-2j / hs), as run.c does. Loops over heads and
     pairs, not over columns: a column's head and pair index by division (i // hs, i % hs) cost an integer
     division each, which made this serial pass 5% of an int8 110M token.
     """
     hs = 2 * cos.shape[1]
-    rope_store_heads(qkv, key_cache, value_cache, streams, positions, cos, sin, C, KV, 0, C // hs, 0, KV // hs)
+    rope_store_heads(qkv, key_cache, value_cache, streams, positions, cos, sin, QD, KV, 0, QD // hs, 0, KV // hs)
 
 
 @numba.njit(cache=True, fastmath=True)
-def rope_store_heads(qkv, key_cache, value_cache, streams, positions, cos, sin, C, KV, h0, h1, g0, g1):
+def rope_store_heads(qkv, key_cache, value_cache, streams, positions, cos, sin, QD, KV, h0, h1, g0, g1):
     """rope_store_kv for query heads h0..h1-1 and key/value heads g0..g1-1 only (a thread's share)."""
     half = cos.shape[1]
     hs = 2 * half
@@ -75,28 +76,28 @@ def rope_store_heads(qkv, key_cache, value_cache, streams, positions, cos, sin, 
                 qh[2 * j] = v0 * fcr[j] - v1 * fci[j]
                 qh[2 * j + 1] = v0 * fci[j] + v1 * fcr[j]
         for h in range(g0, g1):
-            kh = qkv[b, C + h * hs:C + (h + 1) * hs]
+            kh = qkv[b, QD + h * hs:QD + (h + 1) * hs]
             kc, vc = key_cache[s, h, p], value_cache[s, h, p]  # (hs,) each
             for j in range(half):
                 v0, v1 = kh[2 * j], kh[2 * j + 1]
                 kc[2 * j] = v0 * fcr[j] - v1 * fci[j]
                 kc[2 * j + 1] = v0 * fci[j] + v1 * fcr[j]
-            vc[:] = qkv[b, C + KV + h * hs:C + KV + (h + 1) * hs]
+            vc[:] = qkv[b, QD + KV + h * hs:QD + KV + (h + 1) * hs]
 
 
 @numba.njit(cache=True, parallel=True, fastmath=True)
 def attention_forward(out, att, qkv, key_cache, value_cache, streams, positions, cos, sin, n_heads, n_kv_heads):
     """RoPE on q and k, store k and v in the cache, causal grouped-query attention.
 
-    qkv is (B, C + 2*KV) = [q | k | v] per row; key_cache, value_cache are (S, NKV, T, hs) for one layer;
-    streams, positions are (B,) int; cos, sin are (T, hs/2); att is scratch (B, NH, T); out is (B, C).
+    qkv is (B, QD + 2*KV) = [q | k | v] per row; key_cache, value_cache are (S, NKV, T, hs) for one layer;
+    streams, positions are (B,) int; cos, sin are (T, hs/2); att is scratch (B, NH, T); out is (B, QD) (QD = NH * hs).
     All rows are stored first, so rows of one stream at later positions (a prompt) see the earlier ones.
     The (row, head) pairs run in parallel: at long contexts the KV cache is a sizable read.
     """
     B = qkv.shape[0]
-    C = out.shape[1]
-    KV = n_kv_heads * (C // n_heads)
-    rope_store_kv(qkv, key_cache, value_cache, streams, positions, cos, sin, C, KV)
+    QD = out.shape[1]
+    KV = n_kv_heads * (QD // n_heads)
+    rope_store_kv(qkv, key_cache, value_cache, streams, positions, cos, sin, QD, KV)
     for bh in numba.prange(B * n_heads):
         attend_head(out, att, qkv, key_cache, value_cache, streams, positions, n_heads, n_kv_heads, bh // n_heads,
                     bh % n_heads)
@@ -105,8 +106,7 @@ def attention_forward(out, att, qkv, key_cache, value_cache, streams, positions,
 @numba.njit(cache=True, fastmath=True)
 def attend_head(out, att, qkv, key_cache, value_cache, streams, positions, n_heads, n_kv_heads, b, h):
     """Causal attention of query head h of row b over its stream's cache (rows 0..pos): out[b, head h's columns]."""
-    C = out.shape[1]
-    hs = C // n_heads
+    hs = out.shape[1] // n_heads  # out is (B, QD)
     kv_mul = n_heads // n_kv_heads  # query heads per key/value head
     scale = np.float32(1.0 / math.sqrt(hs))
     s, p = streams[b], positions[b]
@@ -310,15 +310,17 @@ def forward_rows(logits, rows, tokens, streams, positions, acts, weights, key_ca
                  n_heads, n_kv_heads, eps):
     """run.c's forward for B rows (one token each) in one call; logits (R, V) for the rows in `rows` (R,).
 
-    tokens, streams, positions are (B,) int. acts = (x, xb, xb2, qkv, att, hb13, hb, xf): preallocated
-    activations of at least B rows (xf: R rows). weights = (tok_emb, rms_att, wqkv, wo, rms_ffn, w13, w2,
-    rms_final, wcls), the matrices stacked over layers: wqkv (L, C + 2*KV, C), w13 (L, 2H, C), ...
+    tokens, streams, positions are (B,) int. acts = (x, xb, xb2, qkv, att, atty, hb13, hb, xf): preallocated
+    activations of at least B rows (xf: R rows; qkv (B, QD + 2*KV), atty (B, QD)). weights = (tok_emb, rms_att,
+    wqkv, wo, rms_ffn, w13, w2, rms_final, wcls), the matrices stacked over layers: wqkv (L, QD + 2*KV, C),
+    wo (L, C, QD), w13 (L, 2H, C), ...
     key_cache, value_cache are (L, S, NKV, T, hs).
     """
-    x, xb, xb2, qkv, att, hb13, hb, xf = acts
+    x, xb, xb2, qkv, att, atty, hb13, hb, xf = acts
     tok_emb, rms_att, wqkv, wo, rms_ffn, w13, w2, rms_final, wcls = weights
     B, R = tokens.shape[0], rows.shape[0]
-    x, xb, xb2, qkv, att, hb13, hb, xf = x[:B], xb[:B], xb2[:B], qkv[:B], att[:B], hb13[:B], hb[:B], xf[:R]
+    x, xb, xb2, qkv, att, atty = x[:B], xb[:B], xb2[:B], qkv[:B], att[:B], atty[:B]
+    hb13, hb, xf = hb13[:B], hb[:B], xf[:R]
     no_rows = x[:0]
     for b in range(B):
         embed_row(x[b], tok_emb, tokens[b])
@@ -326,9 +328,9 @@ def forward_rows(logits, rows, tokens, streams, positions, acts, weights, key_ca
         # attention block: x += wo @ attention(rope(wqkv @ rmsnorm(x)))
         residual_rmsnorm(x, no_rows, xb, rms_att[layer], eps)
         matmul_forward(qkv, xb, wqkv[layer])
-        attention_forward(xb, att, qkv, key_cache[layer], value_cache[layer], streams, positions, cos, sin,
+        attention_forward(atty, att, qkv, key_cache[layer], value_cache[layer], streams, positions, cos, sin,
                           n_heads, n_kv_heads)
-        matmul_forward(xb2, xb, wo[layer])
+        matmul_forward(xb2, atty, wo[layer])
         # ffn block: x += w2 @ (silu(w1 @ rmsnorm(x)) * (w3 @ rmsnorm(x)))
         residual_rmsnorm(x, xb2, xb, rms_ffn[layer], eps)
         if hb.shape[1] % 4 == 0:  # SwiGLU inside the matmul's threads
@@ -415,20 +417,21 @@ def forward_rows_q8(logits, rows, tokens, streams, positions, acts, qacts, weigh
     wqkv_q, wqkv_s, wo_q, wo_s, rms_ffn, w13_q, w13_s, w2_q, w2_s, rms_final, wcls_q, wcls_s), each
     matrix int8 values (L, OC, IC) and fp32 scales (L, OC, IC / gs); qacts = (xq, xs) scratch; n_threads is
     numba.get_num_threads() (see linear_q8_decode)."""
-    x, xb, xb2, qkv, att, hb13, hb, xf = acts
+    x, xb, xb2, qkv, att, atty, hb13, hb, xf = acts
     xq, xs = qacts
     tok_emb, rms_att, wqkv_q, wqkv_s, wo_q, wo_s, rms_ffn, w13_q, w13_s, w2_q, w2_s, rms_final, wcls_q, wcls_s = weights
     B, R = tokens.shape[0], rows.shape[0]
-    x, xb, xb2, qkv, att, hb13, hb, xf = x[:B], xb[:B], xb2[:B], qkv[:B], att[:B], hb13[:B], hb[:B], xf[:R]
+    x, xb, xb2, qkv, att, atty = x[:B], xb[:B], xb2[:B], qkv[:B], att[:B], atty[:B]
+    hb13, hb, xf = hb13[:B], hb[:B], xf[:R]
     no_rows = x[:0]
     for b in range(B):
         embed_row(x[b], tok_emb, tokens[b])
     for layer in range(wqkv_q.shape[0]):
         residual_rmsnorm(x, no_rows, xb, rms_att[layer], eps)
         linear_q8(qkv, xb, wqkv_q[layer], wqkv_s[layer], xq, xs, n_threads)
-        attention_forward(xb, att, qkv, key_cache[layer], value_cache[layer], streams, positions, cos, sin,
+        attention_forward(atty, att, qkv, key_cache[layer], value_cache[layer], streams, positions, cos, sin,
                           n_heads, n_kv_heads)
-        linear_q8(xb2, xb, wo_q[layer], wo_s[layer], xq, xs, n_threads)
+        linear_q8(xb2, atty, wo_q[layer], wo_s[layer], xq, xs, n_threads)
         residual_rmsnorm(x, xb2, xb, rms_ffn[layer], eps)
         if B < 4 and xb.shape[1] // w13_s.shape[2] == DECODE_GROUP and hb.shape[1] % 2 == 0:
             linear_q8_decode(hb, xb, w13_q[layer], w13_s[layer], xq, xs, True, n_threads)  # SwiGLU inside the threads

@@ -1,14 +1,14 @@
 """Llama 2 model description: the config (run.c's `Config`) and the table of weights.
 
 A model's weights are a dict name -> array, with llama2.c's names and shapes (L = n_layers,
-C = dim, H = hidden_dim, KV = n_kv_heads * head_size, V = vocab_size):
+C = dim, H = hidden_dim, QD = n_heads * head_size, KV = n_kv_heads * head_size, V = vocab_size):
 
     tok_emb   (V, C)        token embedding table
     rms_att   (L, C)        attention rmsnorm weights
-    wq        (L, C, C)     query   (out, in)
+    wq        (L, QD, C)    query   (out, in)
     wk        (L, KV, C)    key
     wv        (L, KV, C)    value
-    wo        (L, C, C)     attention output projection
+    wo        (L, C, QD)    attention output projection
     rms_ffn   (L, C)        ffn rmsnorm weights
     w1        (L, H, C)     ffn gate
     w2        (L, C, H)     ffn down
@@ -19,6 +19,10 @@ C = dim, H = hidden_dim, KV = n_kv_heads * head_size, V = vocab_size):
 For int8 (llama2.c v2) files the matrices are `QTensor`s instead (int8 values + one fp32 scale per
 group of `group_size` consecutive values along the input dimension), indexed per layer the same
 way: `weights["wq"][l]` is layer l's query matrix in either case.
+
+The head size is dim / n_heads (so QD = C) for every llama2.c model; a Hugging Face config may give another
+(head_dim: e.g. the width-pruned Llama-3.1-Minitron-4B, dim 3072, 32 heads of 128), which llama2.c's header
+cannot store: such a config runs for inference only (no llama2.c export, no training).
 """
 
 from dataclasses import dataclass
@@ -51,6 +55,7 @@ class LlamaConfig:
     rope_scaling: dict = None  # None, or {"rope_type": "linear" | "llama3", ...}: llmpy/llama/rope.py
     bos_id: int = BOS  # token that starts a sequence (None: the tokenizer adds none)
     eos_ids: tuple = (EOS,)  # tokens that end a generation or a chat turn
+    head_dim: int = None  # head size hs when it is not dim // n_heads (Hugging Face's head_dim); None: dim // n_heads
 
     @property
     def max_seq_len(self):
@@ -59,7 +64,12 @@ class LlamaConfig:
 
     @property
     def head_size(self):
-        return self.dim // self.n_heads
+        return self.dim // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def q_dim(self):
+        """Width QD of the queries and of the attention output (= dim unless head_dim says otherwise)."""
+        return self.n_heads * self.head_size
 
     @property
     def kv_dim(self):
@@ -69,11 +79,17 @@ class LlamaConfig:
         """Raise LlmpyError if the sizes cannot describe a Llama (e.g. a corrupt header)."""
         sizes = {"dim": self.dim, "hidden_dim": self.hidden_dim, "n_layers": self.n_layers, "n_heads": self.n_heads,
                  "n_kv_heads": self.n_kv_heads, "vocab_size": self.vocab_size, "seq_len": self.seq_len}
+        if self.head_dim is not None:
+            sizes["head_dim"] = self.head_dim
         bad = [f"{k}={v}" for k, v in sizes.items() if v <= 0]
         if bad:
             raise LlmpyError(f"{where}: header sizes must be positive, got {', '.join(bad)}: "
                              "the file is not a llama2.c model or is corrupt")
-        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads or self.head_size % 2:
+        if self.head_dim is not None:
+            if self.n_heads % self.n_kv_heads or self.head_dim % 2:
+                raise LlmpyError(f"{where}: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
+                                 f" or head_dim={self.head_dim} is odd (RoPE turns pairs of values)")
+        elif self.dim % self.n_heads or self.n_heads % self.n_kv_heads or self.head_size % 2:
             raise LlmpyError(f"{where}: dim={self.dim}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads} do not "
                              "divide evenly into heads of even size: the file is not a llama2.c model or is corrupt")
 
@@ -81,14 +97,14 @@ class LlamaConfig:
 def weight_shapes(config):
     """name -> shape of every weight, in the table above."""
     L, C, H, V = config.n_layers, config.dim, config.hidden_dim, config.vocab_size
-    KV = config.kv_dim
+    KV, QD = config.kv_dim, config.q_dim
     return {
         "tok_emb": (V, C),
         "rms_att": (L, C),
-        "wq": (L, C, C),
+        "wq": (L, QD, C),
         "wk": (L, KV, C),
         "wv": (L, KV, C),
-        "wo": (L, C, C),
+        "wo": (L, C, QD),
         "rms_ffn": (L, C),
         "w1": (L, H, C),
         "w2": (L, C, H),

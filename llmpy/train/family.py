@@ -96,6 +96,10 @@ class LlamaFamily:
     name, key = "Llama", "llama"
 
     def __init__(self, config):
+        if config.q_dim != config.dim:  # llama2.c checkpoints and the training kernels: heads of dim / n_heads
+            raise LlmpyError(f"Llama config: head_dim {config.head_size} * n_heads {config.n_heads} != dim "
+                             f"{config.dim}: training (and its llama2.c checkpoints) needs heads of dim / n_heads; "
+                             "such a model runs for inference only")
         llama.check_config(config)
         self.config = config
         self.vocab_size = config.vocab_size
