@@ -353,7 +353,7 @@ def test_llama2c_writer_and_training_refuse_head_dim(tmp_path):
     from llmpy.formats.llama2c import write_llama2c
     from llmpy.train.family import LlamaFamily
 
-    make_checkpoint(tmp_path / "hf", **VARIANTS["narrow_heads"])
+    make_checkpoint(tmp_path / "hf", **VARIANTS["narrow_heads"], rms_norm_eps=1e-5)  # write_hf's (run.c's) eps
     config, weights = load_hf(tmp_path / "hf", dtype="fp32")
     for version in (0, 1, 2):
         with pytest.raises(LlmpyError, match="a llama2.c file cannot store head_dim 8"):
@@ -361,6 +361,14 @@ def test_llama2c_writer_and_training_refuse_head_dim(tmp_path):
         assert not (tmp_path / "out.bin").exists()
     with pytest.raises(LlmpyError, match="training .* needs heads of dim / n_heads"):
         LlamaFamily(config)
+    # a Hugging Face directory written back (llmpy.llama.hf) keeps its head_dim
+    from llmpy.llama.hf import write_hf
+
+    write_hf(tmp_path / "again", config, {k: w for k, w in weights.items() if k != "packed"})
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["head_dim"] == 8
+    toks = tokens(12)
+    np.testing.assert_array_equal(llmpy_logits(tmp_path / "again", toks)[0],
+                                  Transformer(config, weights).prefill(toks, logits="all"))
 
 
 def test_bf16_load_holds_no_second_copy(tmp_path):
