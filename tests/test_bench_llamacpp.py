@@ -55,11 +55,16 @@ def field(reader, key):
     return reader.get_field(key).contents()
 
 
-def test_gguf_metadata_and_f32_tensors(tmp_path):
-    config, w = tiny(tied=False)
+def written(tmp_path, kind, tied):
+    """(config, weights, gguf.GGUFReader) of a tiny model written as GGUF of `kind`."""
+    config, w = tiny(tied=tied)
     path = tmp_path / "m.gguf"
-    write_gguf(path, config, w, "F32")
-    r = gguf.GGUFReader(path)
+    write_gguf(path, config, w, kind)
+    return config, w, gguf.GGUFReader(path)
+
+
+def test_gguf_metadata_and_f32_tensors(tmp_path):
+    config, w, r = written(tmp_path, "F32", tied=False)
     assert field(r, "general.architecture") == "llama"
     assert field(r, "general.file_type") == 0
     expect = {"llama.context_length": 64, "llama.embedding_length": 64, "llama.block_count": 2,
@@ -81,7 +86,7 @@ def test_gguf_metadata_and_f32_tensors(tmp_path):
         assert t.tensor_type == gguf.GGMLQuantizationType.F32
         np.testing.assert_array_equal(np.asarray(t.data).reshape(ours[t.name].shape), ours[t.name])
         assert list(t.shape) == list(reversed(ours[t.name].shape))  # ggml's ne: columns first
-    assert path.stat().st_size >= gguf_nbytes(config, w, "F32")
+    assert (tmp_path / "m.gguf").stat().st_size >= gguf_nbytes(config, w, "F32")
 
 
 def ours_by_order(config, ours):
@@ -95,10 +100,7 @@ def ours_by_order(config, ours):
 
 
 def test_gguf_bf16_is_our_bf16_rounding(tmp_path):
-    config, w = tiny(tied=True)
-    path = tmp_path / "m.gguf"
-    write_gguf(path, config, w, "BF16")
-    r = gguf.GGUFReader(path)
+    config, w, r = written(tmp_path, "BF16", tied=True)
     assert field(r, "general.file_type") == 32
     ours = ours_by_name(config, w)
     assert sorted(t.name for t in r.tensors) == sorted(ours)  # tied: no output.weight
@@ -113,10 +115,7 @@ def test_gguf_bf16_is_our_bf16_rounding(tmp_path):
 
 
 def test_gguf_q8_0_blocks(tmp_path):
-    config, w = tiny(tied=False)
-    path = tmp_path / "m.gguf"
-    write_gguf(path, config, w, "Q8_0")
-    r = gguf.GGUFReader(path)
+    config, w, r = written(tmp_path, "Q8_0", tied=False)
     assert field(r, "general.file_type") == 7
     ours = ours_by_name(config, w)
     for t in r.tensors:
