@@ -4,10 +4,10 @@ Built from the same flat llm.c parameters, so both sides run the same model on t
 """
 
 import math
-import statistics
-import time
 
 import numpy as np
+
+from llmpy.bench.train import time_median
 
 
 def torch_step_time(cfg, params, x, y, steps):
@@ -51,11 +51,4 @@ def torch_step_time(cfg, params, x, y, steps):
         forward().backward()
         opt.step()
 
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return time_median(step, steps, warmup=2)

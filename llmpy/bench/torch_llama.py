@@ -8,10 +8,10 @@ run the same model on the same batch.
 """
 
 import math
-import statistics
-import time
 
 import numpy as np
+
+from llmpy.bench.train import time_median
 
 
 def torch_step_time(cfg, params, x, y, steps, lr, betas, weight_decay):
@@ -70,10 +70,4 @@ def torch_step_time(cfg, params, x, y, steps, lr, betas, weight_decay):
         return loss.item()
 
     first_loss = step()
-    step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), first_loss
+    return time_median(step, steps, warmup=1), first_loss
