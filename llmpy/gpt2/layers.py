@@ -117,6 +117,19 @@ def _split_heads(x, NH):
     return x.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3)
 
 
+def causal_softmax(att, hs):
+    # att (..., T, T) holds the scores q.k of query position t (rows) and key position t2 (columns); in place,
+    # each row becomes softmax(scores / sqrt(hs)) over the keys at or before its query (later ones get 0)
+    xp = get_array_module(att)
+    T = att.shape[-1]
+    att *= 1.0 / math.sqrt(hs)
+    future = xp.triu(xp.ones((T, T), dtype=bool), k=1)          # key position after query position
+    att[..., future] = -xp.inf
+    att -= att.max(axis=-1, keepdims=True)                      # the diagonal is never masked
+    xp.exp(att, out=att)
+    att /= att.sum(axis=-1, keepdims=True)                      # masked entries are exactly 0
+
+
 def attention_forward(out, att, inp, NH):
     # out is (B,T,C); att is (B,NH,T,T) softmaxed weights (cached for backward, and used as the
     # scratch for the pre-softmax scores); inp is (B,T,3C): query, key, value side by side along
@@ -129,12 +142,7 @@ def attention_forward(out, att, inp, NH):
     k = _split_heads(inp[:, :, C:2 * C], NH)
     v = _split_heads(inp[:, :, 2 * C:], NH)
     xp.matmul(q, k.transpose(0, 1, 3, 2), out=att)              # preatt (B,NH,T,T)
-    att *= 1.0 / math.sqrt(hs)
-    future = xp.triu(xp.ones((T, T), dtype=bool), k=1)          # key position after query position
-    att[..., future] = -xp.inf
-    att -= att.max(axis=-1, keepdims=True)                      # the diagonal is never masked
-    xp.exp(att, out=att)
-    att /= att.sum(axis=-1, keepdims=True)                      # masked entries are exactly 0
+    causal_softmax(att, hs)
     y = att @ v                                                 # (B,NH,T,hs)
     out[...] = y.transpose(0, 2, 1, 3).reshape(B, T, C)         # heads side by side again
 

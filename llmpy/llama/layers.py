@@ -23,6 +23,7 @@ import numpy as np
 
 from llmpy.backend import get_array_module, scatter_add
 from llmpy.gpt2.layers import (  # noqa: F401  (re-exported: one implementation for both families)
+    causal_softmax,
     crossentropy_softmax_backward,
     matmul_backward,
     matmul_forward,
@@ -158,12 +159,7 @@ def attention_forward(out, att, q, k, v, NH):
     q5, k5, v5 = _heads(q, NKV, G), _heads(k, NKV, 1), _heads(v, NKV, 1)  # (B,NKV,G|1,T,hs)
     att5 = att.reshape(B, NKV, G, T, T)                         # a view: att is contiguous
     xp.matmul(q5, k5.swapaxes(-1, -2), out=att5)                # preatt, k broadcast over the group
-    att *= 1.0 / math.sqrt(hs)
-    future = xp.triu(xp.ones((T, T), dtype=bool), k=1)          # key position after query position
-    att[..., future] = -xp.inf
-    att -= att.max(axis=-1, keepdims=True)                      # the diagonal is never masked
-    xp.exp(att, out=att)
-    att /= att.sum(axis=-1, keepdims=True)                      # masked entries are exactly 0
+    causal_softmax(att, hs)
     xp.matmul(att5, v5, out=_heads(out, NKV, G))                # y (B,NKV,G,T,hs), heads side by side in out
 
 
